@@ -1,0 +1,147 @@
+"""The `qbench` command: thin Typer commands over qbench.api."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from qbench.errors import QbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Benchmark quantized models against their baseline and render quantization cards.")
+
+
+def _err(msg: str) -> None:
+    typer.echo(f"qbench: error: {msg}", err=True)
+
+
+def handled(fn):
+    """Turn qbench errors into one line on stderr and their exit code (2 bad input, 1 run failure)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except QbenchError as e:
+            _err(str(e))
+            raise typer.Exit(e.exit_code)
+        except KeyboardInterrupt:
+            _err("interrupted; finished cells are on disk (qbench run EXP --resume RUN_DIR)")
+            raise typer.Exit(130)
+    return wrapper
+
+
+@app.command()
+@handled
+def run(experiment: Path = typer.Argument(..., help="Experiment YAML file."),
+        out: Path = typer.Option(Path("reports"), "--out", help="Base folder; the run goes in OUT/<name>/<time>-<hw>/."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the plan; measure nothing."),
+        resume: Optional[Path] = typer.Option(None, "--resume", help="Finish an interrupted run in this folder."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars.")):
+    """Quantize, measure, and render the card of an experiment."""
+    from qbench import api
+
+    if dry_run:
+        api.preflight(api.validate([experiment])[0])
+        for line in api.plan(experiment).describe():
+            typer.echo(line)
+        return
+    outcome = api.run(experiment, out=out, resume=resume, progress=not no_progress and sys.stderr.isatty(),
+                      log=lambda s: typer.echo(s, err=True))
+    failed = [c for c, s in outcome.statuses.items() if s == "failed"]
+    for kind, path in outcome.card.items():
+        typer.echo(f"{kind}: {path}")
+    if failed:
+        _err(f"{len(failed)} cell(s) failed: {', '.join(failed)} (reasons in the card)")
+        raise typer.Exit(1)
+
+
+@app.command()
+@handled
+def validate(experiments: List[Path] = typer.Argument(..., help="Experiment YAML files.")):
+    """Check experiment files without running anything (exit 2 on the first bad file)."""
+    from qbench import api
+
+    for path, exp in zip(experiments, api.validate(experiments)):
+        typer.echo(f"{path}: ok ({len(exp.models)} models x {len(exp.schemes)} schemes x "
+                   f"{len(exp.workloads)} workloads)")
+
+
+@app.command()
+@handled
+def card(results_dir: Path = typer.Argument(..., help="A run folder (holds meta.json and cells/).")):
+    """Re-render card.md, card.html and card.json from a results folder; measures nothing."""
+    from qbench import api
+
+    for kind, path in api.card(results_dir).items():
+        typer.echo(f"{kind}: {path}")
+
+
+@app.command()
+@handled
+def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Detected hardware and software."""
+    import json
+
+    from qbench import api
+    from qbench.hardware import fingerprint
+
+    info = api.env()
+    if as_json:
+        typer.echo(json.dumps(dict(info.to_dict(), fingerprint=fingerprint(info)), indent=2))
+        return
+    typer.echo(info.summary())
+    typer.echo(f"fingerprint: {fingerprint(info)}")
+    for key, value in info.to_dict().items():
+        if key != "packages":
+            typer.echo(f"{key}: {value}")
+    typer.echo("packages: " + ", ".join(f"{k} {v}" for k, v in sorted(info.packages.items())))
+
+
+@app.command()
+@handled
+def schema():
+    """JSON Schema of experiment files."""
+    from qbench.schema import json_schema
+
+    typer.echo(json_schema())
+
+
+@app.command("list")
+@handled
+def list_(what: str = typer.Argument("kernels", help="kernels, models or datasets")):
+    """List kernels, bundled models or built-in datasets."""
+    if what == "kernels":
+        from qbench.engine.kernels import KERNELS
+
+        for name, k in KERNELS.items():
+            typer.echo(f"{name:18s} {'emulated' if k.emulated else 'integer ':8s} "
+                       f"{'/'.join(k.devices):9s} {k.backend}")
+    elif what == "models":
+        from qbench.models.loaders import BUNDLED
+
+        for name, (_, _, upstream, install) in BUNDLED.items():
+            typer.echo(f"{name:10s} {upstream} ({install})")
+        typer.echo("hf:<id>    any transformers model by hub id or local directory")
+    elif what == "datasets":
+        from qbench.datasets import BUILTIN_SUITES
+
+        for name, desc in BUILTIN_SUITES.items():
+            typer.echo(f"{name:14s} {desc}")
+        typer.echo("<path>.txt / <path>.jsonl  user files")
+    else:
+        from qbench.errors import ConfigError
+        from qbench.registry import did_you_mean
+
+        raise ConfigError(f"cannot list '{what}'{did_you_mean(what, ['kernels', 'models', 'datasets'])}; "
+                          "use kernels, models or datasets")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

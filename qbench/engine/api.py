@@ -1,0 +1,166 @@
+"""quantize_(model, scheme): swap covered modules for quantized ones and report what happened."""
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from qbench.engine.kernels import select_kernel
+from qbench.engine.modules import QuantEmbedding, QuantLinear, linear_weight
+from qbench.engine.observers import make_observer
+from qbench.engine.primitives import QuantSpec, dequantize, quantize
+from qbench.schema.experiment import Scheme
+
+
+@dataclass
+class ModuleRecord:
+    """What was requested for one module and what was actually applied."""
+
+    name: str
+    op: str                      # linear | lm_head | embedding
+    shape: tuple[int, int]       # (out, in) for linear ops, (rows, dim) for embeddings
+    requested: bool              # the scheme's ops cover this module kind
+    applied: bool
+    reason: str                  # why it was left alone, or "" when applied
+    kernel: str                  # kernel that runs it ("baseline" when left alone)
+    weights: str                 # realized weight format, e.g. "int8 sym per_channel"
+    activations: str             # realized activation format, or "float"
+    sqnr_db: Optional[float]     # 10 log10(|W|^2 / |W - deq(q(W))|^2); None when not applied
+    bytes_before: int
+    bytes_after: int
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+def weight_spec(scheme: Scheme) -> QuantSpec:
+    w = scheme.weights
+    return QuantSpec(w.bits, w.signed, w.symmetric, w.granularity, w.group_size)
+
+
+def activation_spec(scheme: Scheme) -> Optional[QuantSpec]:
+    a = scheme.activations
+    return None if a is None else QuantSpec(a.bits, a.signed, a.symmetric, a.granularity)
+
+
+def classify(model: nn.Module) -> dict[str, str]:
+    """Module name -> op kind for every quantizable module."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    kinds = {}
+    for name, mod in model.named_modules():
+        if head is not None and mod is head and _is_linear(mod):
+            kinds[name] = "lm_head"
+        elif _is_linear(mod):
+            kinds[name] = "linear"
+        elif isinstance(mod, nn.Embedding):
+            kinds[name] = "embedding"
+    return kinds
+
+
+def _is_linear(mod: nn.Module) -> bool:
+    return isinstance(mod, nn.Linear) or (type(mod).__name__ == "Conv1D" and hasattr(mod, "nf"))
+
+
+def unmatched_excludes(model: nn.Module, patterns) -> list[str]:
+    """Exclusion globs that match no quantizable module (likely typos)."""
+    names = list(classify(model))
+    return [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+
+
+def quantize_(model: nn.Module, scheme: Scheme | dict, *, device: str = "cpu",
+              calibrate: Optional[Callable[[nn.Module], None]] = None,
+              progress: Optional[Callable[[str], None]] = None) -> list[ModuleRecord]:
+    """Quantize `model` in place according to `scheme`; returns one record per quantizable module.
+
+    `calibrate(model)` runs forward passes over calibration data; it is required when the scheme
+    has static activations (dynamic: false).
+    """
+    if isinstance(scheme, dict):
+        scheme = Scheme.model_validate(scheme)
+    w, a = weight_spec(scheme), activation_spec(scheme)
+    kinds = classify(model)
+    act_qparams = _calibrate(model, scheme, kinds, a, calibrate)
+    records = []
+    for name, op in kinds.items():
+        records.append(_swap_one(model, name, op, scheme, w, a, act_qparams.get(name), device))
+        if progress:
+            progress(name)
+    return records
+
+
+def _plan_reason(name: str, op: str, scheme: Scheme, w: QuantSpec, shape) -> str:
+    if op not in scheme.ops:
+        return f"op '{op}' not in scheme ops"
+    for pat in scheme.exclude:
+        if fnmatch.fnmatchcase(name, pat):
+            return f"excluded by '{pat}'"
+    if w.group_size and shape[1] % w.group_size:
+        return f"group_size {w.group_size} does not divide {shape[1]} columns"
+    return ""
+
+
+def _swap_one(model, name, op, scheme, w, a, act_qp, device) -> ModuleRecord:
+    mod = model.get_submodule(name)
+    weight = mod.weight if op == "embedding" else linear_weight(mod)[0]
+    shape = tuple(weight.shape)
+    before = sum(p.numel() * p.element_size() for p in mod.parameters(recurse=False))
+    reason = _plan_reason(name, op, scheme, w, shape)
+    rec = dict(name=name, op=op, shape=shape, requested=op in scheme.ops, bytes_before=before)
+    if reason:
+        return ModuleRecord(**rec, applied=False, reason=reason, kernel="baseline",
+                            weights=str(weight.dtype).replace("torch.", ""), activations="float",
+                            sqnr_db=None, bytes_after=before)
+    if op == "embedding":
+        new = QuantEmbedding(mod, w)
+        kernel_name, act = "embedding_gather_dequant", "n/a"
+    else:
+        kernel = select_kernel(w, a, device, scheme.kernel)
+        new = QuantLinear.from_float(mod, kernel, w, a, act_qp)
+        kernel_name, act = kernel.name, (a.describe() + (" static" if act_qp else " dynamic")) if a else "float"
+    _set_submodule(model, name, new)
+    return ModuleRecord(**rec, applied=True, reason="", kernel=kernel_name, weights=w.describe(),
+                        activations=act, sqnr_db=sqnr_db(weight, w), bytes_after=new.weight_nbytes)
+
+
+def sqnr_db(weight: torch.Tensor, spec: QuantSpec) -> float:
+    """Signal-to-quantization-noise ratio of the weight in dB (inf when exact)."""
+    wf = weight.detach().double()
+    err = (dequantize(quantize(wf, spec), torch.float64) - wf).pow(2).sum().item()
+    sig = wf.pow(2).sum().item()
+    return math.inf if err == 0 else 10 * math.log10(sig / err) if sig > 0 else -math.inf
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _calibrate(model, scheme: Scheme, kinds, a: Optional[QuantSpec], calibrate) -> dict:
+    """Static activation qparams per module name, from observers hooked on module inputs."""
+    if a is None or scheme.activations.dynamic:
+        return {}
+    if calibrate is None:
+        raise ValueError(f"scheme '{scheme.name}' has static activations: pass calibrate=")
+    cal = scheme.calibration
+    observers, hooks = {}, []
+    for name, op in kinds.items():
+        if op == "embedding" or op not in scheme.ops:
+            continue
+        obs = make_observer(cal.method, a, cal.percentile)
+        observers[name] = obs
+        hooks.append(model.get_submodule(name).register_forward_pre_hook(
+            lambda _m, args, obs=obs: obs.update(args[0])))
+    try:
+        with torch.no_grad():
+            calibrate(model)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: obs.qparams() for name, obs in observers.items() if obs.seen}

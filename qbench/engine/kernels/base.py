@@ -1,0 +1,60 @@
+"""The Kernel interface and its registry."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from qbench.engine.primitives import QuantSpec
+from qbench.errors import KernelUnavailable
+from qbench.registry import Registry
+
+
+class Kernel:
+    """A linear-op implementation: prepare() once from a float weight, then forward() per call."""
+
+    name = "?"
+    backend = "?"          # what does the arithmetic, e.g. "torch._int_mm (oneDNN)"
+    emulated = False       # True when integers are turned back into floats before the matmul
+    devices = ("cpu",)     # device types served
+
+    def supports(self, w: QuantSpec, a: Optional[QuantSpec], device: str) -> Optional[str]:
+        """None when this kernel can run the configuration, else the reason it cannot."""
+        raise NotImplementedError
+
+    def prepare(self, weight: torch.Tensor, bias: Optional[torch.Tensor], w: QuantSpec,
+                a: Optional[QuantSpec], act_qparams: Optional[tuple] = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def forward(self, state: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
+        """x (M, K) float -> (M, N) float in x's dtype."""
+        raise NotImplementedError
+
+    def _device_reason(self, device: str) -> Optional[str]:
+        kind = device.split(":")[0]
+        return None if kind in self.devices else f"{self.name} runs on {', '.join(self.devices)}, not {kind}"
+
+
+KERNELS: Registry[Kernel] = Registry("kernel")
+
+# Preference order for `kernel: auto`, fastest first; reference (emulated) serves everything.
+PREFERENCE = ("int8_int_mm", "int8_weight_only", "int4_packed", "reference")
+
+
+def select_kernel(w: QuantSpec, a: Optional[QuantSpec], device: str, forced: str = "auto") -> Kernel:
+    """The kernel that runs this configuration; raises KernelUnavailable for an impossible force."""
+    if forced != "auto":
+        k = KERNELS.get(forced)
+        reason = k.supports(w, a, device)
+        if reason:
+            raise KernelUnavailable(f"kernel '{forced}' cannot run {w.describe()} weights"
+                                    f"{' / ' + a.describe() + ' activations' if a else ''}: {reason}")
+        return k
+    reasons = []
+    for name in PREFERENCE:
+        k = KERNELS.get(name)
+        reason = k.supports(w, a, device)
+        if reason is None:
+            return k
+        reasons.append(f"{name}: {reason}")
+    raise KernelUnavailable("no kernel supports this configuration; " + "; ".join(reasons))

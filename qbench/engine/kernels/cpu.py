@@ -1,0 +1,160 @@
+"""Integer kernels backed by PyTorch's CPU primitives, behind qbench's own quantization.
+
+int8_int_mm      W8A8: (M, K) int8 @ (K, N) int8 -> (M, N) int32 via torch._int_mm (oneDNN,
+                 VNNI on this CPU class), zero-point corrections from precomputed sums, rescale.
+int8_weight_only int8 weights with float activations: torch._weight_int8pack_mm for small M,
+                 dequantize + float matmul for large M; zero point corrected by x.sum(-1).
+int4_packed      two 4-bit codes per byte, unpacked and dequantized per call, float matmul.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from qbench.engine.kernels.base import KERNELS, Kernel
+from qbench.engine.primitives import QuantSpec, choose_qparams, dequantize, quantize, reduce_minmax
+from qbench.engine.tensors import PackedWeight
+
+
+def _to_int8(q: torch.Tensor, zp: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift unsigned codes by 128 so every <=8-bit code fits int8; the zero point moves with it.
+
+    x = s * (q - z) = s * ((q - 128) - (z - 128)), exactly.
+    """
+    if spec.signed:
+        return q.to(torch.int8), zp.to(torch.int32)
+    return (q.to(torch.int16) - 128).to(torch.int8), zp.to(torch.int32) - 128
+
+
+class Int8IntMM(Kernel):
+    name = "int8_int_mm"
+    backend = "torch._int_mm (int8 x int8 -> int32)"
+    devices = ("cpu",)
+
+    def supports(self, w, a, device):
+        if a is None:
+            return "needs quantized activations (weight-only schemes use other kernels)"
+        if w.granularity == "per_group":
+            return "per_group weight scales do not factor out of an integer matmul"
+        return self._device_reason(device)
+
+    def prepare(self, weight, bias, w, a, act_qparams=None):
+        q = quantize(weight, w)
+        w8, wz = _to_int8(q.data, q.zero_point, w)                     # (N, K) int8
+        n = weight.shape[0]
+        return {
+            "w8": w8.contiguous(),
+            "w_scale": q.scale.reshape(-1).expand(n).float().contiguous(),   # (N,)
+            "w_zp": wz.reshape(-1).expand(n).contiguous(),                  # (N,)
+            "w_rowsum": w8.to(torch.int32).sum(dim=1),                      # (N,) for activation zp
+            "asym_w": bool((wz != 0).any()),
+            "bias": bias, "a": a, "act_qparams": act_qparams, "k": weight.shape[1],
+        }
+
+    def forward(self, state, x):
+        a8, a_scale, az = quantize_to_int8(x, state["a"], state["act_qparams"])  # (M, K) int8
+        acc = torch._int_mm(a8, state["w8"].t())                         # (M, K)@(K, N) -> (M, N) int32
+        correct_(acc, a8, az, state)
+        w_scale, bias = state["w_scale"], state["bias"]
+        if a_scale.numel() == 1:                                         # rescale + bias in one pass
+            w_scale = w_scale * a_scale.reshape(())
+            y = torch.mul(acc, w_scale) if bias is None else torch.addcmul(bias, acc, w_scale)
+        else:                                                            # per-token scales (M, 1)
+            y = torch.mul(acc, w_scale).mul_(a_scale)
+            if bias is not None:
+                y.add_(bias)
+        return y.to(x.dtype)
+
+
+def quantize_to_int8(x: torch.Tensor, a: QuantSpec, act_qparams: Optional[tuple]):
+    """Activation codes already shifted into int8, with their scale and (shifted) zero point.
+
+    Same arithmetic as primitives.quantize followed by _to_int8, in fewer passes over x.
+    """
+    x = x.float()
+    if act_qparams is not None:
+        scale, zp = act_qparams
+    else:
+        scale, zp = choose_qparams(*reduce_minmax(x, a), a)
+    shift = 0 if a.signed else 128
+    s = scale.reshape(-1, 1) if scale.numel() > 1 else scale
+    z = (zp.reshape(-1, 1) if zp.numel() > 1 else zp) - shift
+    t = torch.div(x, s)
+    t.round_().add_(z).clamp_(a.qmin - shift, a.qmax - shift)
+    return t.to(torch.int8), s, z.to(torch.int32)
+
+
+def correct_(acc: torch.Tensor, a8: torch.Tensor, az: torch.Tensor, state: dict) -> torch.Tensor:
+    """In place: acc -> sum_k (a - za)(w - zw) = acc - za*sum_k w - zw*(sum_k a - K*za), exact int32.
+
+    Only O(M + N) vectors and rank-1 updates; nothing is widened to the operands' size.
+    """
+    m = acc.shape[0]
+    za = az.reshape(-1).to(torch.int32).expand(m)                         # (M,)
+    if bool((za != 0).any()):
+        acc.addr_(za, state["w_rowsum"], alpha=-1)
+    if state["asym_w"]:
+        a_rowsum = a8.sum(dim=1, dtype=torch.int32)                       # (M,)
+        acc.addr_(a_rowsum - state["k"] * za, state["w_zp"], alpha=-1)
+    return acc
+
+
+class Int8WeightOnly(Kernel):
+    name = "int8_weight_only"
+    backend = ("int8 weights; M <= 16: torch._weight_int8pack_mm, larger M: dequantize per call + "
+               "float matmul (the int8pack op is slow for large M on CPU)")
+    SMALL_M = 16
+    devices = ("cpu",)
+
+    def supports(self, w, a, device):
+        if a is not None:
+            return "weight-only kernel; activations are quantized in this scheme"
+        if w.granularity == "per_group":
+            return "per_group scales are not supported by _weight_int8pack_mm"
+        return self._device_reason(device)
+
+    def prepare(self, weight, bias, w, a, act_qparams=None):
+        q = quantize(weight, w)
+        w8, wz = _to_int8(q.data, q.zero_point, w)
+        n = weight.shape[0]
+        scale = q.scale.reshape(-1).expand(n).float().contiguous()
+        zp = wz.reshape(-1).expand(n)
+        return {"w8": w8.contiguous(), "scale": scale, "szp": (scale * zp.float()),
+                "asym": bool((zp != 0).any()), "bias": bias}
+
+    def forward(self, state, x):
+        xf = x.float()
+        if xf.shape[0] <= self.SMALL_M:                                   # decode-sized: read int8 once
+            y = torch._weight_int8pack_mm(xf, state["w8"], state["scale"])  # x @ (w8 * s)^T
+        else:
+            y = torch.nn.functional.linear(xf, state["w8"].float() * state["scale"][:, None])
+        if state["asym"]:
+            y = y - xf.sum(dim=1, keepdim=True) * state["szp"]           # remove s * zw * sum_k x
+        if state["bias"] is not None:
+            y = y + state["bias"].float()
+        return y.to(x.dtype)
+
+
+class Int4Packed(Kernel):
+    name = "int4_packed"
+    backend = "qbench int4 two-per-byte, unpack + dequantize per call, float matmul (torch)"
+    devices = ("cpu", "cuda")
+
+    def supports(self, w, a, device):
+        if w.bits > 4:
+            return f"holds at most 4-bit weights, scheme has {w.bits}"
+        if a is not None:
+            return "weight-only kernel; activations are quantized in this scheme"
+        return self._device_reason(device)
+
+    def prepare(self, weight, bias, w, a, act_qparams=None):
+        return {"weight": PackedWeight.from_qtensor(quantize(weight, w), pack4=True), "bias": bias}
+
+    def forward(self, state, x):
+        w = dequantize(state["weight"].to_qtensor(), x.dtype)            # (N, K)
+        return torch.nn.functional.linear(x, w, state["bias"])
+
+
+for _k in (Int8IntMM(), Int8WeightOnly(), Int4Packed()):
+    KERNELS.add(_k.name, _k)

@@ -1,0 +1,1 @@
+"""Metrics: accuracy scores and the statistics used to summarize benchmark measurements."""

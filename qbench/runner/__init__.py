@@ -1,0 +1,1 @@
+"""Plan (pure) and execution of experiments."""

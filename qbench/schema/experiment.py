@@ -1,0 +1,229 @@
+"""Schema v1 of experiment files. One frozen model per concept; unknown keys are errors."""
+from __future__ import annotations
+
+import re
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
+OP_KINDS = ("linear", "embedding", "lm_head")
+
+
+class FieldError(ValueError):
+    """A cross-field check that blames one field: the loader appends `loc` to the error's location."""
+
+    def __init__(self, loc: tuple, message: str):
+        super().__init__(message)
+        self.loc = tuple(loc)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WeightQuant(_Strict):
+    """How weights are quantized (once, ahead of time)."""
+
+    bits: int = Field(ge=2, le=8, description="Integer bit width of the stored weights (2 to 8).")
+    signed: bool = Field(True, description="Signed integers (e.g. int8 -128..127) or unsigned (0..255).")
+    symmetric: bool = Field(
+        True, description="Symmetric: zero-point fixed (0 signed, mid-range unsigned); asymmetric: "
+        "zero-point fitted to the min/max so the full range is used."
+    )
+    granularity: Literal["per_tensor", "per_channel", "per_group"] = Field(
+        "per_channel", description="One scale per tensor, per output channel (row), or per group of "
+        "`group_size` consecutive input columns within a row."
+    )
+    group_size: Optional[int] = Field(
+        None, ge=2, le=65536, description="Columns per group; required for per_group, forbidden otherwise."
+    )
+
+    @model_validator(mode="after")
+    def _group(self):
+        if self.granularity == "per_group" and self.group_size is None:
+            raise FieldError(("group_size",), "group_size is required when granularity is per_group")
+        if self.granularity != "per_group" and self.group_size is not None:
+            raise FieldError(("group_size",),
+                             f"group_size only applies to per_group (granularity is {self.granularity})")
+        return self
+
+
+class ActivationQuant(_Strict):
+    """How the inputs of quantized ops are quantized at run time."""
+
+    bits: int = Field(8, ge=2, le=8, description="Integer bit width of activations (2 to 8).")
+    signed: bool = Field(False, description="Signed or unsigned activation integers.")
+    symmetric: bool = Field(False, description="Symmetric (zero-point fixed) or asymmetric activations.")
+    granularity: Literal["per_tensor", "per_token"] = Field(
+        "per_tensor", description="One scale for the whole input, or one per token (row); per_token "
+        "needs dynamic: true."
+    )
+    dynamic: bool = Field(
+        True, description="Compute activation ranges from each input at run time (true) or fix them "
+        "from calibration data (false; needs `calibration`)."
+    )
+
+    @model_validator(mode="after")
+    def _per_token_dynamic(self):
+        if self.granularity == "per_token" and not self.dynamic:
+            raise FieldError(("dynamic",), "per_token activation scales need dynamic: true")
+        return self
+
+
+class Calibration(_Strict):
+    """Data used to fix static activation ranges."""
+
+    dataset: str = Field(
+        "text", description="A workload name of this experiment, `builtin:text`, `builtin:code`, or a "
+        ".txt/.jsonl path. Calibration samples are drawn from a pool disjoint from evaluation samples."
+    )
+    size: int = Field(32, ge=1, le=4096, description="Number of calibration samples.")
+    method: Literal["minmax", "percentile", "mse"] = Field(
+        "minmax", description="Observer turning statistics into ranges: running min/max, a percentile "
+        "of |x|, or the clipping range minimizing quantization MSE."
+    )
+    percentile: float = Field(99.99, gt=50, le=100, description="Percentile used by method: percentile.")
+
+
+class Scheme(_Strict):
+    """One quantization recipe compared against the baseline."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Unique name shown in the card.")
+    weights: WeightQuant = Field(description="Weight quantization.")
+    activations: Optional[ActivationQuant] = Field(
+        None, description="Activation quantization; omit for weight-only schemes."
+    )
+    ops: tuple[Literal["linear", "embedding", "lm_head"], ...] = Field(
+        ("linear",), min_length=1, description="Op kinds to quantize: linear (nn.Linear and transformers "
+        "Conv1D), lm_head (the output projection of causal LMs), embedding (weight-only)."
+    )
+    exclude: tuple[str, ...] = Field(
+        (), description="Module-name globs kept at baseline precision (mixed precision), e.g. '*.pooler.*'."
+    )
+    calibration: Optional[Calibration] = Field(
+        None, description="Calibration data; required when activations are static."
+    )
+    kernel: str = Field(
+        "auto", description="Kernel name to force (see `qbench list kernels`), or auto: the fastest "
+        "kernel that supports the configuration on the device. A forced kernel that cannot run raises."
+    )
+
+    @model_validator(mode="after")
+    def _needs_calibration(self):
+        if self.activations is not None and not self.activations.dynamic and self.calibration is None:
+            raise FieldError(("calibration",), "static activations (dynamic: false) need a calibration section")
+        return self
+
+
+class ModelRef(_Strict):
+    """A model to benchmark."""
+
+    id: str = Field(
+        min_length=1, description="`minilm` (bundled offline all-MiniLM-L6-v2), or `hf:<hub id or local "
+        "directory>` for any transformers model."
+    )
+    name: Optional[str] = Field(None, max_length=80, description="Display name (defaults to the id).")
+    task: Literal["auto", "encoder", "causal_lm"] = Field(
+        "auto", description="How the model is run and scored; auto reads the model config."
+    )
+    revision: Optional[str] = Field(None, description="Hub revision (branch, tag or commit) for hf: ids.")
+    trust_remote_code: bool = Field(False, description="Allow code shipped with the model to run.")
+
+    @property
+    def display(self) -> str:
+        return self.name or self.id
+
+
+class Baseline(_Strict):
+    """The unquantized reference every scheme is compared against."""
+
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "fp16", description="Baseline precision. Resolved against the hardware: a CPU without native "
+        "fp16/bf16 math runs fp32 instead, and the card says so. auto: fp16 on GPUs, fp32 on CPUs."
+    )
+
+
+class Workload(_Strict):
+    """A dataset the models are measured on."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Unique workload name, e.g. text or code.")
+    dataset: str = Field(
+        description="`builtin:text` (English prose shipped with CPython), `builtin:code` (Python "
+        "standard library source), or a path to a .txt (blank-line separated) or .jsonl ({text: ...}) file."
+    )
+
+
+class Measure(_Strict):
+    """What is measured and how often."""
+
+    batch_sizes: tuple[int, ...] = Field(
+        (1, 8), min_length=1, description="Batch sizes for latency and throughput."
+    )
+    seq_len: int = Field(128, ge=8, le=8192, description="Tokens per sequence.")
+    warmup: int = Field(3, ge=0, le=1000, description="Untimed runs before timing.")
+    repeats: int = Field(20, ge=3, le=10000, description="Timed runs per variant and batch size.")
+    eval_samples: int = Field(64, ge=4, le=100000, description="Evaluation samples for quality metrics.")
+    threads: Optional[int] = Field(None, ge=1, le=1024, description="torch CPU threads (default: torch's).")
+    seed: int = Field(0, description="Seed for data sampling and bootstrap intervals.")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batch(cls, v):
+        if any(b < 1 or b > 4096 for b in v):
+            raise ValueError("batch sizes must be between 1 and 4096")
+        if len(set(v)) != len(v):
+            raise ValueError("batch sizes must be unique")
+        return v
+
+
+class Experiment(_Strict):
+    """A whole experiment: models x schemes x workloads x batch sizes."""
+
+    schema_version: Literal[1] = Field(description="Version of this file format; must be 1.")
+    name: str = Field(pattern=NAME_PATTERN, description="Experiment name; names the reports folder.")
+    description: str = Field("", max_length=2000, description="Free text shown in the card.")
+    models: tuple[ModelRef, ...] = Field(min_length=1, description="Models to benchmark.")
+    device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
+    baseline: Baseline = Field(default_factory=Baseline, description="The unquantized reference.")
+    schemes: tuple[Scheme, ...] = Field(min_length=1, description="Quantization schemes to compare.")
+    workloads: tuple[Workload, ...] = Field(min_length=1, description="Datasets to measure on.")
+    measure: Measure = Field(default_factory=Measure, description="Measurement settings.")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError(f"'{v}' is not a device; use auto, cpu, cuda or cuda:N")
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self):
+        for what, field, names in (("scheme", "schemes", [s.name for s in self.schemes]),
+                                   ("workload", "workloads", [w.name for w in self.workloads]),
+                                   ("model", "models", [m.display for m in self.models])):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                second = [i for i, n in enumerate(names) if n == dupes[0]][1]
+                key = "name" if what != "model" or self.models[second].name else "id"
+                raise FieldError((field, second, key), f"duplicate {what} names: {', '.join(dupes)}")
+        workload_names = {w.name for w in self.workloads}
+        for i, s in enumerate(self.schemes):
+            ds = s.calibration.dataset if s.calibration else None
+            if ds and ds not in workload_names and not _is_dataset_spec(ds):
+                raise FieldError(("schemes", i, "calibration", "dataset"),
+                    f"scheme '{s.name}': calibration dataset '{ds}' is neither a workload "
+                    f"({', '.join(sorted(workload_names))}) nor a dataset (builtin:..., .txt, .jsonl)"
+                )
+        return self
+
+    def calibration_dataset(self, scheme: Scheme) -> str | None:
+        """The dataset spec a scheme calibrates on (workload names resolved)."""
+        if scheme.calibration is None:
+            return None
+        by_name = {w.name: w.dataset for w in self.workloads}
+        return by_name.get(scheme.calibration.dataset, scheme.calibration.dataset)
+
+
+def _is_dataset_spec(s: str) -> bool:
+    return s.startswith("builtin:") or s.endswith((".txt", ".jsonl"))
