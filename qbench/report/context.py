@@ -290,12 +290,16 @@ def hardware(meta: dict) -> dict:
     hw = meta.get("hardware") or {}
     gib = num(hw.get("ram_bytes"))
     freq = [sig(f) for f in hw.get("cpu_freq_mhz") or []]
-    gpus = ["; ".join(f"#{g.get('index')} {g.get('name')}" + "".join(
-        f", {label} {g[k]}" for label, k in (("driver", "driver"), ("CUDA", "cuda_runtime"),
-                                             ("compute", "compute_capability"),
-                                             ("power limit W", "power_limit_w")) if g.get(k) is not None)
-        + (f", {num(g['memory_bytes']) / 2 ** 30:.1f} GiB" if num(g.get("memory_bytes")) else "")
-        for g in hw.get("gpus") or [])]
+    gpus = []
+    for g in hw.get("gpus") or []:
+        extra = [f"{num(g['memory_bytes']) / 2 ** 30:.1f} GiB" if num(g.get("memory_bytes")) else None,
+                 *(f"{label} {g[k]}" if g.get(k) is not None else None for label, k in (
+                     ("driver", "driver"), ("CUDA", "cuda_runtime"), ("compute capability", "compute_capability"))),
+                 f"{sig(g['power_limit_w'])} W limit" if num(g.get("power_limit_w")) else None,
+                 f"SM/mem clock {sig(g.get('sm_clock_mhz'))}/{sig(g.get('mem_clock_mhz'))} MHz"
+                 if g.get("sm_clock_mhz") or g.get("mem_clock_mhz") else None]
+        extra = ", ".join(e for e in extra if e)
+        gpus.append(f"#{g.get('index')} {g.get('name')}" + (f" ({extra})" if extra else ""))
     items = [
         ("CPU", f"{hw.get('cpu_model') or DASH} ({hw.get('cpu_arch') or DASH})"),
         ("Cores", f"{hw.get('physical_cores') or DASH} physical / {hw.get('logical_cores') or DASH} logical"),
@@ -303,7 +307,7 @@ def hardware(meta: dict) -> dict:
         ("CPU governor", hw.get("cpu_governor") or DASH),
         ("RAM", DASH if gib is None else f"{gib / 2 ** 30:.1f} GiB"),
         ("ISA flags", ", ".join(hw.get("cpu_flags") or []) or "none detected"),
-        ("GPU(s)", gpus[0] or "none"),
+        ("GPU(s)", "; ".join(gpus) or "none"),
         ("OS", hw.get("os") or DASH),
         ("Python", hw.get("python") or DASH),
         ("Packages", ", ".join(f"{k} {v}" for k, v in (hw.get("packages") or {}).items()) or DASH),

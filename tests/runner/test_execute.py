@@ -1,0 +1,141 @@
+"""End to end on tiny local models: plan -> cells on disk -> results -> card; failures and resume."""
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from qbench import api
+from qbench.results import load_results
+
+pytestmark = pytest.mark.slow
+
+
+def write_experiment(tmp_path: Path, models: dict, schemes: str, name: str = "tiny") -> Path:
+    model_lines = "\n".join(f"  - {{id: 'hf:{d}', name: {n}}}" for n, d in models.items())
+    text = textwrap.dedent("""\
+        schema_version: 1
+        name: {name}
+        models:
+        {models}
+        device: cpu
+        baseline: {{dtype: fp32}}
+        schemes:
+        {schemes}
+        workloads:
+          - {{name: text, dataset: "builtin:text"}}
+          - {{name: code, dataset: "builtin:code"}}
+        measure: {{batch_sizes: [1, 4], seq_len: 32, warmup: 1, repeats: 3, eval_samples: 8}}
+        """).format(name=name, models=model_lines, schemes=textwrap.indent(schemes, ""))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+SCHEMES = """\
+  - name: w8a8
+    weights: {bits: 8, granularity: per_channel}
+    activations: {bits: 8, granularity: per_token}
+  - name: w4g16
+    weights: {bits: 4, symmetric: false, granularity: per_group, group_size: 16}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_models, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    exp = write_experiment(tmp, {"gpt2": tiny_models["gpt2"], "bert": tiny_models["bert"]}, SCHEMES)
+    outcome = api.run(exp, out=tmp / "reports", progress=False, log=lambda s: None)
+    return exp, outcome
+
+
+def test_every_cell_finishes_and_is_on_disk(tiny_run):
+    _, outcome = tiny_run
+    assert outcome.status == "ok"
+    cells = sorted(p.stem for p in (outcome.run_dir / "cells").glob("*.json"))
+    assert cells == sorted(f"{m}__{s}__{w}" for m in ("gpt2", "bert") for s in ("w8a8", "w4g16")
+                           for w in ("text", "code"))
+    for kind in ("card.md", "card.html", "card.json", "results.csv", "meta.json"):
+        assert (outcome.run_dir / kind).is_file()
+
+
+def test_rows_carry_measurements_for_each_task(tiny_run):
+    _, outcome = tiny_run
+    table = load_results(outcome.run_dir)
+    frame = table.frame()
+    gpt = frame[(frame.model == "gpt2") & (frame.scheme == "w8a8") & (frame.workload == "code")]
+    metrics = set(gpt.metric)
+    assert {"ppl", "log_ppl_ratio", "kl_mean", "kl_p99", "top1_agreement", "latency_ms", "speedup",
+            "throughput_tok_s", "weight_bytes", "peak_rss_bytes"} <= metrics
+    bert = frame[(frame.model == "bert") & (frame.scheme == "w4g16") & (frame.workload == "text")]
+    assert {"cosine_mean", "cosine_min", "nn_agreement"} <= set(bert.metric)
+    # one timing row per variant and batch size, each from the configured repeats
+    lat = frame[(frame.metric == "latency_ms")]
+    assert set(lat.batch_size.dropna().astype(int)) == {1, 4}
+    assert (lat.n == 3).all()
+    assert (lat.ci_low <= lat.value).all() and (lat.value <= lat.ci_high).all()
+    # quantized weights are smaller than the baseline's
+    wb = frame[frame.metric == "weight_bytes"].pivot_table(index=["model", "scheme"], columns="variant",
+                                                           values="value", aggfunc="first")
+    assert (wb["quantized"] < wb["baseline"]).all()
+    # kernels recorded on every row
+    assert set(frame[frame.scheme == "w8a8"].kernel) == {"int8_int_mm"}
+    assert set(frame[frame.scheme == "w4g16"].kernel) == {"int4_packed"}
+
+
+def test_quantized_lm_drifts_but_stays_close(tiny_run):
+    _, outcome = tiny_run
+    f = load_results(outcome.run_dir).frame()
+    kl = f[(f.model == "gpt2") & (f.metric == "kl_mean")].set_index(["scheme", "workload"]).value
+    assert (kl > 0).all()
+    # 8-bit per-channel moves the distribution less than 4-bit on the same tokens
+    for wl in ("text", "code"):
+        assert kl[("w8a8", wl)] < kl[("w4g16", wl)]
+
+
+def test_meta_records_hardware_plan_and_provenance(tiny_run):
+    exp, outcome = tiny_run
+    meta = json.loads((outcome.run_dir / "meta.json").read_text())
+    assert meta["status"] == "ok" and meta["finished"]
+    assert meta["baseline"] == {"requested": "fp32", "resolved": "fp32", "note": ""}
+    assert meta["hardware"]["logical_cores"] >= 1 and len(meta["fingerprint"]) == 8
+    assert meta["models"]["gpt2"]["task"] == "causal_lm" and meta["models"]["bert"]["task"] == "encoder"
+    assert len(meta["plan"]["cells"]) == 8
+    assert meta["experiment"]["schemes"][0]["name"] == "w8a8"
+
+
+def test_failed_cell_is_recorded_and_others_still_run(tiny_models, tmp_path):
+    schemes = SCHEMES + """\
+  - name: forced-bad
+    weights: {bits: 4, granularity: per_group, group_size: 16}
+    activations: {bits: 8}
+    kernel: int8_int_mm
+"""
+    exp = write_experiment(tmp_path, {"gpt2": tiny_models["gpt2"]}, schemes, name="fail")
+    outcome = api.run(exp, out=tmp_path / "r", progress=False, log=lambda s: None)
+    assert outcome.status == "partial"
+    failed = {c for c, s in outcome.statuses.items() if s == "failed"}
+    assert failed == {"gpt2__forced-bad__text", "gpt2__forced-bad__code"}
+    assert sum(s == "ok" for s in outcome.statuses.values()) == 4
+    cell = json.loads((outcome.run_dir / "cells" / "gpt2__forced-bad__text.json").read_text())
+    assert "int8_int_mm" in cell["reason"] and "per_group" in cell["reason"]
+    assert "gpt2__forced-bad__text" in (outcome.run_dir / "card.md").read_text()
+
+
+def test_resume_runs_only_missing_cells_and_refuses_changed_experiment(tiny_models, tmp_path):
+    exp = write_experiment(tmp_path, {"bert": tiny_models["bert"]}, SCHEMES, name="resume")
+    first = api.run(exp, out=tmp_path / "r", progress=False, log=lambda s: None)
+    victim = first.run_dir / "cells" / "bert__w4g16__code.json"
+    kept = first.run_dir / "cells" / "bert__w8a8__text.json"
+    kept_before = kept.read_text()
+    victim.unlink()
+    second = api.run(exp, out=tmp_path / "r", resume=first.run_dir, progress=False, log=lambda s: None)
+    assert second.status == "ok" and victim.is_file()
+    assert kept.read_text() == kept_before  # finished cells are not measured again
+    exp.write_text(exp.read_text().replace("repeats: 3", "repeats: 4"))
+    from qbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="changed"):
+        api.run(exp, out=tmp_path / "r", resume=first.run_dir, progress=False, log=lambda s: None)
