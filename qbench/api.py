@@ -32,7 +32,7 @@ def plan(path: str | Path, *, with_torch: bool = False):
     return make_plan(load_experiment(path), detect(include_torch=with_torch))
 
 
-def preflight(exp: Experiment) -> None:
+def preflight(exp: Experiment, source: str | Path = "experiment") -> None:
     """Everything that can fail on bad input fails here, before any measurement."""
     from qbench.datasets import pools
     from qbench.errors import DatasetError
@@ -44,19 +44,19 @@ def preflight(exp: Experiment) -> None:
         except ConfigError:
             raise
         except Exception as e:
-            raise ConfigError(str(e), where=f"models[{i}].id") from None
+            raise ConfigError(str(e), where=f"{source}: models[{i}].id") from None
     need = {w.dataset: exp.measure.eval_samples for w in exp.workloads}
     for i, w in enumerate(exp.workloads):
         try:
             _, evaluation = pools(w.dataset, seed=exp.measure.seed)
         except DatasetError as e:
-            raise ConfigError(str(e), where=f"workloads[{i}].dataset") from None
+            raise ConfigError(str(e), where=f"{source}: workloads[{i}].dataset") from None
         if len(evaluation) < need[w.dataset]:
             raise ConfigError(f"{w.dataset} holds {len(evaluation)} evaluation samples, measure.eval_samples "
-                              f"asks for {need[w.dataset]}", where=f"workloads[{i}].dataset")
+                              f"asks for {need[w.dataset]}", where=f"{source}: workloads[{i}].dataset")
         if max(exp.measure.batch_sizes) > exp.measure.eval_samples:
             raise ConfigError(f"largest batch size {max(exp.measure.batch_sizes)} exceeds eval_samples "
-                              f"{exp.measure.eval_samples}", where="measure.batch_sizes")
+                              f"{exp.measure.eval_samples}", where=f"{source}: measure.batch_sizes")
     for i, s in enumerate(exp.schemes):
         spec = exp.calibration_dataset(s)
         if spec is None:
@@ -64,10 +64,10 @@ def preflight(exp: Experiment) -> None:
         try:
             calibration, _ = pools(spec, seed=exp.measure.seed)
         except DatasetError as e:
-            raise ConfigError(str(e), where=f"schemes[{i}].calibration.dataset") from None
+            raise ConfigError(str(e), where=f"{source}: schemes[{i}].calibration.dataset") from None
         if len(calibration) < s.calibration.size:
             raise ConfigError(f"{spec} holds {len(calibration)} calibration samples, {s.calibration.size} "
-                              "requested", where=f"schemes[{i}].calibration.size")
+                              "requested", where=f"{source}: schemes[{i}].calibration.size")
 
 
 def git_commit() -> Optional[str]:
@@ -93,7 +93,7 @@ def run(path: str | Path, *, out: str | Path = "reports", resume: Optional[str |
     from qbench.runner.plan import make_plan
 
     exp = load_experiment(path)
-    preflight(exp)
+    preflight(exp, path)
     hw = detect(include_torch=True)
     the_plan = make_plan(exp, hw)
     resolved = exp.model_dump(mode="json")

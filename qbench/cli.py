@@ -15,7 +15,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 
 def _err(msg: str) -> None:
-    typer.echo(f"qbench: error: {msg}", err=True)
+    # always one line: values quoted from the user's file may hold line breaks
+    typer.echo("qbench: error: " + "\\n".join(str(msg).splitlines()), err=True)
 
 
 def handled(fn):
@@ -44,7 +45,7 @@ def run(experiment: Path = typer.Argument(..., help="Experiment YAML file."),
     from qbench import api
 
     if dry_run:
-        api.preflight(api.validate([experiment])[0])
+        api.preflight(api.validate([experiment])[0], experiment)
         for line in api.plan(experiment).describe():
             typer.echo(line)
         return

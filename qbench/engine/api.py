@@ -85,6 +85,9 @@ def quantize_(model: nn.Module, scheme: Scheme | dict, *, device: str = "cpu",
         scheme = Scheme.model_validate(scheme)
     w, a = weight_spec(scheme), activation_spec(scheme)
     kinds = classify(model)
+    # choose every kernel before touching the model, so an impossible request leaves it unchanged
+    if any(op != "embedding" and op in scheme.ops for op in kinds.values()):
+        select_kernel(w, a, device, scheme.kernel)
     act_qparams = _calibrate(model, scheme, kinds, a, calibrate)
     records = []
     for name, op in kinds.items():
@@ -163,4 +166,8 @@ def _calibrate(model, scheme: Scheme, kinds, a: Optional[QuantSpec], calibrate) 
     finally:
         for h in hooks:
             h.remove()
-    return {name: obs.qparams() for name, obs in observers.items() if obs.seen}
+    silent = [name for name, obs in observers.items() if not obs.seen]
+    if silent:
+        raise ValueError(f"calibration ran no data through {len(silent)} module(s) with static activations "
+                         f"(first: {silent[0]}); static ranges cannot be set")
+    return {name: obs.qparams() for name, obs in observers.items()}

@@ -41,6 +41,10 @@ class Observer:
         else:                  # a subsample without replacement
             self.samples.append(x[torch.randperm(x.numel(), generator=self._gen)[:take]])
         self.kept += take
+        if self.kept > 2 * RESERVOIR:  # keep memory bounded: thin the pool back to RESERVOIR values
+            pool = torch.cat(self.samples)
+            self.samples = [pool[torch.randperm(pool.numel(), generator=self._gen)[:RESERVOIR]]]
+            self.kept = RESERVOIR
 
     def _values(self) -> torch.Tensor:
         if not self.samples:

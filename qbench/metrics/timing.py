@@ -76,3 +76,34 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+class ForeignCpu:
+    """Average number of CPU cores used by *other* processes while the block ran.
+
+    System-wide busy CPU time minus this process's CPU time, over wall time. On a shared machine a
+    value well above zero means the timings were contended; the card flags it.
+    """
+
+    def __init__(self):
+        import psutil
+
+        self._psutil = psutil
+        self._proc = psutil.Process()
+        self.cores = 0.0
+
+    def _busy(self) -> tuple[float, float, float]:
+        t = self._psutil.cpu_times()
+        system = sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
+        mine = self._proc.cpu_times()
+        return system, mine.user + mine.system, time.perf_counter()
+
+    def __enter__(self) -> "ForeignCpu":
+        self._start = self._busy()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = self._busy()
+        wall = end[2] - self._start[2]
+        foreign = (end[0] - self._start[0]) - (end[1] - self._start[1])
+        self.cores = max(0.0, foreign / wall) if wall > 0 else 0.0

@@ -84,6 +84,7 @@ def load_model(ref: ModelRef, dtype: str = "fp32", device: str = "cpu") -> Loade
     import transformers
 
     source, origin = resolve_source(ref)
+    transformers.utils.logging.disable_progress_bar()  # qbench shows its own progress
     task = detect_task(source, ref)
     cls = transformers.AutoModelForCausalLM if task == "causal_lm" else transformers.AutoModel
     kwargs = dict(revision=ref.revision, trust_remote_code=ref.trust_remote_code, use_safetensors=True)

@@ -139,15 +139,18 @@ def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
     method = "bytes of parameters, buffers and quantized weight state (codes, scales, zero points, sums)"
     rows += [row("weight_bytes", state.baseline_bytes, "bytes", method, "baseline"),
              row("weight_bytes", q_bytes, "bytes", method, "quantized")]
-    from qbench.metrics.timing import RssSampler
+    from qbench.metrics.timing import ForeignCpu, RssSampler
 
-    with RssSampler() as rss:
+    with RssSampler() as rss, ForeignCpu() as foreign:
         for bs in m.batch_sizes:
             if bs > batch["input_ids"].shape[0]:
                 raise ValueError(f"batch size {bs} exceeds the {batch['input_ids'].shape[0]} evaluation samples")
             rows += speed_rows(base, quant, task, batch, bs, m.seq_len, m.warmup, m.repeats, plan.device)
     rows.append(row("peak_rss_bytes", rss.peak, "bytes", "peak resident set size of the process while "
                     "timing (baseline and quantized models both resident), sampled every 2 ms", "paired"))
+    rows.append(row("foreign_cpu_cores", foreign.cores, "cores", "average CPU cores busy with other processes "
+                    "while timing (system busy time minus this process's, over wall time); above 0.25 the "
+                    "timings are contended", "paired"))
     kernels = sorted({r.kernel for r in records if r.applied})
     for r in rows:
         r.update(cell=cell.id, model=cell.model.display, task=task, scheme=cell.scheme.name,

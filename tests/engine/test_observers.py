@@ -193,3 +193,15 @@ def test_make_observer_types_and_errors():
         make_observer("entropy", A8)
     with pytest.raises(ValueError, match="per_tensor"):
         Observer(QuantSpec(8, granularity="per_token"))
+
+
+def test_observer_memory_stays_bounded_over_many_updates():
+    from qbench.engine.observers import RESERVOIR, Observer
+    from qbench.engine.primitives import QuantSpec
+
+    obs = Observer(QuantSpec(8, False, False, "per_tensor"))
+    for i in range(40):
+        obs.update(torch.randn(RESERVOIR // 4) * (i + 1))
+    assert sum(t.numel() for t in obs.samples) <= 2 * RESERVOIR + RESERVOIR // 4
+    assert obs.seen == 40 * (RESERVOIR // 4)
+    assert obs.max.item() > 30  # exact running max is kept even when samples are thinned

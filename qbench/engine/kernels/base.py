@@ -38,7 +38,7 @@ class Kernel:
 KERNELS: Registry[Kernel] = Registry("kernel")
 
 # Preference order for `kernel: auto`, fastest first; reference (emulated) serves everything.
-PREFERENCE = ("int8_int_mm", "int8_weight_only", "int4_packed", "reference")
+PREFERENCE = ("int8_int_mm", "int4_packed", "int8_weight_only", "reference")
 
 
 def select_kernel(w: QuantSpec, a: Optional[QuantSpec], device: str, forced: str = "auto") -> Kernel:

@@ -153,7 +153,8 @@ class Int4Packed(Kernel):
 
     def forward(self, state, x):
         w = dequantize(state["weight"].to_qtensor(), x.dtype)            # (N, K)
-        return torch.nn.functional.linear(x, w, state["bias"])
+        b = state["bias"]  # kept float32; cast so fp16/bf16 inputs work
+        return torch.nn.functional.linear(x, w, None if b is None else b.to(x.dtype))
 
 
 for _k in (Int8IntMM(), Int8WeightOnly(), Int4Packed()):

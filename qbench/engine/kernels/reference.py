@@ -41,7 +41,8 @@ class ReferenceKernel(Kernel):
         if a is not None:
             qp = state["act_qparams"]
             x = fake_quantize(x, a, *qp) if qp is not None else fake_quantize(x, a)
-        return torch.nn.functional.linear(x, w, state["bias"])
+        b = state["bias"]  # kept float32; cast so fp16/bf16 inputs work
+        return torch.nn.functional.linear(x, w, None if b is None else b.to(x.dtype))
 
 
 KERNELS.add("reference", ReferenceKernel())
