@@ -62,6 +62,10 @@ def parse_experiment(text: str, source: str = "<string>") -> Experiment:
 def _first_error(err: ValidationError) -> str:
     """One short line for the first problem, with a did-you-mean hint for unknown keys."""
     errors = err.errors(include_url=False)
+    # pydantic also reports a list as "too short" when its only items failed: not a problem of its own
+    locs = [tuple(e.get("loc", ())) for e in errors]
+    errors = [e for e, loc in zip(errors, locs)
+              if not (e["type"] == "too_short" and any(o[:len(loc)] == loc and len(o) > len(loc) for o in locs))]
     # a misspelt key shows up as "unknown field" plus "field required": report the typo (with its hint)
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(first.get("loc", ()))
@@ -69,7 +73,7 @@ def _first_error(err: ValidationError) -> str:
     if isinstance(cause, FieldError):
         loc += cause.loc
     field = _dotted(loc) or "(top level)"
-    more = err.error_count() - 1
+    more = len(errors) - 1
     tail = f" (+{more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
     if first["type"] == "extra_forbidden":
         known = _fields_at(Experiment, loc[:-1])

@@ -374,3 +374,11 @@ def test_json_schema_matches_the_models():
             (n, getattr(__import__("qbench.schema", fromlist=[n]), n)) for n in schema["$defs"]]:
         spec = schema if name == "Experiment" else schema["$defs"][name]
         assert set(spec["properties"]) == set(model.model_fields), name
+
+
+def test_single_bad_item_is_one_problem_not_two():
+    doc = _base()
+    doc["schemes"] = [{"name": "a", "weights": {"bits": 9}}]
+    err = _config_error(parse_experiment, yaml.safe_dump(doc), "f.yaml")
+    assert "schemes[0].weights.bits" in str(err)
+    assert "more problem" not in str(err)  # pydantic's follow-on "too short" for the list is dropped
