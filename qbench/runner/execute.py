@@ -44,21 +44,21 @@ def execute(plan: Plan, run_dir: Path, meta: dict, *, log: Callable[[str], None]
         log(f"resuming: {len(done)} cell(s) already finished, {len(todo)} to run")
     bar = _progress(len(todo), progress)
     models: dict[str, ModelState] = {}
+    isolate = measure.isolate or measure.cell_timeout_s is not None
     for cell in todo:
         bar.set_description(cell.id)
         t0 = time.perf_counter()
-        try:
-            state = models.get(cell.model.display)
-            if state is None:
-                models.clear()  # one model in memory at a time
-                state = models[cell.model.display] = _load(plan, cell, meta)
-            record = run_cell(plan, cell, state)
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:  # a failing cell is recorded and the run goes on
-            record = _cell_header(cell, "failed", f"{type(e).__name__}: {e}")
-            record["traceback"] = traceback.format_exc(limit=8)
-            log(f"cell {cell.id} failed: {type(e).__name__}: {e}")
+        if isolate:
+            from qbench.runner.isolate import run_isolated
+
+            record, loaded = run_isolated(plan, cell, run_dir, measure.cell_timeout_s)
+            if loaded:
+                meta.setdefault("models", {}).update(loaded)
+                write_json_atomic(run_dir / "meta.json", meta)
+        else:
+            record = _run_in_process(plan, cell, models, meta, run_dir)
+        if record["status"] == "failed":
+            log(f"cell {cell.id} failed: {record['reason']}")
         record["seconds"] = round(time.perf_counter() - t0, 3)
         record["finished"] = now()
         write_json_atomic(run_dir / "cells" / f"{cell.id}.json", record)
@@ -69,6 +69,22 @@ def execute(plan: Plan, run_dir: Path, meta: dict, *, log: Callable[[str], None]
         write_json_atomic(run_dir / "cells" / f"{cell.id}.json", _cell_header(cell, "skipped", reason))
         statuses[cell.id] = "skipped"
     return statuses
+
+
+def _run_in_process(plan: Plan, cell: Cell, models: dict, meta: dict, run_dir: Path) -> dict:
+    try:
+        state = models.get(cell.model.display)
+        if state is None:
+            models.clear()  # one model in memory at a time
+            state = models[cell.model.display] = _load(plan, cell, meta)
+            write_json_atomic(run_dir / "meta.json", meta)  # model provenance survives a crash
+        return run_cell(plan, cell, state)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # a failing cell is recorded and the run goes on
+        record = _cell_header(cell, "failed", f"{type(e).__name__}: {e}")
+        record["traceback"] = traceback.format_exc(limit=8)
+        return record
 
 
 def _progress(total: int, enabled: bool):

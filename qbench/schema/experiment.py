@@ -166,6 +166,13 @@ class Measure(_Strict):
     eval_samples: int = Field(64, ge=4, le=100000, description="Evaluation samples for quality metrics.")
     threads: Optional[int] = Field(None, ge=1, le=1024, description="torch CPU threads (default: torch's).")
     seed: int = Field(0, description="Seed for data sampling and bootstrap intervals.")
+    isolate: bool = Field(
+        False, description="Run each cell in its own process, so a crash in native code fails that cell only."
+    )
+    cell_timeout_s: Optional[float] = Field(
+        None, gt=0, le=604800, description="Fail a cell that runs longer than this many seconds (implies "
+        "isolate: the worker process is killed)."
+    )
 
     @field_validator("batch_sizes")
     @classmethod

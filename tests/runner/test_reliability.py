@@ -1,0 +1,88 @@
+"""Interruptions and faults: kill -9 mid-run then --resume; isolated cells; per-cell timeouts."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qbench import api
+from tests.runner.test_execute import SCHEMES, write_experiment
+
+pytestmark = pytest.mark.slow
+QUALITY = {"cosine_mean", "cosine_min", "nn_agreement", "ppl", "log_ppl_ratio", "kl_mean", "kl_p99",
+           "top1_agreement", "weight_bytes"}
+
+
+def _quality(run_dir: Path) -> dict:
+    """Deterministic rows (quality, sizes) and quantization maps of every cell; timings excluded."""
+    out = {}
+    for p in sorted((run_dir / "cells").glob("*.json")):
+        c = json.loads(p.read_text())
+        rows = sorted((r["metric"], r["variant"], round(r["value"], 9)) for r in c["rows"] if r["metric"] in QUALITY)
+        out[c["cell"]] = (c["status"], rows, c["quant_map"], c["kernels"])
+    return out
+
+
+def _card_sections(run_dir: Path) -> dict:
+    card = json.loads((run_dir / "card.json").read_text())
+    return {k: card[k] for k in ("setup", "quant_maps")} | {"quality": card["results"]["quality"]}
+
+
+def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(tiny_models, tmp_path):
+    exp = write_experiment(tmp_path, {"gpt2": tiny_models["gpt2"], "bert": tiny_models["bert"]}, SCHEMES,
+                           name="killme")
+    whole = api.run(exp, out=tmp_path / "whole", progress=False, log=lambda s: None)
+
+    out = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen([sys.executable, "-m", "qbench.cli", "run", str(exp), "--out", str(out),
+                             "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    cells = []
+    while time.time() < deadline and proc.poll() is None:
+        cells = list(out.glob("killme/*/cells/*.json"))
+        if len(cells) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_dir = cells[0].parent.parent
+    finished = list((run_dir / "cells").glob("*.json"))
+    assert 2 <= len(finished) < 8
+    for p in finished:  # atomic writes: every file on disk is complete JSON
+        assert json.loads(p.read_text())["status"] == "ok"
+    assert not (run_dir / "card.md").exists()
+
+    resumed = api.run(exp, resume=run_dir, progress=False, log=lambda s: None)
+    assert resumed.status == "ok"
+    assert _quality(resumed.run_dir) == _quality(whole.run_dir)
+    assert _card_sections(resumed.run_dir) == _card_sections(whole.run_dir)
+
+
+def test_isolated_cells_and_timeouts(tiny_models, tmp_path):
+    exp = write_experiment(tmp_path, {"bert": tiny_models["bert"]}, SCHEMES, name="iso")
+    text = exp.read_text()
+    exp.write_text(text.replace("eval_samples: 8}", "eval_samples: 8, isolate: true}"))
+    isolated = api.run(exp, out=tmp_path / "iso", progress=False, log=lambda s: None)
+    assert isolated.status == "ok"
+    inproc = api.run(write_experiment(tmp_path, {"bert": tiny_models["bert"]}, SCHEMES, name="inproc"),
+                     out=tmp_path / "inproc", progress=False, log=lambda s: None)
+    strip = lambda d: {k.replace("iso", "X").replace("inproc", "X"): v for k, v in _quality(d).items()}  # noqa
+    assert strip(isolated.run_dir) == strip(inproc.run_dir)  # same numbers whichever process ran them
+    assert json.loads((isolated.run_dir / "meta.json").read_text())["models"]["bert"]["task"] == "encoder"
+    assert not list((isolated.run_dir / "cells").glob(".*"))  # worker hand-off files cleaned up
+
+    exp.write_text(text.replace("eval_samples: 8}", "eval_samples: 8, cell_timeout_s: 0.2}"))
+    timed = api.run(exp, out=tmp_path / "timeout", progress=False, log=lambda s: None)
+    assert timed.status == "failed"
+    for p in (timed.run_dir / "cells").glob("*.json"):
+        cell = json.loads(p.read_text())
+        assert cell["status"] == "failed" and "timed out after 0.2 s" in cell["reason"]
+    assert "timed out" in (timed.run_dir / "card.md").read_text()
