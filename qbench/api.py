@@ -94,8 +94,13 @@ def run(path: str | Path, *, out: str | Path = "reports", resume: Optional[str |
 
     exp = load_experiment(path)
     preflight(exp, path)
+    for w in exp.warnings():
+        log(f"warning: {path}: {w}")
     hw = detect(include_torch=True)
     the_plan = make_plan(exp, hw)
+    from qbench.runner.preflight import check
+
+    check(the_plan, path, warn=lambda s: log(f"warning: {s}"))
     resolved = exp.model_dump(mode="json")
     if resume:
         run_dir = Path(resume)

@@ -42,8 +42,12 @@ def run(experiment: Path = typer.Argument(..., help="Experiment YAML file."),
         resume: Optional[Path] = typer.Option(None, "--resume", help="Finish an interrupted run in this folder."),
         no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars.")):
     """Quantize, measure, and render the card of an experiment."""
+    import signal
+
     from qbench import api
 
+    # SIGTERM (a scheduler, a CI timeout) stops like Ctrl-C: finished cells are already on disk
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if dry_run:
         api.preflight(api.validate([experiment])[0], experiment)
         for line in api.plan(experiment).describe():
@@ -68,6 +72,8 @@ def validate(experiments: List[Path] = typer.Argument(..., help="Experiment YAML
     for path, exp in zip(experiments, api.validate(experiments)):
         typer.echo(f"{path}: ok ({len(exp.models)} models x {len(exp.schemes)} schemes x "
                    f"{len(exp.workloads)} workloads)")
+        for w in exp.warnings():
+            typer.echo(f"warning: {path}: {w}", err=True)
 
 
 @app.command()

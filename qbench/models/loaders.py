@@ -87,13 +87,20 @@ def load_model(ref: ModelRef, dtype: str = "fp32", device: str = "cpu") -> Loade
     transformers.utils.logging.disable_progress_bar()  # qbench shows its own progress
     task = detect_task(source, ref)
     cls = transformers.AutoModelForCausalLM if task == "causal_lm" else transformers.AutoModel
-    kwargs = dict(revision=ref.revision, trust_remote_code=ref.trust_remote_code, use_safetensors=True)
+    local = Path(source)
+    if local.is_dir() and not ref.allow_pickle and not any(local.glob("*.safetensors")):
+        pickled = sorted(p.name for p in local.glob("*.bin"))
+        raise ModelError(f"model '{ref.id}' has no safetensors weights" + (
+            f" (only {', '.join(pickled)}: pickle files can run code; set allow_pickle: true on this model "
+            "if you trust them)" if pickled else ""))
+    kwargs = dict(revision=ref.revision, trust_remote_code=ref.trust_remote_code,
+                  use_safetensors=None if ref.allow_pickle else True)
     try:
         tok = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
         model = cls.from_pretrained(source, dtype=getattr(torch, DTYPES[dtype]), **kwargs)
-    except (OSError, ValueError, EnvironmentError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"model '{ref.id}' could not be loaded from {source}: {first}") from None
+    except Exception as e:  # transformers and safetensors raise many types for missing or corrupt files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ModelError(f"model '{ref.id}' could not be loaded from {source}: {type(e).__name__}: {first}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     model.to(device).eval()

@@ -128,11 +128,20 @@ def _load(plan: Plan, cell: Cell, meta: dict) -> ModelState:
         suite = load_suite(wl.dataset, calibration_size=0, evaluation_size=m.eval_samples, seed=m.seed)
         suites[wl.name] = suite
         inputs[wl.name] = tokenize(loaded.tokenizer, [s.text for s in suite.evaluation], m.seq_len, plan.device)
+        _check_vocab(inputs[wl.name], model, cell.model.display)
         reference[wl.name] = outputs(model, loaded.task, inputs[wl.name])
     meta.setdefault("models", {})[cell.model.display] = {
         "id": cell.model.id, "task": loaded.task, "source_origin": loaded.origin, "params": params,
         "baseline_bytes": nbytes, "max_positions": loaded.max_positions}
     return ModelState(loaded, params, nbytes, inputs, reference, suites)
+
+
+def _check_vocab(batch: dict, model, name: str) -> None:
+    rows = model.get_input_embeddings().num_embeddings
+    top = int(batch["input_ids"].max())
+    if top >= rows:
+        raise ValueError(f"the tokenizer of {name} produces token id {top} but its embedding has {rows} rows: "
+                         "tokenizer and model do not match")
 
 
 def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:

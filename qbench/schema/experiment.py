@@ -129,6 +129,10 @@ class ModelRef(_Strict):
     )
     revision: Optional[str] = Field(None, description="Hub revision (branch, tag or commit) for hf: ids.")
     trust_remote_code: bool = Field(False, description="Allow code shipped with the model to run.")
+    allow_pickle: bool = Field(
+        False, description="Allow pickle weight files (.bin), which can run code when loaded; by default "
+        "only safetensors weights are read."
+    )
 
     @property
     def display(self) -> str:
@@ -223,6 +227,23 @@ class Experiment(_Strict):
                     f"({', '.join(sorted(workload_names))}) nor a dataset (builtin:..., .txt, .jsonl)"
                 )
         return self
+
+    def warnings(self) -> list[str]:
+        """Suspicious but legal settings, said before anything runs."""
+        out, m = [], self.measure
+        if m.eval_samples < 30:
+            out.append(f"measure.eval_samples: {m.eval_samples} samples give wide quality intervals (30+ advised)")
+        if m.repeats < 10:
+            out.append(f"measure.repeats: {m.repeats} repeats give wide latency intervals (10+ advised)")
+        if m.warmup == 0:
+            out.append("measure.warmup: 0 warm-up runs; the first timed runs include one-off costs")
+        for i, s in enumerate(self.schemes):
+            if s.calibration is not None and (s.activations is None or s.activations.dynamic):
+                out.append(f"schemes[{i}].calibration: unused, this scheme has no static activations")
+        for mi, model in enumerate(self.models):
+            if model.trust_remote_code or model.allow_pickle:
+                out.append(f"models[{mi}]: trust_remote_code/allow_pickle let files of {model.display} run code")
+        return out
 
     def calibration_dataset(self, scheme: Scheme) -> str | None:
         """The dataset spec a scheme calibrates on (workload names resolved)."""

@@ -107,21 +107,59 @@ def test_meta_records_hardware_plan_and_provenance(tiny_run):
 
 
 def test_failed_cell_is_recorded_and_others_still_run(tiny_models, tmp_path):
-    schemes = SCHEMES + """\
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_models["bert"], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # corrupt: config and tokenizer still read fine
+    exp = write_experiment(tmp_path, {"gpt2": tiny_models["gpt2"], "broken": broken}, SCHEMES, name="fail")
+    outcome = api.run(exp, out=tmp_path / "r", progress=False, log=lambda s: None)
+    assert outcome.status == "partial"
+    failed = {c for c, s in outcome.statuses.items() if s == "failed"}
+    assert failed == {f"broken__{s}__{w}" for s in ("w8a8", "w4g16") for w in ("text", "code")}
+    assert sum(s == "ok" for s in outcome.statuses.values()) == 4
+    cell = json.loads((outcome.run_dir / "cells" / "broken__w8a8__text.json").read_text())
+    assert cell["reason"].startswith("ModelError") and "could not be loaded" in cell["reason"]
+    assert "broken__w8a8__text" in (outcome.run_dir / "card.md").read_text()
+    ok = json.loads((outcome.run_dir / "cells" / "gpt2__w8a8__text.json").read_text())
+    assert ok["status"] == "ok" and any(r["metric"] == "kl_mean" for r in ok["rows"])
+
+
+def _preflight_error(exp, tmp_path):
+    from qbench.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        api.run(exp, out=tmp_path / "never", progress=False, log=lambda s: None)
+    assert not (tmp_path / "never").exists()  # rejected before any work or output
+    return str(err.value)
+
+
+def test_impossible_configurations_fail_before_work(tiny_models, tmp_path):
+    forced = SCHEMES + """\
   - name: forced-bad
     weights: {bits: 4, granularity: per_group, group_size: 16}
     activations: {bits: 8}
     kernel: int8_int_mm
 """
-    exp = write_experiment(tmp_path, {"gpt2": tiny_models["gpt2"]}, schemes, name="fail")
-    outcome = api.run(exp, out=tmp_path / "r", progress=False, log=lambda s: None)
-    assert outcome.status == "partial"
-    failed = {c for c, s in outcome.statuses.items() if s == "failed"}
-    assert failed == {"gpt2__forced-bad__text", "gpt2__forced-bad__code"}
-    assert sum(s == "ok" for s in outcome.statuses.values()) == 4
-    cell = json.loads((outcome.run_dir / "cells" / "gpt2__forced-bad__text.json").read_text())
-    assert "int8_int_mm" in cell["reason"] and "per_group" in cell["reason"]
-    assert "gpt2__forced-bad__text" in (outcome.run_dir / "card.md").read_text()
+    msg = _preflight_error(write_experiment(tmp_path, {"gpt2": tiny_models["gpt2"]}, forced, name="k"), tmp_path)
+    assert "schemes[2].kernel" in msg and "per_group" in msg
+    # n_embd is 64: a group of 24 columns does not divide it
+    grouped = SCHEMES.replace("group_size: 16", "group_size: 24")
+    msg = _preflight_error(write_experiment(tmp_path, {"gpt2": tiny_models["gpt2"]}, grouped, name="g"), tmp_path)
+    assert "schemes[1].weights.group_size" in msg and "24 does not divide the 64" in msg
+    long = write_experiment(tmp_path, {"gpt2": tiny_models["gpt2"]}, SCHEMES, name="long")
+    long.write_text(long.read_text().replace("seq_len: 32", "seq_len: 100"))
+    msg = _preflight_error(long, tmp_path)
+    assert "measure.seq_len" in msg and "context of gpt2 (64)" in msg
+
+
+def test_exclusions_that_match_nothing_warn(tiny_models, tmp_path):
+    schemes = SCHEMES.replace("granularity: per_token}", "granularity: per_token}\n    exclude: ['*.nope.*']")
+    exp = write_experiment(tmp_path, {"bert": tiny_models["bert"]}, schemes, name="warn")
+    lines = []
+    api.run(exp, out=tmp_path / "w", progress=False, log=lines.append)
+    assert any("schemes[0].exclude: '*.nope.*' matches no quantizable module of bert" in x for x in lines)
 
 
 def test_resume_runs_only_missing_cells_and_refuses_changed_experiment(tiny_models, tmp_path):

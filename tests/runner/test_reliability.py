@@ -86,3 +86,41 @@ def test_isolated_cells_and_timeouts(tiny_models, tmp_path):
         cell = json.loads(p.read_text())
         assert cell["status"] == "failed" and "timed out after 0.2 s" in cell["reason"]
     assert "timed out" in (timed.run_dir / "card.md").read_text()
+
+
+def test_sigterm_stops_cleanly_with_finished_cells_on_disk(tiny_models, tmp_path):
+    exp = write_experiment(tmp_path, {"gpt2": tiny_models["gpt2"], "bert": tiny_models["bert"]}, SCHEMES,
+                           name="term")
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen([sys.executable, "-m", "qbench.cli", "run", str(exp), "--out", str(out),
+                             "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not list(out.glob("term/*/cells/*.json")):
+        time.sleep(0.05)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    cells = list(out.glob("term/*/cells/*.json"))
+    assert cells and all(json.loads(p.read_text())["status"] == "ok" for p in cells)
+
+
+def test_tokenizer_that_does_not_match_the_model_fails_its_cells(tiny_models, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(tiny_models["gpt2"], mismatched)
+    tok = AutoTokenizer.from_pretrained(mismatched)
+    tok.add_tokens([f"tok{i}" for i in range(200)] + ["the_"])  # ids beyond the embedding
+    tok.save_pretrained(mismatched)
+    data = tmp_path / "words.txt"
+    data.write_text("\n\n".join(" ".join(f"tok{(i * 7 + j) % 200}" for j in range(120)) for i in range(40)))
+    exp = write_experiment(tmp_path, {"mismatched": mismatched}, SCHEMES, name="tok")
+    exp.write_text(exp.read_text().replace('"builtin:text"', f'"{data}"'))
+    outcome = api.run(exp, out=tmp_path / "o", progress=False, log=lambda s: None)
+    text = json.loads((outcome.run_dir / "cells" / "mismatched__w8a8__text.json").read_text())
+    assert text["status"] == "failed" and "tokenizer and model do not match" in text["reason"]

@@ -1,0 +1,79 @@
+"""Checks that need the models' shapes, run before any measurement (exit 2 on failure).
+
+Models are built from their config on the `meta` device: every module and shape, no weights read.
+"""
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Callable
+
+from qbench.errors import ConfigError, KernelUnavailable, ModelError
+from qbench.runner.plan import Plan
+
+
+def skeleton(model_ref):
+    """(model on the meta device, task, context length) for a model reference."""
+    import torch
+    import transformers
+
+    from qbench.models.loaders import detect_task, resolve_source
+
+    source, _ = resolve_source(model_ref)
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, revision=model_ref.revision,
+                                                         trust_remote_code=model_ref.trust_remote_code)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"model '{model_ref.id}': cannot read its config from {source}: {first}") from None
+    task = detect_task(source, model_ref)
+    cls = transformers.AutoModelForCausalLM if task == "causal_lm" else transformers.AutoModel
+    with torch.device("meta"):
+        model = cls.from_config(config, trust_remote_code=model_ref.trust_remote_code)
+    ctx = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return model, task, ctx
+
+
+def check(plan: Plan, source: str | Path, warn: Callable[[str], None]) -> None:
+    """Kernels, context length, group sizes against real layer widths; warnings for unused globs."""
+    from qbench.engine.api import activation_spec, classify, weight_spec
+    from qbench.engine.kernels import select_kernel
+    from qbench.engine.modules import linear_weight
+
+    exp = plan.experiment
+    for i, s in enumerate(exp.schemes):
+        try:
+            select_kernel(weight_spec(s), activation_spec(s), plan.device, s.kernel)
+        except KernelUnavailable as e:
+            raise ConfigError(str(e), where=f"{source}: schemes[{i}].kernel") from None
+    for mi, ref in enumerate(exp.models):
+        try:
+            model, _, ctx = skeleton(ref)
+        except ModelError as e:
+            raise ConfigError(str(e), where=f"{source}: models[{mi}].id") from None
+        if ctx and exp.measure.seq_len > ctx:
+            raise ConfigError(f"{exp.measure.seq_len} tokens exceed the context of {ref.display} ({ctx})",
+                              where=f"{source}: measure.seq_len")
+        kinds = classify(model)
+        for i, s in enumerate(exp.schemes):
+            _check_scheme(model, kinds, ref.display, s, f"{source}: schemes[{i}]", warn, linear_weight)
+
+
+def _check_scheme(model, kinds, model_name, scheme, where, warn, linear_weight) -> None:
+    covered = [n for n, op in kinds.items() if op in scheme.ops
+               and not any(fnmatch.fnmatchcase(n, p) for p in scheme.exclude)]
+    for pattern in scheme.exclude:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in kinds):
+            warn(f"{where}.exclude: '{pattern}' matches no quantizable module of {model_name}")
+    if not covered:
+        warn(f"{where}: quantizes no module of {model_name} (ops {list(scheme.ops)}, exclude "
+             f"{list(scheme.exclude)}): its cells measure the baseline against itself")
+    g = scheme.weights.group_size
+    if g is None:
+        return
+    for name in covered:
+        mod = model.get_submodule(name)
+        width = mod.weight.shape[1] if kinds[name] == "embedding" else linear_weight(mod)[0].shape[1]
+        if width % g:
+            raise ConfigError(f"group_size {g} does not divide the {width} input columns of {model_name}'s "
+                              f"{name}; pick a divisor or exclude the module", where=f"{where}.weights.group_size")

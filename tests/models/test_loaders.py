@@ -1,0 +1,46 @@
+"""Model loading: bundled and local models, safetensors only unless pickle is allowed per model."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from qbench.errors import ModelError
+from qbench.models import load_model, resolve_source
+from qbench.schema import ModelRef
+
+
+def test_bundled_minilm_resolves_without_network():
+    source, origin = resolve_source(ModelRef(id="minilm"))
+    assert source.endswith("model") and "all-MiniLM-L6-v2" in origin
+
+
+def test_unknown_ids_and_missing_paths_are_model_errors(tmp_path):
+    with pytest.raises(ModelError, match="did you mean 'minilm'"):
+        resolve_source(ModelRef(id="minlm"))
+    with pytest.raises(ModelError, match="no such directory"):
+        resolve_source(ModelRef(id=f"hf:{tmp_path}/nothing/here"))
+    with pytest.raises(ModelError, match="no config.json"):
+        resolve_source(ModelRef(id=f"hf:{tmp_path}"))
+
+
+def test_local_causal_lm_and_encoder_load_with_task(tiny_models):
+    lm = load_model(ModelRef(id=f"hf:{tiny_models['gpt2']}"))
+    enc = load_model(ModelRef(id=f"hf:{tiny_models['bert']}"))
+    assert (lm.task, enc.task) == ("causal_lm", "encoder")
+    assert lm.max_positions == 64 and not lm.model.training
+
+
+def test_pickle_weights_refused_unless_allowed(tiny_models, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    d = tmp_path / "pickled"
+    shutil.copytree(tiny_models["gpt2"], d)
+    model = AutoModelForCausalLM.from_pretrained(d)
+    (d / "model.safetensors").unlink()
+    torch.save(model.state_dict(), d / "pytorch_model.bin")
+    with pytest.raises(ModelError, match="only pytorch_model.bin.*allow_pickle: true"):
+        load_model(ModelRef(id=f"hf:{d}"))
+    loaded = load_model(ModelRef(id=f"hf:{d}", allow_pickle=True))
+    assert loaded.task == "causal_lm"
