@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 EXP    ?= experiments/int8_vs_fp16.yaml
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test browser bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,8 +19,16 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(VENV)/bin/qbench run $(EXP)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
+
+# Chromium for tests/report/test_browser.py (driven by playwright, which never downloads a browser
+# here). Best effort: without root or apt-get that test is skipped, and setup still succeeds.
+browser:
+	[ -x /usr/bin/chromium ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium not installed: the browser test (tests/report/test_browser.py) will be skipped"
+
 
 bench: setup
 	$(PY) benchmarks/gemm.py

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,6 +17,7 @@ class RunOutcome:
     status: str                  # ok | partial | failed
     statuses: dict[str, str]     # cell id -> ok | failed | skipped
     card: dict[str, Path]
+    gates: list = field(default_factory=list)   # one verdict per gate (qbench.report.gates)
 
 
 def validate(paths: list[str | Path]) -> list[Experiment]:
@@ -105,10 +106,10 @@ def run(path: str | Path, *, out: str | Path = "reports", resume: Optional[str |
     if resume:
         run_dir = Path(resume)
         old = _read_meta(run_dir)
-        if old.get("experiment") != resolved:
+        if _measured(old.get("experiment") or {}) != _measured(resolved):
             raise ConfigError("the experiment changed since this run started; start a new run instead of "
                               "--resume", where=str(path))
-        meta = old
+        meta = dict(old, experiment=resolved)  # gates may change between runs; they judge, not measure
     else:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         run_dir = Path(out) / exp.name / f"{stamp}-{fingerprint(hw)}"
@@ -133,7 +134,26 @@ def run(path: str | Path, *, out: str | Path = "reports", resume: Optional[str |
     from qbench.report import render_card
 
     card = render_card(run_dir)
-    return RunOutcome(run_dir, meta["status"], statuses, card)
+    verdicts = gate_verdicts(run_dir)
+    from qbench.report.gates import verdict_lines
+
+    for line in verdict_lines(verdicts):
+        log(line)
+    return RunOutcome(run_dir, meta["status"], statuses, card, verdicts)
+
+
+def _measured(experiment: dict) -> dict:
+    """The part of a resolved experiment that determines measurements (gates only judge them)."""
+    return {k: v for k, v in experiment.items() if k != "gates"}
+
+
+def gate_verdicts(run_dir: str | Path) -> list:
+    """Verdicts of the experiment's gates on a results folder."""
+    from qbench.report.gates import evaluate_gates
+    from qbench.results import load_results
+
+    t = load_results(run_dir)
+    return evaluate_gates(t.meta.get("experiment") or {}, t.rows)
 
 
 def _read_meta(run_dir: Path) -> dict:

@@ -61,6 +61,11 @@ def run(experiment: Path = typer.Argument(..., help="Experiment YAML file."),
     if failed:
         _err(f"{len(failed)} cell(s) failed: {', '.join(failed)} (reasons in the card)")
         raise typer.Exit(1)
+    from qbench.report.gates import gates_failed
+
+    if gates_failed(outcome.gates):
+        _err("a gate failed (verdicts above and in the card)")
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -78,12 +83,28 @@ def validate(experiments: List[Path] = typer.Argument(..., help="Experiment YAML
 
 @app.command()
 @handled
-def card(results_dir: Path = typer.Argument(..., help="A run folder (holds meta.json and cells/).")):
+def card(results_dir: Path = typer.Argument(..., help="A run folder (holds meta.json and cells/)."),
+         hf: bool = typer.Option(False, "--hf", help="Also write a Hugging Face model-card snippet "
+                                 "(front matter with base_model, base_model_relation: quantized)."),
+         model: Optional[str] = typer.Option(None, "--model", help="Model for --hf (when the run has several)."),
+         scheme: Optional[str] = typer.Option(None, "--scheme", help="Scheme for --hf (when the run has several).")):
     """Re-render card.md, card.html and card.json from a results folder; measures nothing."""
     from qbench import api
 
     for kind, path in api.card(results_dir).items():
         typer.echo(f"{kind}: {path}")
+    from qbench.report.gates import verdict_lines
+
+    for line in verdict_lines(api.gate_verdicts(results_dir)):
+        typer.echo(line)
+    if hf:
+        from qbench.errors import ConfigError
+        from qbench.report.hf_export import write_hf_snippet
+
+        try:
+            typer.echo(f"hf: {write_hf_snippet(results_dir, model=model, scheme=scheme)}")
+        except ValueError as e:
+            raise ConfigError(str(e), where=str(results_dir)) from None
 
 
 @app.command()
@@ -109,11 +130,41 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
 
 @app.command()
 @handled
-def schema():
-    """JSON Schema of experiment files."""
+def schema(card_schema: bool = typer.Option(False, "--card", help="Print the JSON Schema of card.json instead.")):
+    """JSON Schema of experiment files (or, with --card, of card.json)."""
+    if card_schema:
+        import json
+
+        from qbench.report.card_schema import card_schema as load
+
+        typer.echo(json.dumps(load(), indent=1))
+        return
     from qbench.schema import json_schema
 
     typer.echo(json_schema())
+
+
+@app.command()
+@handled
+def compare(run_a: Path = typer.Argument(..., help="Reference run folder."),
+            run_b: Path = typer.Argument(..., help="Run folder compared against it."),
+            out: Optional[Path] = typer.Option(None, "--out", help="Where to write compare.md/html/json "
+                                               "(default: RUN_B/compare-<RUN_A name>/).")):
+    """Compare two runs: deltas with intervals, warnings when hardware or software differ."""
+    import json
+
+    from qbench.errors import ConfigError
+    from qbench.report.compare import compare_runs
+
+    try:
+        paths = compare_runs(run_a, run_b, out)
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+    ctx = json.loads(Path(paths["compare.json"]).read_text(encoding="utf-8"))
+    for w in ctx.get("warnings", []):
+        typer.echo(f"warning: {w}", err=True)
+    for kind, path in paths.items():
+        typer.echo(f"{kind}: {path}")
 
 
 @app.command("list")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from qbench.report import plots
 from qbench.report.fmt import CARD_SCHEMA_VERSION, DASH, Index, _ordered, _when
-from qbench.report.sections import (caveats, glossary, hardware, quant_maps, reproduce, results, setup,
+from qbench.report.gates import evaluate_gates
+from qbench.report.sections import (caveats, gates, glossary, hardware, quant_maps, reproduce, results, setup,
                                     summary)
 from qbench.results.table import ResultsTable, load_results
 
@@ -30,6 +31,7 @@ def build_context(source: ResultsTable | str | Path) -> dict:
     for c in cells:
         if c.get("quant_map"):
             qcells.setdefault((c["model"], c["scheme"]), c)
+    verdicts = evaluate_gates(exp, t.rows)
     ctx = {
         "card_schema_version": CARD_SCHEMA_VERSION,
         "title": {
@@ -45,6 +47,8 @@ def build_context(source: ResultsTable | str | Path) -> dict:
             "device": meta.get("device") or DASH,
         },
         "summary": summary(ix, order, cells),
+        "gates": verdicts,  # one verdict per gate of the experiment (qbench.report.gates.evaluate_gates)
+        "gates_section": gates(verdicts),  # None when the experiment declares no gates
         "setup": setup(meta, cells, order),
         "hardware": hardware(meta),
         "results": results(ix, order),

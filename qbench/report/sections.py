@@ -5,6 +5,7 @@ import re
 
 from qbench.report.fmt import (CONTENDED, DASH, GLOSSARY, MIN_EVAL, NOISE_LIMIT, PRIMARY, SIZE_METRICS, Index,
                                _overlap, fmt, mib, num, sig, table, with_ci)
+from qbench.report.gates import gates_failed, gates_verdict, status_text
 
 def summary(ix: Index, order: dict, cells: list) -> list:
     out = []
@@ -50,6 +51,18 @@ def summary(ix: Index, order: dict, cells: list) -> list:
                 parts.append("no results" + (f" ({why})" if why else ""))
             out.append({"model": m, "scheme": s, "text": f"{s} on {m}: {', '.join(parts)}{tail}."})
     return out
+
+
+def gates(verdicts: list) -> dict | None:
+    """The Gates section: overall verdict and one table row per gate; None when there are no gates."""
+    if not verdicts:
+        return None
+    rows = [{"cells": [v["index"] + 1, v["name"] or DASH, v["check"], v["applies_to"], v["matched"],
+                       v["worst_text"], status_text(v["status"]), v["detail"]],
+             "flag": v["status"] != "pass"} for v in verdicts]
+    return {"failed": gates_failed(verdicts), "verdict": gates_verdict(verdicts),
+            "table": table(["#", "Gate", "Check", "Applies to", "Rows", "Worst", "Status", "Detail"],
+                           rows, "rlllrrll")}
 
 
 def _yn(b) -> str:

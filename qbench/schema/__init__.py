@@ -4,6 +4,7 @@ from qbench.schema.experiment import (
     Baseline,
     Calibration,
     Experiment,
+    Gate,
     Measure,
     ModelRef,
     Scheme,
@@ -13,6 +14,6 @@ from qbench.schema.experiment import (
 from qbench.schema.loader import json_schema, load_experiment, parse_experiment
 
 __all__ = [
-    "ActivationQuant", "Baseline", "Calibration", "Experiment", "Measure", "ModelRef", "Scheme",
+    "ActivationQuant", "Baseline", "Calibration", "Experiment", "Gate", "Measure", "ModelRef", "Scheme",
     "WeightQuant", "Workload", "json_schema", "load_experiment", "parse_experiment",
 ]

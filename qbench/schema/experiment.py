@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import re
-from typing import Literal, Optional
+from typing import Literal, NamedTuple, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+
+from qbench.registry import did_you_mean
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
 OP_KINDS = ("linear", "embedding", "lm_head")
@@ -188,6 +190,100 @@ class Measure(_Strict):
         return v
 
 
+class GateMetric(NamedTuple):
+    """What the runner records for a metric a gate can judge."""
+
+    variants: tuple[str, ...]  # variants the metric is recorded under; the first is a gate's default
+    has_ci: bool  # rows carry ci_low / ci_high
+    speed: bool  # one row per batch size
+    task: Optional[str]  # only measured for this task (encoder or causal_lm); None: every task
+
+
+_Q, _BQ, _P = ("quantized",), ("quantized", "baseline"), ("paired",)
+GATE_METRICS: dict[str, GateMetric] = {
+    "latency_ms": GateMetric(_BQ, True, True, None),
+    "throughput_tok_s": GateMetric(_BQ, True, True, None),
+    "speedup": GateMetric(_P, True, True, None),
+    "weight_bytes": GateMetric(_BQ, False, False, None),
+    "peak_rss_bytes": GateMetric(_P, False, False, None),
+    "cosine_mean": GateMetric(_Q, True, False, "encoder"),
+    "cosine_min": GateMetric(_Q, False, False, "encoder"),
+    "nn_agreement": GateMetric(_Q, True, False, "encoder"),
+    "ppl": GateMetric(_BQ, False, False, "causal_lm"),
+    "log_ppl_ratio": GateMetric(_P, True, False, "causal_lm"),
+    "kl_mean": GateMetric(_Q, True, False, "causal_lm"),
+    "kl_p99": GateMetric(_Q, False, False, "causal_lm"),
+    "top1_agreement": GateMetric(_Q, True, False, "causal_lm"),
+}
+
+
+class Gate(_Strict):
+    """A pass/fail check on the results: every matching row must satisfy the bound(s); no data counts as a fail."""
+
+    metric: str = Field(
+        description="Metric to judge: " + ", ".join(GATE_METRICS) + " (see the card's glossary)."
+    )
+    min: Optional[float] = Field(
+        None, allow_inf_nan=False, description="Lowest allowed value (inclusive). Give min, max or both."
+    )
+    max: Optional[float] = Field(
+        None, allow_inf_nan=False, description="Highest allowed value (inclusive). Give min, max or both."
+    )
+    use: Literal["value", "ci_low", "ci_high"] = Field(
+        "value", description="Which number of a row is judged: the point estimate, or the lower / upper "
+        "end of its 95% confidence interval (e.g. ci_low with min: the bound holds with confidence). "
+        "Only for metrics with intervals."
+    )
+    model: Optional[str] = Field(None, description="Only rows of this model (display name or id).")
+    scheme: Optional[str] = Field(None, description="Only rows of this scheme.")
+    workload: Optional[str] = Field(None, description="Only rows of this workload.")
+    batch_size: Optional[int] = Field(
+        None, ge=1, description="Only rows of this batch size (speed metrics: latency_ms, "
+        "throughput_tok_s, speedup); default: every batch size."
+    )
+    variant: Optional[Literal["baseline", "quantized", "paired"]] = Field(
+        None, description="Which rows of the metric: baseline, quantized or paired (a comparison of both). "
+        "Default: paired for speedup, log_ppl_ratio and peak_rss_bytes (recorded only that way), quantized "
+        "for every other metric."
+    )
+    name: Optional[str] = Field(None, min_length=1, max_length=80, description="Label shown in the card.")
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        if v not in GATE_METRICS:
+            raise ValueError(f"unknown metric '{v}'{did_you_mean(v, list(GATE_METRICS))}; "
+                             f"known: {', '.join(GATE_METRICS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        info = GATE_METRICS[self.metric]
+        if self.min is None and self.max is None:
+            raise FieldError((), "a gate needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise FieldError(("max",), f"max ({self.max:g}) is below min ({self.min:g})")
+        if self.use != "value" and not info.has_ci:
+            raise FieldError(("use",), f"{self.metric} has no confidence interval; use: value")
+        if self.batch_size is not None and not info.speed:
+            raise FieldError(("batch_size",), f"{self.metric} is not measured per batch size; batch_size "
+                             "only applies to latency_ms, throughput_tok_s and speedup")
+        if self.variant is not None and self.variant not in info.variants:
+            raise FieldError(("variant",), f"{self.metric} is recorded for variant(s) "
+                             f"{', '.join(info.variants)}, not {self.variant}")
+        return self
+
+    @property
+    def resolved_variant(self) -> str:
+        """The variant whose rows are judged (the default made explicit)."""
+        return self.variant or GATE_METRICS[self.metric].variants[0]
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler):
+        # unset filters are left out, so the card's "Reproduce" YAML shows the gate as it was written
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
 class Experiment(_Strict):
     """A whole experiment: models x schemes x workloads x batch sizes."""
 
@@ -200,6 +296,10 @@ class Experiment(_Strict):
     schemes: tuple[Scheme, ...] = Field(min_length=1, description="Quantization schemes to compare.")
     workloads: tuple[Workload, ...] = Field(min_length=1, description="Datasets to measure on.")
     measure: Measure = Field(default_factory=Measure, description="Measurement settings.")
+    gates: tuple[Gate, ...] = Field(
+        (), description="Pass/fail checks on the results, shown near the top of the card; `qbench run` "
+        "exits with 3 when one fails or has no data to judge."
+    )
 
     @field_validator("device")
     @classmethod
@@ -226,7 +326,37 @@ class Experiment(_Strict):
                     f"scheme '{s.name}': calibration dataset '{ds}' is neither a workload "
                     f"({', '.join(sorted(workload_names))}) nor a dataset (builtin:..., .txt, .jsonl)"
                 )
+        self._check_gates()
         return self
+
+    def _check_gates(self) -> None:
+        names = {"scheme": [s.name for s in self.schemes], "workload": [w.name for w in self.workloads],
+                 "model": [m.display for m in self.models]}
+        ids = {m.id for m in self.models}
+        for i, g in enumerate(self.gates):
+            for what in ("model", "scheme", "workload"):
+                v = getattr(g, what)
+                if v is None or v in names[what] or (what == "model" and v in ids):
+                    continue
+                raise FieldError(("gates", i, what), f"unknown {what} '{v}'{did_you_mean(v, names[what])}; "
+                                 f"this experiment has: {', '.join(names[what])}")
+            if g.batch_size is not None and g.batch_size not in self.measure.batch_sizes:
+                raise FieldError(("gates", i, "batch_size"), f"batch size {g.batch_size} is not measured "
+                                 f"(measure.batch_sizes: {', '.join(map(str, self.measure.batch_sizes))})")
+            task = GATE_METRICS[g.metric].task
+            models = [m for m in self.models if g.model in (None, m.display, m.id)]
+            if task and models and all(m.task not in ("auto", task) for m in models):
+                which = ", ".join(f"{m.display} is {m.task}" for m in models)
+                raise FieldError(("gates", i, "metric"),
+                                 f"{g.metric} is only measured for {task} models ({which})")
+
+    @model_serializer(mode="wrap")
+    def _no_empty_gates(self, handler):
+        # an experiment without gates dumps exactly as before gates existed (meta.json, --resume checks)
+        data = handler(self)
+        if not self.gates:
+            data.pop("gates", None)
+        return data
 
     def warnings(self) -> list[str]:
         """Suspicious but legal settings, said before anything runs."""

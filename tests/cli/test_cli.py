@@ -343,3 +343,20 @@ def test_module_and_console_script_agree():
                                 env=ENV, capture_output=True, text=True, timeout=60)
     assert via_module.returncode == 0
     assert via_module.stdout == qbench("validate", DEFAULT).stdout
+
+
+def test_card_rerenders_and_exports_hf_snippet(tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(REPO_ROOT / "tests" / "fixtures" / "run_small", run)
+    ambiguous = qbench("card", run, "--hf")
+    assert ambiguous.returncode == 2 and "choose one of" in ambiguous.stderr
+    assert len(ambiguous.stderr.strip().splitlines()) == 1
+    schemes = json.loads((run / "meta.json").read_text())["experiment"]["schemes"]
+    ok = qbench("card", run, "--hf", "--scheme", schemes[0]["name"])
+    assert ok.returncode == 0, ok.stderr
+    snippet = next(run.glob("hf-*.md")).read_text()
+    front = yaml.safe_load(snippet.split("---")[1])
+    assert front["base_model_relation"] == "quantized"
+    assert (run / "card.md").is_file() and (run / "card.html").is_file()

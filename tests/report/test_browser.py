@@ -1,0 +1,164 @@
+"""The HTML card in a real browser: headless Chromium driven by Playwright.
+
+Renders tests/fixtures/run_small, opens card.html from disk and checks that it loads without console
+errors and without any network request (only the file itself and data: URIs), that it fits a laptop
+screen (1280x800) without horizontal scrolling, and that it renders with print media. Screenshots land
+in the test's tmp dir.
+
+Needs the Debian package `chromium` at /usr/bin/chromium (`make setup` installs it when run as root;
+otherwise `sudo apt-get install chromium`) and the PyPI package `playwright` (in the `test` extra).
+Playwright never downloads a browser here: it drives the system Chromium. Skipped only when
+/usr/bin/chromium is absent.
+"""
+from __future__ import annotations
+
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from qbench.report import render_card
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE = ROOT / "tests" / "fixtures" / "run_small"
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+LAPTOP = {"width": 1280, "height": 800}
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="browser test needs Chromium at /usr/bin/chromium: run `make setup` as root, or "
+           "`apt-get update && apt-get install -y chromium` (Debian/Ubuntu)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:  # chromium is there, so the test must run: fail loudly, never skip
+        pytest.fail("playwright is not installed: pip install -e '.[test]' (or pip install playwright)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def card_html(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("browser") / "run_small"
+    shutil.copytree(FIXTURE, run)
+    written = render_card(run)
+    return written["card.html"]
+
+
+class Loaded:
+    """A page opened from a file, with everything it logged and requested."""
+
+    def __init__(self, browser, path: Path, viewport=LAPTOP, media: str | None = None):
+        self.url = path.resolve().as_uri()
+        self.console_errors: list[str] = []
+        self.page_errors: list[str] = []
+        self.requests: list[str] = []
+        self.failed: list[str] = []
+        self.context = browser.new_context(viewport=viewport, device_scale_factor=1, java_script_enabled=True)
+        # nothing may leave the machine: abort anything that is not a local file or inline data
+        self.context.route(lambda url: not url.startswith(("file:", "data:")), lambda route: route.abort())
+        self.context.on("request", lambda r: self.requests.append(r.url))
+        self.context.on("requestfailed", lambda r: self.failed.append(f"{r.url}: {r.failure}"))
+        self.page = self.context.new_page()
+        self.page.on("console", lambda m: m.type == "error" and self.console_errors.append(
+            f"{m.text} @ {m.location}"))
+        self.page.on("pageerror", lambda e: self.page_errors.append(str(e)))
+        if media:
+            self.page.emulate_media(media=media)
+        self.response = self.page.goto(self.url, wait_until="load")
+        self.page.wait_for_load_state("networkidle")
+
+    @property
+    def foreign_requests(self) -> list[str]:
+        return [u for u in self.requests if u != self.url and not u.startswith("data:")]
+
+    def problems(self) -> list[str]:
+        return ([f"console error: {e}" for e in self.console_errors] + [f"page error: {e}" for e in self.page_errors]
+                + [f"network request: {u}" for u in self.foreign_requests]
+                + [f"failed request: {f}" for f in self.failed])
+
+    def close(self):
+        self.context.close()
+
+
+@pytest.fixture
+def open_page(browser):
+    opened = []
+
+    def _open(path, **kw) -> Loaded:
+        opened.append(Loaded(browser, path, **kw))
+        return opened[-1]
+    yield _open
+    for p in opened:
+        p.close()
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", "not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_loads_without_errors_or_network(open_page, card_html, tmp_path):
+    p = open_page(card_html)
+    assert p.problems() == []
+    assert p.requests and p.requests[0] == p.url  # the request log works: it saw the page itself
+    assert p.page.title() == "Benchmark card: small"
+    imgs = p.page.eval_on_selector_all(
+        "img", "els => els.map(e => [e.getAttribute('src').slice(0, 22), e.complete, e.naturalWidth])")
+    assert len(imgs) == 4
+    assert all(src == "data:image/png;base64," and done and w > 0 for src, done, w in imgs), imgs
+    assert "1.43x [1.38, 1.49]" in p.page.inner_text("body")
+    shot = tmp_path / "card.png"
+    data = p.page.screenshot(path=str(shot), full_page=True)
+    assert shot.read_bytes() == data and len(data) > 10_000
+    width, height = png_size(data)
+    assert width == 1280 and height > 800
+
+
+@pytest.mark.parametrize("viewport", [LAPTOP, {"width": 390, "height": 844}], ids=["laptop", "phone"])
+def test_no_horizontal_overflow(open_page, card_html, viewport):
+    p = open_page(card_html, viewport=viewport)
+    scroll, inner = p.page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert inner == viewport["width"]
+    assert scroll <= inner + 1, f"page is {scroll}px wide in a {inner}px window: horizontal scrolling"
+    assert p.problems() == []
+
+
+def test_print_media_renders(open_page, card_html, tmp_path):
+    p = open_page(card_html, media="print")
+    page = p.page
+    assert page.evaluate("matchMedia('print').matches")
+    assert page.evaluate("getComputedStyle(document.querySelector('.wrap')).overflowX") == "visible"
+    if page.query_selector("nav"):
+        assert page.evaluate("getComputedStyle(document.querySelector('nav')).display") == "none"
+    assert page.evaluate("document.body.getBoundingClientRect().height") > 800
+    data = page.screenshot(path=str(tmp_path / "card-print.png"), full_page=True)
+    assert len(data) > 10_000 and png_size(data)[0] == 1280
+    pdf = page.pdf(format="A4", print_background=True)
+    (tmp_path / "card.pdf").write_bytes(pdf)
+    assert pdf.startswith(b"%PDF-") and len(pdf) > 10_000
+    assert p.problems() == []
+
+
+def test_checks_catch_errors_and_requests(open_page, tmp_path):
+    """The checks above can fail: a page that logs an error and fetches remote files is caught."""
+    bad = tmp_path / "bad.html"
+    bad.write_text('<!DOCTYPE html><html><head><title>bad</title>'
+                   '<link rel="stylesheet" href="https://example.invalid/x.css"></head><body>'
+                   '<img src="http://127.0.0.1:9/x.png"><script>console.error("boom")</script>'
+                   '<div style="width:3000px">wide</div></body></html>', encoding="utf-8")
+    p = open_page(bad)
+    assert any("boom" in e for e in p.console_errors)
+    assert "https://example.invalid/x.css" in p.foreign_requests
+    assert "http://127.0.0.1:9/x.png" in p.foreign_requests
+    assert p.page.evaluate("document.documentElement.scrollWidth") > 1281

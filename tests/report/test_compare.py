@@ -1,0 +1,203 @@
+"""Run comparison (qbench.report.compare) against copies of tests/fixtures/run_small."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qbench.report.compare import build_comparison, compare_runs, default_out_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE = ROOT / "tests" / "fixtures" / "run_small"
+EVIL = "<script>alert(1)</script>"
+SPEED_KEY = ["minilm", "w8a8-dyn", "text", "8"]
+
+
+def _edit_json(path: Path, fn) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data = fn(data) or data
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def _replace_strings(obj, old, new):
+    if isinstance(obj, str):
+        return obj.replace(old, new)
+    if isinstance(obj, list):
+        return [_replace_strings(x, old, new) for x in obj]
+    if isinstance(obj, dict):
+        return {_replace_strings(k, old, new): _replace_strings(v, old, new) for k, v in obj.items()}
+    return obj
+
+
+@pytest.fixture
+def runs(tmp_path) -> tuple[Path, Path]:
+    a, b = tmp_path / "run_a", tmp_path / "run_b"
+    shutil.copytree(FIXTURE, a)
+    shutil.copytree(FIXTURE, b)
+    return a, b
+
+
+@pytest.fixture
+def modified(runs) -> tuple[Path, Path]:
+    """B: one speed-up (w8a8-dyn / text / batch 8) moved with its CI, another fingerprint, one cell dropped."""
+    a, b = runs
+
+    def faster(cell):
+        for r in cell["rows"]:
+            if r["metric"] == "speedup" and r["batch_size"] == 8:
+                r.update(value=1.80, ci_low=1.74, ci_high=1.86)
+    _edit_json(b / "cells" / "minilm__w8a8-dyn__text.json", faster)
+    _edit_json(b / "meta.json", lambda m: m.update(fingerprint="77aa00ff"))
+    (b / "cells" / "minilm__w4-g32__code.json").unlink()
+    return a, b
+
+
+def _flagged(t: dict) -> list:
+    return [r["cells"] for r in t["rows"] if r["flag"]]
+
+
+def test_self_comparison_has_no_changes(runs):
+    a, _ = runs
+    written = compare_runs(a, a)
+    out = a / "compare-run_a"
+    assert written == {n: out / n for n in ("compare.md", "compare.html", "compare.json")}
+    ctx = json.loads((out / "compare.json").read_text(encoding="utf-8"))
+    assert ctx["warnings"] == []
+    for name in ("speed", "latency", "quality"):
+        assert ctx[name]["rows"] and not _flagged(ctx[name])
+    assert {r["cells"][6] for r in ctx["speed"]["rows"]} == {"1.00x"}
+    assert {r["cells"][6] for r in ctx["quality"]["rows"]} == {"0.0000"}  # every delta is zero
+    assert ctx["only_in_one"]["rows"] == [] and ctx["kernels"]["rows"] == []
+    c = ctx["counts"]
+    assert (c["speed_rows"], c["latency_rows"], c["quality_rows"]) == (8, 16, 12)
+    assert c["speed_changed"] == c["latency_changed"] == c["quality_changed"] == 0
+    assert c["only_in_a_rows"] == c["only_in_b_rows"] == 0 and c["matched_rows"] == 64
+    md = (out / "compare.md").read_text(encoding="utf-8")
+    html = (out / "compare.html").read_text(encoding="utf-8")
+    assert "WARNING" not in md and "WARNING" not in html and 'class="alert"' not in html
+    assert "| changed |" not in md and '<td class="l">changed</td>' not in html and 'class="flag"' not in html
+    assert "| minilm | w8a8-dyn | text | 8 | 1.43x [1.38, 1.49] | 1.43x [1.38, 1.49] | 1.00x | overlap |" in md
+    assert "| minilm | w8a8-dyn | text | cosine_mean | 0.9981 [0.9976, 0.9985] | 0.9981 [0.9976, 0.9985] " \
+           "| 0.0000 | overlap |" in md
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_changed_row_warning_and_missing_cell(modified):
+    a, b = modified
+    written = compare_runs(a, b)
+    assert set(written.values()) == {b / "compare-run_a" / n for n in ("compare.md", "compare.html",
+                                                                      "compare.json")}
+    ctx = json.loads(written["compare.json"].read_text(encoding="utf-8"))
+    assert _flagged(ctx["speed"]) == [SPEED_KEY + ["1.43x [1.38, 1.49]", "1.80x [1.74, 1.86]", "1.26x", "changed"]]
+    assert [r["cells"][7] for r in ctx["speed"]["rows"]].count("changed") == 1
+    assert not _flagged(ctx["latency"]) and not _flagged(ctx["quality"])
+    assert len(ctx["warnings"]) == 1
+    assert ctx["warnings"][0].startswith("Hardware fingerprints differ (A 3fa2c91b, B 77aa00ff)")
+    assert ctx["only_in_one"]["rows"] == [{"cells": ["minilm", "w4-g32", "code", "A", "whole cell"],
+                                          "flag": False}]
+    c = ctx["counts"]
+    assert c["speed_rows"] == 6 and c["speed_changed"] == 1 and c["only_in_a_rows"] == 16
+    assert c["only_in_b_rows"] == 0
+    md = written["compare.md"].read_text(encoding="utf-8")
+    html = written["compare.html"].read_text(encoding="utf-8")
+    assert "> **⚠ WARNING:** Hardware fingerprints differ (A 3fa2c91b, B 77aa00ff)" in md
+    assert md.index("WARNING") < md.index("## Runs")  # prominent: before everything else
+    assert "| minilm | w8a8-dyn | text | 8 | 1.43x [1.38, 1.49] | 1.80x [1.74, 1.86] | 1.26x | changed |" in md
+    assert "| minilm | w4-g32 | code | A | whole cell |" in md
+    assert '<div class="alert" role="alert"><strong>⚠ WARNING:</strong> Hardware fingerprints differ' in html
+    assert '<tr class="flag"><td class="l">minilm</td><td class="l">w8a8-dyn</td><td class="l">text</td>' \
+           '<td class="r">8</td>' in html
+    assert html.count("<td class=\"l\">changed</td>") == 1
+
+
+def test_only_rows_failed_cell_kernels_and_torch(runs):
+    a, b = runs
+
+    def fail(cell):
+        cell.update(status="failed", reason="out of memory", rows=[], kernels=[])
+    _edit_json(b / "cells" / "minilm__w4-g32__code.json", fail)
+    _edit_json(b / "cells" / "minilm__w8a8-dyn__text.json",  # B measured one more batch size
+               lambda c: c["rows"].append(dict(next(r for r in c["rows"] if r["metric"] == "speedup"),
+                                               batch_size=32)))
+    for p in (b / "cells").glob("minilm__w8a8-dyn__*.json"):
+        _edit_json(p, lambda c: c.update(kernels=["reference"]))
+    _edit_json(b / "meta.json", lambda m: m["hardware"]["packages"].update(torch="2.6.0"))
+    ctx = build_comparison(a, b)
+    rows = ctx["only_in_one"]["rows"]
+    assert len(rows) == 2 and not any(r["flag"] for r in rows)
+    assert rows[0]["cells"] == ["minilm", "w8a8-dyn", "text", "B", "speedup (paired, batch 32)"]
+    assert rows[1]["cells"][:4] == ["minilm", "w4-g32", "code", "A"]
+    what = rows[1]["cells"][4]
+    assert what == "all 16 rows (B cell failed: out of memory)"
+    assert ctx["kernels"]["rows"] == [{"cells": ["minilm", "w8a8-dyn", "int8_int_mm", "reference"],
+                                       "flag": False}]
+    assert ctx["counts"]["kernel_changes"] == 1
+    assert ctx["warnings"] == ["The torch versions differ (A 2.5.1, B 2.6.0): results may not be comparable."]
+    torch_row = next(r for r in ctx["header"]["rows"] if r["cells"][0] == "torch")
+    assert torch_row == {"cells": ["torch", "2.5.1", "2.6.0"], "flag": True}
+
+
+def test_quality_delta_and_latency_change(runs):
+    a, b = runs
+
+    def worse(cell):
+        for r in cell["rows"]:
+            if r["metric"] == "cosine_mean":
+                r.update(value=0.9900, ci_low=0.9880, ci_high=0.9920)
+            if r["metric"] == "latency_ms" and r["variant"] == "quantized" and r["batch_size"] == 1:
+                r.update(value=9.6, ci_low=9.2, ci_high=10.0)  # moved, but the intervals overlap
+    _edit_json(b / "cells" / "minilm__w8a8-dyn__code.json", worse)
+    ctx = build_comparison(a, b)
+    assert _flagged(ctx["quality"]) == [["minilm", "w8a8-dyn", "code", "cosine_mean", "0.9952 [0.9943, 0.9960]",
+                                         "0.9900 [0.9880, 0.9920]", "-0.0052", "changed"]]
+    row = next(r for r in ctx["latency"]["rows"] if r["cells"][:5] == ["minilm", "w8a8-dyn", "code", "1",
+                                                                        "quantized"])
+    assert row == {"cells": ["minilm", "w8a8-dyn", "code", "1", "quantized", "9.60 [9.40, 9.90]",
+                             "9.60 [9.20, 10.0]", "1.00x", "overlap"], "flag": False}
+
+
+def test_html_escapes_model_names(runs, tmp_path):
+    for run in runs:
+        for p in [run / "meta.json", *(run / "cells").glob("*.json")]:
+            _edit_json(p, lambda d: _replace_strings(d, "minilm", EVIL))
+    out = tmp_path / "cmp"
+    written = compare_runs(*runs, out_dir=out)
+    assert written["compare.html"] == out / "compare.html"
+    html = (out / "compare.html").read_text(encoding="utf-8")
+    md = (out / "compare.md").read_text(encoding="utf-8")
+    assert "<script" not in html.lower() and "<script" not in md
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "| &lt;script>alert(1)&lt;/script> | w8a8-dyn | text | 8 |" in md
+    assert json.loads((out / "compare.json").read_text(encoding="utf-8"))["speed"]["rows"][0]["cells"][0] == EVIL
+
+
+def test_html_self_contained(runs):
+    html = compare_runs(*runs)["compare.html"].read_text(encoding="utf-8")
+    assert not re.search(r"""(?:src|href|url)\s*[=(]\s*["']?\s*(?:https?:)?//""", html, re.I)
+    assert "<script" not in html.lower() and "<link" not in html.lower() and "@import" not in html
+    assert html.startswith("<!DOCTYPE html>") and "<style>" in html
+
+
+def test_default_out_dir_and_errors(runs, tmp_path):
+    a, b = runs
+    assert default_out_dir(a, b) == b / "compare-run_a"
+    assert default_out_dir(tmp_path / "x y&z", b) == b / "compare-x_y_z"
+    with pytest.raises(FileNotFoundError):
+        compare_runs(a, tmp_path / "missing")
+    assert not (a / "compare-missing").exists()
+
+
+def test_no_torch_import(runs):
+    code = ("import sys, qbench.report.compare as c; c.compare_runs(sys.argv[1], sys.argv[2]); "
+            "bad = [m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith(('qbench.engine', "
+            "'qbench.runner', 'qbench.models'))]; assert not bad, bad; print('clean')")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code, *map(str, runs)], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "clean" in out.stdout
