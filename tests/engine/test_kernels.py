@@ -45,6 +45,17 @@ def rows(p: torch.Tensor) -> torch.Tensor:
     return p.reshape(-1, 1)
 
 
+def weight64(w, w_spec) -> torch.Tensor:
+    """Dequantized weight in float64, from the integer codes and qparams: (q - z) * s."""
+    qw = quantize(w, w_spec)
+    s, z = qw.scale.double(), qw.zero_point.double()
+    if w_spec.granularity == "per_group":
+        s, z = s.repeat_interleave(w_spec.group_size, 1), z.repeat_interleave(w_spec.group_size, 1)
+    else:
+        s, z = rows(s), rows(z)
+    return (qw.data.double() - z) * s
+
+
 def exact_acc(x, a_spec, w, w_spec, act_qparams=None) -> tuple[torch.Tensor, ...]:
     """sum_k (a_q - a_z)(w_q - w_z) in int64, plus the float64 scales."""
     qa = quantize(x, a_spec, *act_qparams) if act_qparams else quantize(x, a_spec)
@@ -153,13 +164,7 @@ def test_int4_packed_matches_reference(w_spec):
         assert state["weight"].packed4 and state["weight"].codes.shape == (50, (k + 1) // 2)
         y = INT4.forward(state, x)
         y_ref = REF.forward(REF.prepare(w, b, w_spec, None), x)
-        qw = quantize(w, w_spec)
-        s, z = qw.scale.double(), qw.zero_point.double()
-        if w_spec.granularity == "per_group":
-            s, z = s.repeat_interleave(w_spec.group_size, 1), z.repeat_interleave(w_spec.group_size, 1)
-        else:
-            s, z = rows(s), rows(z)
-        y64 = x.double() @ ((qw.data.double() - z) * s).t() + b.double()
+        y64 = x.double() @ weight64(w, w_spec).t() + b.double()
         out_scale = float(y64.abs().max())
         assert (y.double() - y64).abs().max() <= 1e-5 * out_scale
         assert (y.double() - y_ref.double()).abs().max() <= 1e-6 * out_scale
@@ -174,17 +179,11 @@ def test_reference_kernel_against_float64(w_spec, a_spec):
     """The reference kernel itself: float64 fake-quantized activations times dequantized weights."""
     w, b, x = make_problem(17, 96, 33, seed=5)
     y = REF.forward(REF.prepare(w, b, w_spec, a_spec), x)
-    qw = quantize(w, w_spec)
-    s, z = qw.scale.double(), qw.zero_point.double()
-    if w_spec.granularity == "per_group":
-        s, z = s.repeat_interleave(w_spec.group_size, 1), z.repeat_interleave(w_spec.group_size, 1)
-    else:
-        s, z = rows(s), rows(z)
     x64 = x.double()
     if a_spec is not None:
         qa = quantize(x, a_spec)
         x64 = (qa.data.double() - rows(qa.zero_point.double())) * rows(qa.scale.double())
-    y64 = x64 @ ((qw.data.double() - z) * s).t() + b.double()
+    y64 = x64 @ weight64(w, w_spec).t() + b.double()
     assert (y.double() - y64).abs().max() <= 1e-5 * float(y64.abs().max())
 
 

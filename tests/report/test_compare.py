@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.report.support import edit_json, replace_strings
+
 from qbench.report.compare import build_comparison, compare_runs, default_out_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,20 +21,8 @@ EVIL = "<script>alert(1)</script>"
 SPEED_KEY = ["minilm", "w8a8-dyn", "text", "8"]
 
 
-def _edit_json(path: Path, fn) -> None:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data = fn(data) or data
-    path.write_text(json.dumps(data), encoding="utf-8")
 
 
-def _replace_strings(obj, old, new):
-    if isinstance(obj, str):
-        return obj.replace(old, new)
-    if isinstance(obj, list):
-        return [_replace_strings(x, old, new) for x in obj]
-    if isinstance(obj, dict):
-        return {_replace_strings(k, old, new): _replace_strings(v, old, new) for k, v in obj.items()}
-    return obj
 
 
 @pytest.fixture
@@ -52,8 +42,8 @@ def modified(runs) -> tuple[Path, Path]:
         for r in cell["rows"]:
             if r["metric"] == "speedup" and r["batch_size"] == 8:
                 r.update(value=1.80, ci_low=1.74, ci_high=1.86)
-    _edit_json(b / "cells" / "minilm__w8a8-dyn__text.json", faster)
-    _edit_json(b / "meta.json", lambda m: m.update(fingerprint="77aa00ff"))
+    edit_json(b / "cells" / "minilm__w8a8-dyn__text.json", faster)
+    edit_json(b / "meta.json", lambda m: m.update(fingerprint="77aa00ff"))
     (b / "cells" / "minilm__w4-g32__code.json").unlink()
     return a, b
 
@@ -121,13 +111,13 @@ def test_only_rows_failed_cell_kernels_and_torch(runs):
 
     def fail(cell):
         cell.update(status="failed", reason="out of memory", rows=[], kernels=[])
-    _edit_json(b / "cells" / "minilm__w4-g32__code.json", fail)
-    _edit_json(b / "cells" / "minilm__w8a8-dyn__text.json",  # B measured one more batch size
+    edit_json(b / "cells" / "minilm__w4-g32__code.json", fail)
+    edit_json(b / "cells" / "minilm__w8a8-dyn__text.json",  # B measured one more batch size
                lambda c: c["rows"].append(dict(next(r for r in c["rows"] if r["metric"] == "speedup"),
                                                batch_size=32)))
     for p in (b / "cells").glob("minilm__w8a8-dyn__*.json"):
-        _edit_json(p, lambda c: c.update(kernels=["reference"]))
-    _edit_json(b / "meta.json", lambda m: m["hardware"]["packages"].update(torch="2.6.0"))
+        edit_json(p, lambda c: c.update(kernels=["reference"]))
+    edit_json(b / "meta.json", lambda m: m["hardware"]["packages"].update(torch="2.6.0"))
     ctx = build_comparison(a, b)
     rows = ctx["only_in_one"]["rows"]
     assert len(rows) == 2 and not any(r["flag"] for r in rows)
@@ -152,7 +142,7 @@ def test_quality_delta_and_latency_change(runs):
                 r.update(value=0.9900, ci_low=0.9880, ci_high=0.9920)
             if r["metric"] == "latency_ms" and r["variant"] == "quantized" and r["batch_size"] == 1:
                 r.update(value=9.6, ci_low=9.2, ci_high=10.0)  # moved, but the intervals overlap
-    _edit_json(b / "cells" / "minilm__w8a8-dyn__code.json", worse)
+    edit_json(b / "cells" / "minilm__w8a8-dyn__code.json", worse)
     ctx = build_comparison(a, b)
     assert _flagged(ctx["quality"]) == [["minilm", "w8a8-dyn", "code", "cosine_mean", "0.9952 [0.9943, 0.9960]",
                                          "0.9900 [0.9880, 0.9920]", "-0.0052", "changed"]]
@@ -165,7 +155,7 @@ def test_quality_delta_and_latency_change(runs):
 def test_html_escapes_model_names(runs, tmp_path):
     for run in runs:
         for p in [run / "meta.json", *(run / "cells").glob("*.json")]:
-            _edit_json(p, lambda d: _replace_strings(d, "minilm", EVIL))
+            edit_json(p, lambda d: replace_strings(d, "minilm", EVIL))
     out = tmp_path / "cmp"
     written = compare_runs(*runs, out_dir=out)
     assert written["compare.html"] == out / "compare.html"

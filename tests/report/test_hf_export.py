@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.report.support import assert_no_heavy_imports
 import yaml
 
 from qbench.report import render_card
@@ -218,10 +217,4 @@ def test_user_text_escaped(run):
 
 
 def test_no_torch_import(run):
-    code = ("import sys; from qbench.report.hf_export import hf_snippet; hf_snippet(sys.argv[1], scheme='w4-g32'); "
-            "bad = [m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith(('qbench.engine', "
-            "'qbench.runner', 'qbench.models'))]; assert not bad, bad; print('clean')")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, env=env)
-    assert out.returncode == 0, out.stderr
-    assert "clean" in out.stdout
+    assert_no_heavy_imports("from qbench.report.hf_export import hf_snippet; hf_snippet(sys.argv[1], scheme='w4-g32')", run)

@@ -13,11 +13,11 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.report.support import assert_no_heavy_imports, edit_json, replace_strings
 
 from qbench.report import build_context, render_card
 from qbench.report.render import md_cell
@@ -42,25 +42,13 @@ def card(run) -> dict:
             "html": (run / "card.html").read_text(encoding="utf-8")}
 
 
-def _edit_json(path: Path, fn) -> None:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data = fn(data) or data
-    path.write_text(json.dumps(data), encoding="utf-8")
 
 
-def _replace_strings(obj, old, new):
-    if isinstance(obj, str):
-        return obj.replace(old, new)
-    if isinstance(obj, list):
-        return [_replace_strings(x, old, new) for x in obj]
-    if isinstance(obj, dict):
-        return {_replace_strings(k, old, new): _replace_strings(v, old, new) for k, v in obj.items()}
-    return obj
 
 
 def _rename_model(run: Path, new: str) -> None:
     for p in [run / "meta.json", *sorted((run / "cells").glob("*.json"))]:
-        _edit_json(p, lambda d: _replace_strings(d, "minilm", new))
+        edit_json(p, lambda d: replace_strings(d, "minilm", new))
 
 
 def test_render_writes_all_outputs(card):
@@ -159,10 +147,10 @@ def test_md_cell_escapes_pipes():
 def test_failed_cell_and_missing_data(run):
     def fail(cell):
         cell.update(status="failed", reason="out of memory", rows=[], quant_map=[], kernels=[], kernel_info={})
-    _edit_json(run / "cells" / "minilm__w4-g32__code.json", fail)
-    _edit_json(run / "meta.json", lambda m: m.update(status="partial"))
+    edit_json(run / "cells" / "minilm__w4-g32__code.json", fail)
+    edit_json(run / "meta.json", lambda m: m.update(status="partial"))
     for p in (run / "cells").glob("*.json"):  # no speedup rows anywhere: that plot is skipped
-        _edit_json(p, lambda c: c.update(rows=[r for r in c["rows"] if r["metric"] != "speedup"]))
+        edit_json(p, lambda c: c.update(rows=[r for r in c["rows"] if r["metric"] != "speedup"]))
     written = render_card(run)
     md = (run / "card.md").read_text(encoding="utf-8")
     assert "- Cell minilm__w4-g32__code failed: out of memory." in md
@@ -174,10 +162,10 @@ def test_failed_cell_and_missing_data(run):
 
 def test_calibration_shown(run):
     cal = {"dataset": "text", "size": 32, "method": "minmax", "percentile": 99.99}
-    _edit_json(run / "meta.json", lambda m: m["experiment"]["schemes"][0].update(
+    edit_json(run / "meta.json", lambda m: m["experiment"]["schemes"][0].update(
         calibration=cal, activations=dict(m["experiment"]["schemes"][0]["activations"], dynamic=False)))
     for p in (run / "cells").glob("minilm__w8a8-dyn__*.json"):
-        _edit_json(p, lambda c: c.update(calibration={"dataset": "builtin:text", "size": 32, "method": "minmax",
+        edit_json(p, lambda c: c.update(calibration={"dataset": "builtin:text", "size": 32, "method": "minmax",
                                                        "hash": "abcdef1234567890", "overlap_with_eval": 2}))
     render_card(run)
     md = (run / "card.md").read_text(encoding="utf-8")
@@ -188,26 +176,20 @@ def test_calibration_shown(run):
 
 def test_causal_lm_higher_log_ppl_ratio_degrades_more(run):
     def to_causal(d):
-        d = _replace_strings(d, "encoder", "causal_lm")
+        d = replace_strings(d, "encoder", "causal_lm")
         for r in d.get("rows", []):
             if r["metric"] == "cosine_mean":
                 r["metric"], r["variant"] = "log_ppl_ratio", "paired"
         return d
     for p in [run / "meta.json", *(run / "cells").glob("*.json")]:
-        _edit_json(p, to_causal)
+        edit_json(p, to_causal)
     render_card(run)
     md = (run / "card.md").read_text(encoding="utf-8")
     assert "text log-PPL ratio 0.998, code log-PPL ratio 0.995 — text degrades more." in md
 
 
 def test_no_torch_import(run):
-    code = ("import sys, qbench.report; qbench.report.render_card(sys.argv[1]); "
-            "bad = [m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith(('qbench.engine', "
-            "'qbench.runner', 'qbench.models'))]; assert not bad, bad; print('clean')")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, env=env)
-    assert out.returncode == 0, out.stderr
-    assert "clean" in out.stdout
+    assert_no_heavy_imports("import qbench.report; qbench.report.render_card(sys.argv[1])", run)
 
 
 def test_golden_card_md(card):

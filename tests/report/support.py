@@ -1,0 +1,37 @@
+"""Helpers shared by the report tests."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def edit_json(path: Path, fn) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data = fn(data) or data
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def replace_strings(obj, old, new):
+    if isinstance(obj, str):
+        return obj.replace(old, new)
+    if isinstance(obj, list):
+        return [replace_strings(x, old, new) for x in obj]
+    if isinstance(obj, dict):
+        return {replace_strings(k, old, new): replace_strings(v, old, new) for k, v in obj.items()}
+    return obj
+
+
+def assert_no_heavy_imports(call: str, run: Path) -> None:
+    """Run `call` (Python using sys.argv[1] as the run folder) in a fresh interpreter; no torch, no engine."""
+    code = (f"import sys; {call}; "
+            "bad = [m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith(('qbench.engine', "
+            "'qbench.runner', 'qbench.models'))]; assert not bad, bad; print('clean')")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "clean" in out.stdout
