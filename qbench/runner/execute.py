@@ -34,9 +34,17 @@ def execute(plan: Plan, run_dir: Path, meta: dict, *, log: Callable[[str], None]
     import torch
 
     measure = plan.experiment.measure
+    threads = torch.get_num_threads()
     if measure.threads:
         torch.set_num_threads(measure.threads)
     torch.manual_seed(measure.seed)
+    try:
+        return _execute(plan, run_dir, meta, measure, log, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _execute(plan: Plan, run_dir: Path, meta: dict, measure, log, progress) -> dict:
     done = _finished_cells(run_dir)
     todo = [c for c in plan.cells if c.id not in done]
     statuses = {cid: "ok" for cid in done}

@@ -112,7 +112,7 @@ def test_loads_without_errors_or_network(open_page, card_html, tmp_path):
     p = open_page(card_html)
     assert p.problems() == []
     assert p.requests and p.requests[0] == p.url  # the request log works: it saw the page itself
-    assert p.page.title() == "Benchmark card: small"
+    assert p.page.title() == "Quantization card: small"
     imgs = p.page.eval_on_selector_all(
         "img", "els => els.map(e => [e.getAttribute('src').slice(0, 22), e.complete, e.naturalWidth])")
     assert len(imgs) == 4

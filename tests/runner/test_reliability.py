@@ -37,6 +37,8 @@ def _card_sections(run_dir: Path) -> dict:
 def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(tiny_models, tmp_path):
     exp = write_experiment(tmp_path, {"gpt2": tiny_models["gpt2"], "bert": tiny_models["bert"]}, SCHEMES,
                            name="killme")
+    # one thread in every process: float reductions then run in the same order, so numbers match exactly
+    exp.write_text(exp.read_text().replace("eval_samples: 8}", "eval_samples: 8, threads: 1}"))
     whole = api.run(exp, out=tmp_path / "whole", progress=False, log=lambda s: None)
 
     out = tmp_path / "killed"
@@ -68,18 +70,19 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(tiny_models, tmp_
 
 def test_isolated_cells_and_timeouts(tiny_models, tmp_path):
     exp = write_experiment(tmp_path, {"bert": tiny_models["bert"]}, SCHEMES, name="iso")
-    text = exp.read_text()
-    exp.write_text(text.replace("eval_samples: 8}", "eval_samples: 8, isolate: true}"))
+    text = exp.read_text().replace("eval_samples: 8}", "eval_samples: 8, threads: 1}")  # same float order
+    exp.write_text(text.replace("threads: 1}", "threads: 1, isolate: true}"))
     isolated = api.run(exp, out=tmp_path / "iso", progress=False, log=lambda s: None)
     assert isolated.status == "ok"
-    inproc = api.run(write_experiment(tmp_path, {"bert": tiny_models["bert"]}, SCHEMES, name="inproc"),
-                     out=tmp_path / "inproc", progress=False, log=lambda s: None)
+    inproc_exp = write_experiment(tmp_path, {"bert": tiny_models["bert"]}, SCHEMES, name="inproc")
+    inproc_exp.write_text(inproc_exp.read_text().replace("eval_samples: 8}", "eval_samples: 8, threads: 1}"))
+    inproc = api.run(inproc_exp, out=tmp_path / "inproc", progress=False, log=lambda s: None)
     strip = lambda d: {k.replace("iso", "X").replace("inproc", "X"): v for k, v in _quality(d).items()}  # noqa
     assert strip(isolated.run_dir) == strip(inproc.run_dir)  # same numbers whichever process ran them
     assert json.loads((isolated.run_dir / "meta.json").read_text())["models"]["bert"]["task"] == "encoder"
     assert not list((isolated.run_dir / "cells").glob(".*"))  # worker hand-off files cleaned up
 
-    exp.write_text(text.replace("eval_samples: 8}", "eval_samples: 8, cell_timeout_s: 0.2}"))
+    exp.write_text(text.replace("threads: 1}", "threads: 1, cell_timeout_s: 0.2}"))
     timed = api.run(exp, out=tmp_path / "timeout", progress=False, log=lambda s: None)
     assert timed.status == "failed"
     for p in (timed.run_dir / "cells").glob("*.json"):

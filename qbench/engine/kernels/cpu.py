@@ -107,6 +107,7 @@ class Int8WeightOnly(Kernel):
     # torch._weight_int8pack_mm was measured slower than dequantize + matmul at every M from 1 to 1024
     # on the 2-core AVX-512 CPU (e.g. 0.22 vs 0.15 ms at M=1, 314 vs 3.9 ms at M=1024, 384x1536).
     backend = "int8 codes held in memory; dequantized per call + float matmul (torch)"
+    emulated = True  # the matmul runs in float: storage is real, the arithmetic is not integer
     devices = ("cpu",)
 
     def supports(self, w, a, device):
@@ -138,6 +139,7 @@ class Int8WeightOnly(Kernel):
 class Int4Packed(Kernel):
     name = "int4_packed"
     backend = "qbench int4 two-per-byte, unpack + dequantize per call, float matmul (torch)"
+    emulated = True  # packed storage is real; the matmul runs in float
     devices = ("cpu", "cuda")
 
     def supports(self, w, a, device):
