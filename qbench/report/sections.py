@@ -23,8 +23,12 @@ def summary(ix: Index, order: dict, cells: list) -> list:
                 if num(sp["ci_low"]) is not None and num(sp["ci_high"]) is not None:
                     ci = f" (95% CI {num(sp['ci_low']):.2f}-{num(sp['ci_high']):.2f})"
                 where = f" at batch {bs}" + (f" on {sw}" if len(order["workloads"]) > 1 else "")
-                parts.append(f"{v:.2f}x faster{where}{ci}" if v >= 1
-                             else f"{v:.2f}x the baseline speed (slower){where}{ci}")
+                lo, hi = num(sp["ci_low"]), num(sp["ci_high"])
+                if lo is not None and hi is not None and lo <= 1 <= hi:
+                    parts.append(f"no clear speed change ({v:.2f}x{where}{ci})")
+                else:
+                    parts.append(f"{v:.2f}x faster{where}{ci}" if v >= 1
+                                 else f"{v:.2f}x the baseline speed (slower){where}{ci}")
             for w in order["workloads"]:
                 wb, wq = (ix.get(m, s, w, "weight_bytes", v) for v in ("baseline", "quantized"))
                 if wb and wq and num(wb["value"]) and num(wq["value"]):

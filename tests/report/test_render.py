@@ -207,3 +207,14 @@ def test_bare_run_dir_renders(tmp_path):
     assert "- No results." in md and "No data." in md
     with pytest.raises(FileNotFoundError):
         render_card(tmp_path / "missing")
+
+
+def test_summary_does_not_call_a_speedup_whose_interval_spans_one_slower(run):
+    def widen(cell):
+        for r in cell["rows"]:
+            if r["metric"] == "speedup":
+                r["value"], r["ci_low"], r["ci_high"] = 0.97, 0.93, 1.04
+    for p in (run / "cells").glob("*.json"):
+        edit_json(p, widen)
+    text = json.dumps(build_context(run)["summary"])
+    assert "no clear speed change (0.97x" in text and "slower" not in text
