@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 
 from qbench.report.fmt import DASH, SIZE_METRICS, _ordered, _overlap, _when, fmt, num, table, with_ci
-from qbench.report.render import make_env, write_atomic
+from qbench.report.render import make_env
+from qbench.results.table import write_atomic
 from qbench.results.table import ResultsTable, load_results
 
 COMPARE_SCHEMA_VERSION = 1

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from qbench.report.context import build_context
 from qbench.report.fmt import DASH, _ordered, table
-from qbench.report.render import make_env, write_atomic
+from qbench.report.render import make_env
+from qbench.results.table import write_atomic
 from qbench.results.table import load_results
 
 TEMPLATE = "hf_card.md.j2"

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from qbench.report.context import build_context
 from qbench.report.plots import draw_all
-from qbench.results.table import load_results
+from qbench.results.table import load_results, write_atomic
 
 TEMPLATES = ("card.md.j2", "card.html.j2")
 
@@ -55,24 +53,6 @@ def make_env():
     return env
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write through a temporary file in the same directory and os.replace it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; cards are meant to be shared
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def render_strings(ctx: dict, images: dict[str, bytes] | None = None) -> dict[str, str]:
     """{"card.md": ..., "card.html": ...} for a card context and its PNG plots."""
     env = make_env()
@@ -88,7 +68,6 @@ def render_card(run_dir: str | Path) -> dict[str, Path]:
     run_dir = Path(run_dir)
     ctx = build_context(load_results(run_dir))
     images = draw_all(ctx["plots"])
-    ctx["plots"] = [p for p in ctx["plots"] if p["name"] in images]  # matplotlib missing: no plots
     written: dict[str, Path] = {}
     for p in ctx["plots"]:
         write_atomic(run_dir / p["file"], images[p["name"]])

@@ -39,21 +39,27 @@ COLUMNS: dict[str, str] = {
 }
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write through a temporary file in the same folder, fsync, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_finite(data), f, indent=1, sort_keys=True, default=_json_default, allow_nan=False)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and cards are meant to be shared
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Strict JSON (non-finite floats become null) written with write_atomic."""
+    write_atomic(path, json.dumps(_finite(data), indent=1, sort_keys=True, default=_json_default, allow_nan=False))
 
 
 def _finite(o):
