@@ -148,12 +148,11 @@ def _measured(experiment: dict) -> dict:
 
 
 def gate_verdicts(run_dir: str | Path) -> list:
-    """Verdicts of the experiment's gates on a results folder."""
-    from qbench.report.gates import evaluate_gates
-    from qbench.results import load_results
+    """Gate verdicts of a rendered card (evaluated once, while the card context was built)."""
+    import json
 
-    t = load_results(run_dir)
-    return evaluate_gates(t.meta.get("experiment") or {}, t.rows)
+    card = json.loads((Path(run_dir) / "card.json").read_text(encoding="utf-8"))
+    return card.get("gates") or []
 
 
 def _read_meta(run_dir: Path) -> dict:
