@@ -85,35 +85,57 @@ def quantize_(model: nn.Module, scheme: Scheme | dict, *, device: str = "cpu",
         scheme = Scheme.model_validate(scheme)
     w, a = weight_spec(scheme), activation_spec(scheme)
     kinds = classify(model)
-    # choose every kernel before touching the model, so an impossible request leaves it unchanged
-    if any(op != "embedding" and op in scheme.ops for op in kinds.values()):
-        select_kernel(w, a, device, scheme.kernel)
+    # choose the kernel once, before touching the model, so an impossible request leaves it unchanged
+    linear_ops = any(op != "embedding" and op in scheme.ops for op in kinds.values())
+    kernel = select_kernel(w, a, device, scheme.kernel) if linear_ops else None
     act_qparams = _calibrate(model, scheme, kinds, a, calibrate)
     records = []
-    for name, op in kinds.items():
-        records.append(_swap_one(model, name, op, scheme, w, a, act_qparams.get(name), device))
+    for planned in plan_modules(model, scheme, kinds):
+        records.append(_swap_one(model, planned, scheme, w, a, act_qparams.get(planned.name), kernel))
         if progress:
-            progress(name)
+            progress(planned.name)
     return records
 
 
-def _plan_reason(name: str, op: str, scheme: Scheme, w: QuantSpec, shape) -> str:
+@dataclass(frozen=True)
+class PlannedModule:
+    """What quantize_ will do with one quantizable module, decided from names and shapes alone."""
+
+    name: str
+    op: str
+    shape: tuple[int, int]       # (out, in) for linear ops, (rows, dim) for embeddings
+    skip: str                    # "" (quantize), "op", "excluded" or "group_size"
+    reason: str                  # why it is left alone, "" when it is quantized
+
+
+def plan_modules(model: nn.Module, scheme: Scheme, kinds: Optional[dict[str, str]] = None) -> list[PlannedModule]:
+    """The per-module decisions of quantize_ without changing the model (works on the meta device)."""
+    w = weight_spec(scheme)
+    out = []
+    for name, op in (kinds or classify(model)).items():
+        mod = model.get_submodule(name)
+        shape = tuple((mod.weight if op == "embedding" else linear_weight(mod)[0]).shape)
+        skip, reason = _plan_reason(name, op, scheme, w, shape)
+        out.append(PlannedModule(name, op, shape, skip, reason))
+    return out
+
+
+def _plan_reason(name: str, op: str, scheme: Scheme, w: QuantSpec, shape) -> tuple[str, str]:
     if op not in scheme.ops:
-        return f"op '{op}' not in scheme ops"
+        return "op", f"op '{op}' not in scheme ops"
     for pat in scheme.exclude:
         if fnmatch.fnmatchcase(name, pat):
-            return f"excluded by '{pat}'"
+            return "excluded", f"excluded by '{pat}'"
     if w.group_size and shape[1] % w.group_size:
-        return f"group_size {w.group_size} does not divide {shape[1]} columns"
-    return ""
+        return "group_size", f"group_size {w.group_size} does not divide {shape[1]} columns"
+    return "", ""
 
 
-def _swap_one(model, name, op, scheme, w, a, act_qp, device) -> ModuleRecord:
+def _swap_one(model, planned: PlannedModule, scheme, w, a, act_qp, kernel) -> ModuleRecord:
+    name, op, shape, reason = planned.name, planned.op, planned.shape, planned.reason
     mod = model.get_submodule(name)
     weight = mod.weight if op == "embedding" else linear_weight(mod)[0]
-    shape = tuple(weight.shape)
     before = sum(p.numel() * p.element_size() for p in mod.parameters(recurse=False))
-    reason = _plan_reason(name, op, scheme, w, shape)
     rec = dict(name=name, op=op, shape=shape, requested=op in scheme.ops, bytes_before=before)
     if reason:
         return ModuleRecord(**rec, applied=False, reason=reason, kernel="baseline",
@@ -123,7 +145,6 @@ def _swap_one(model, name, op, scheme, w, a, act_qp, device) -> ModuleRecord:
         new = QuantEmbedding(mod, w)
         kernel_name, act = "embedding_gather_dequant", "n/a"
     else:
-        kernel = select_kernel(w, a, device, scheme.kernel)
         new = QuantLinear.from_float(mod, kernel, w, a, act_qp)
         kernel_name, act = kernel.name, (a.describe() + (" static" if act_qp else " dynamic")) if a else "float"
     _set_submodule(model, name, new)

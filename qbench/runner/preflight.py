@@ -4,7 +4,6 @@ Models are built from their config on the `meta` device: every module and shape,
 """
 from __future__ import annotations
 
-import fnmatch
 from pathlib import Path
 from typing import Callable
 
@@ -38,7 +37,6 @@ def check(plan: Plan, source: str | Path, warn: Callable[[str], None]) -> None:
     """Kernels, context length, group sizes against real layer widths; warnings for unused globs."""
     from qbench.engine.api import activation_spec, classify, weight_spec
     from qbench.engine.kernels import select_kernel
-    from qbench.engine.modules import linear_weight
 
     exp = plan.experiment
     for i, s in enumerate(exp.schemes):
@@ -56,24 +54,20 @@ def check(plan: Plan, source: str | Path, warn: Callable[[str], None]) -> None:
                               where=f"{source}: measure.seq_len")
         kinds = classify(model)
         for i, s in enumerate(exp.schemes):
-            _check_scheme(model, kinds, ref.display, s, f"{source}: schemes[{i}]", warn, linear_weight)
+            _check_scheme(model, kinds, ref.display, s, f"{source}: schemes[{i}]", warn)
 
 
-def _check_scheme(model, kinds, model_name, scheme, where, warn, linear_weight) -> None:
-    covered = [n for n, op in kinds.items() if op in scheme.ops
-               and not any(fnmatch.fnmatchcase(n, p) for p in scheme.exclude)]
-    for pattern in scheme.exclude:
-        if not any(fnmatch.fnmatchcase(n, pattern) for n in kinds):
-            warn(f"{where}.exclude: '{pattern}' matches no quantizable module of {model_name}")
-    if not covered:
+def _check_scheme(model, kinds, model_name, scheme, where, warn) -> None:
+    from qbench.engine.api import plan_modules, unmatched_excludes
+
+    planned = plan_modules(model, scheme, kinds)
+    for pattern in unmatched_excludes(model, scheme.exclude):
+        warn(f"{where}.exclude: '{pattern}' matches no quantizable module of {model_name}")
+    if not any(p.skip in ("", "group_size") for p in planned):
         warn(f"{where}: quantizes no module of {model_name} (ops {list(scheme.ops)}, exclude "
              f"{list(scheme.exclude)}): its cells measure the baseline against itself")
-    g = scheme.weights.group_size
-    if g is None:
-        return
-    for name in covered:
-        mod = model.get_submodule(name)
-        width = mod.weight.shape[1] if kinds[name] == "embedding" else linear_weight(mod)[0].shape[1]
-        if width % g:
-            raise ConfigError(f"group_size {g} does not divide the {width} input columns of {model_name}'s "
-                              f"{name}; pick a divisor or exclude the module", where=f"{where}.weights.group_size")
+    for p in planned:
+        if p.skip == "group_size":
+            raise ConfigError(f"group_size {scheme.weights.group_size} does not divide the {p.shape[1]} input "
+                              f"columns of {model_name}'s {p.name}; pick a divisor or exclude the module",
+                              where=f"{where}.weights.group_size")
