@@ -86,7 +86,6 @@ def load_model(ref: ModelRef, dtype: str = "fp32", device: str = "cpu") -> Loade
     source, origin = resolve_source(ref)
     transformers.utils.logging.disable_progress_bar()  # qbench shows its own progress
     task = detect_task(source, ref)
-    cls = transformers.AutoModelForCausalLM if task == "causal_lm" else transformers.AutoModel
     local = Path(source)
     if local.is_dir() and not ref.allow_pickle and not any(local.glob("*.safetensors")):
         pickled = sorted(p.name for p in local.glob("*.bin"))
@@ -97,12 +96,45 @@ def load_model(ref: ModelRef, dtype: str = "fp32", device: str = "cpu") -> Loade
                   use_safetensors=None if ref.allow_pickle else True)
     try:
         tok = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
-        model = cls.from_pretrained(source, dtype=getattr(torch, DTYPES[dtype]), **kwargs)
+        model = _model_class(task).from_pretrained(source, dtype=getattr(torch, DTYPES[dtype]), **kwargs)
     except Exception as e:  # transformers and safetensors raise many types for missing or corrupt files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ModelError(f"model '{ref.id}' could not be loaded from {source}: {type(e).__name__}: {first}") from None
+        raise ModelError(f"model '{ref.id}' could not be loaded from {source}: {type(e).__name__}: "
+                         f"{_first_line(e)}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     model.to(device).eval()
-    max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    return LoadedModel(model, tok, task, source, origin, max_pos)
+    return LoadedModel(model, tok, task, source, origin, context_length(model.config))
+
+
+def load_skeleton(ref: ModelRef):
+    """(model built from its config on the meta device, task, context length): shapes, no weights read."""
+    import torch
+    import transformers
+
+    source, _ = resolve_source(ref)
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, revision=ref.revision,
+                                                         trust_remote_code=ref.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"model '{ref.id}': cannot read its config from {source}: "
+                         f"{_first_line(e) or type(e).__name__}") from None
+    task = detect_task(source, ref)
+    with torch.device("meta"):
+        model = _model_class(task).from_config(config, trust_remote_code=ref.trust_remote_code)
+    return model, task, context_length(config)
+
+
+def _model_class(task: str):
+    import transformers
+
+    return transformers.AutoModelForCausalLM if task == "causal_lm" else transformers.AutoModel
+
+
+def context_length(config) -> int | None:
+    """Longest sequence the model's position embeddings allow, when the config says."""
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""

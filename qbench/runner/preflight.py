@@ -11,32 +11,11 @@ from qbench.errors import ConfigError, KernelUnavailable, ModelError
 from qbench.runner.plan import Plan
 
 
-def skeleton(model_ref):
-    """(model on the meta device, task, context length) for a model reference."""
-    import torch
-    import transformers
-
-    from qbench.models.loaders import detect_task, resolve_source
-
-    source, _ = resolve_source(model_ref)
-    try:
-        config = transformers.AutoConfig.from_pretrained(source, revision=model_ref.revision,
-                                                         trust_remote_code=model_ref.trust_remote_code)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"model '{model_ref.id}': cannot read its config from {source}: {first}") from None
-    task = detect_task(source, model_ref)
-    cls = transformers.AutoModelForCausalLM if task == "causal_lm" else transformers.AutoModel
-    with torch.device("meta"):
-        model = cls.from_config(config, trust_remote_code=model_ref.trust_remote_code)
-    ctx = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    return model, task, ctx
-
-
 def check(plan: Plan, source: str | Path, warn: Callable[[str], None]) -> None:
     """Kernels, context length, group sizes against real layer widths; warnings for unused globs."""
     from qbench.engine.api import activation_spec, classify, weight_spec
     from qbench.engine.kernels import select_kernel
+    from qbench.models.loaders import load_skeleton
 
     exp = plan.experiment
     for i, s in enumerate(exp.schemes):
@@ -46,7 +25,7 @@ def check(plan: Plan, source: str | Path, warn: Callable[[str], None]) -> None:
             raise ConfigError(str(e), where=f"{source}: schemes[{i}].kernel") from None
     for mi, ref in enumerate(exp.models):
         try:
-            model, _, ctx = skeleton(ref)
+            model, _, ctx = load_skeleton(ref)
         except ModelError as e:
             raise ConfigError(str(e), where=f"{source}: models[{mi}].id") from None
         if ctx and exp.measure.seq_len > ctx:
