@@ -35,13 +35,27 @@ def execute(plan: Plan, run_dir: Path, meta: dict, *, log: Callable[[str], None]
 
     measure = plan.experiment.measure
     threads = torch.get_num_threads()
-    if measure.threads:
-        torch.set_num_threads(measure.threads)
-    torch.manual_seed(measure.seed)
+    setup_torch(measure)
     try:
         return _execute(plan, run_dir, meta, measure, log, progress)
     finally:
         torch.set_num_threads(threads)
+
+
+def setup_torch(measure) -> None:
+    """Threads and seed from the experiment, in this process (the runner's or a cell worker's)."""
+    import torch
+
+    if measure.threads:
+        torch.set_num_threads(measure.threads)
+    torch.manual_seed(measure.seed)
+
+
+def failed_record(cell: Cell, e: Exception) -> dict:
+    """A failed cell with the exception as its reason and a short traceback."""
+    record = _cell_header(cell, "failed", f"{type(e).__name__}: {e}")
+    record["traceback"] = traceback.format_exc(limit=8)
+    return record
 
 
 def _execute(plan: Plan, run_dir: Path, meta: dict, measure, log, progress) -> dict:
@@ -90,9 +104,7 @@ def _run_in_process(plan: Plan, cell: Cell, models: dict, meta: dict, run_dir: P
     except KeyboardInterrupt:
         raise
     except Exception as e:  # a failing cell is recorded and the run goes on
-        record = _cell_header(cell, "failed", f"{type(e).__name__}: {e}")
-        record["traceback"] = traceback.format_exc(limit=8)
-        return record
+        return failed_record(cell, e)
 
 
 def _progress(total: int, enabled: bool):

@@ -17,22 +17,14 @@ from qbench.runner.plan import Cell, Plan
 
 
 def _worker(plan: Plan, cell: Cell, out: str) -> None:
-    import traceback
+    from qbench.runner.execute import _load, failed_record, run_cell, setup_torch
 
-    import torch
-
-    from qbench.runner.execute import _cell_header, _load, run_cell
-
-    m = plan.experiment.measure
-    if m.threads:
-        torch.set_num_threads(m.threads)
-    torch.manual_seed(m.seed)
+    setup_torch(plan.experiment.measure)
     meta: dict = {}
     try:
         record = run_cell(plan, cell, _load(plan, cell, meta))
     except Exception as e:  # reported like an in-process failure; only hard crashes lose the reason
-        record = _cell_header(cell, "failed", f"{type(e).__name__}: {e}")
-        record["traceback"] = traceback.format_exc(limit=8)
+        record = failed_record(cell, e)
     write_json_atomic(Path(out), {"record": record, "models": meta.get("models", {})})
 
 
