@@ -1,0 +1,400 @@
+"""Train qbench's reference causal LM ("reflm") offline, reproducibly.
+
+    python -m qbench.models.train_reflm --out qbench/assets/reflm
+
+A small GPT-2 (transformers' GPT2LMHeadModel) with a byte-level BPE tokenizer trained by the
+``tokenizers`` library, both on Python code and English prose that ship with CPython and with
+qbench's own runtime dependencies:
+
+* code: the standard library files *outside* the subset that ``builtin:text`` / ``builtin:code``
+  draw from, and the ``.py`` files of the packages in ``PACKAGES``;
+* prose: the docstrings of those same files, and the long descriptions in the packages' metadata.
+
+The built-in evaluation and calibration suites read only ``pydoc_data.topics`` and the stdlib
+subset chosen by ``qbench.datasets.suites._stdlib_files``, so training never sees a source file
+of either pool (checked at run time, and recorded). Everything is seeded; the script writes the
+model (safetensors), the tokenizer, ``training.json`` (sources with sha256, steps, tokens, losses,
+held-out perplexities, versions) and a model card ``README.md``. A checkpoint is written every
+``--checkpoint-every`` steps and ``--resume`` continues from it, so an interrupted run loses little.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import random
+import sys
+import sysconfig
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+# qbench's runtime dependencies whose Python sources and docs feed the training corpus
+PACKAGES = ("numpy", "pandas", "matplotlib", "jinja2", "click", "typer", "pydantic", "yaml", "tqdm",
+            "psutil")
+DISTRIBUTIONS = {"yaml": "PyYAML"}  # import name -> distribution name where they differ
+EOS = "<|endoftext|>"
+SKIP_DIRS = {"test", "tests", "testing", "__pycache__", "idlelib", "site-packages", "lib2to3", "encodings",
+             "pydoc_data", "_vendor", "_vendored"}
+
+
+@dataclass(frozen=True)
+class Config:
+    vocab_size: int = 8192
+    n_positions: int = 256
+    n_embd: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    dropout: float = 0.0
+    block: int = 256
+    batch: int = 16
+    steps: int = 2000
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    max_file_bytes: int = 200_000
+    heldout_samples: int = 64
+    heldout_seq_len: int = 128
+
+
+@dataclass(frozen=True)
+class Doc:
+    source: str      # machine-independent id, e.g. "stdlib:json/decoder.py" or "numpy:linalg/_linalg.py"
+    kind: str        # code | text
+    text: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------- corpus
+def _py_files(root: Path, max_bytes: int) -> list[tuple[str, Path]]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and "-" not in d)
+        for fn in sorted(filenames):
+            p = Path(dirpath, fn)
+            if fn.endswith(".py") and p.is_file() and p.stat().st_size <= max_bytes:
+                out.append((p.relative_to(root).as_posix(), p))
+    return sorted(out)
+
+
+def _read_py(path: Path) -> tuple[str, ast.Module] | None:
+    import tokenize
+
+    try:
+        with tokenize.open(path) as fh:
+            src = fh.read()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return src, ast.parse(src)
+    except (SyntaxError, ValueError, UnicodeDecodeError, OSError):
+        return None
+
+
+def _docstrings(tree: ast.Module) -> str:
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    docs = (ast.get_docstring(n, clean=True) for n in ast.walk(tree) if isinstance(n, kinds))
+    return "\n\n".join(d for d in docs if d and len(d) >= 80)
+
+
+def heldout_sources() -> set[str]:
+    """Source ids of every file the built-in suites may draw from (calibration and evaluation)."""
+    from qbench.datasets.suites import _stdlib_files
+
+    return {f"stdlib:{rel}" for rel, _ in _stdlib_files()}
+
+
+def corpus(cfg: Config) -> list[Doc]:
+    """Training documents, sorted by (kind, source); never a file of the built-in suites."""
+    from qbench.datasets.suites import _stdlib_files
+
+    docs: list[Doc] = []
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    excluded = {rel for rel, _ in _stdlib_files()}
+    roots = [("stdlib", stdlib, [rel for rel, _ in _py_files(stdlib, cfg.max_file_bytes) if rel not in excluded])]
+    for pkg in PACKAGES:
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        root = Path(list(spec.submodule_search_locations)[0])
+        roots.append((pkg, root, [rel for rel, _ in _py_files(root, cfg.max_file_bytes)]))
+    for name, root, rels in roots:
+        for rel in rels:
+            parsed = _read_py(root / rel)
+            if parsed is None:
+                continue
+            src, tree = parsed
+            source = f"{name}:{rel}"
+            docs.append(Doc(source, "code", src))
+            prose = _docstrings(tree)
+            if prose:
+                docs.append(Doc(source + "#docstrings", "text", prose))
+    for pkg in PACKAGES:
+        try:
+            meta = importlib.metadata.metadata(DISTRIBUTIONS.get(pkg, pkg))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        body = meta.get_payload() or meta.get("Description") or ""
+        if len(body) >= 200:
+            docs.append(Doc(f"{pkg}:METADATA", "text", body))
+    docs.sort(key=lambda d: (d.kind, d.source))
+    held = heldout_sources()
+    leaked = [d.source for d in docs if d.source.split("#")[0] in held]
+    if leaked:  # cannot happen by construction; guard against edits to either side
+        raise RuntimeError(f"training corpus overlaps the evaluation suites: {leaked[:3]}")
+    return docs
+
+
+# ---------------------------------------------------------------- tokenizer
+def train_tokenizer(docs: list[Doc], cfg: Config):
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer(add_prefix_space=False)
+    bpe.train_from_iterator((d.text for d in docs), vocab_size=cfg.vocab_size, min_frequency=2,
+                            special_tokens=[EOS], show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOS, eos_token=EOS, unk_token=EOS,
+                                  pad_token=EOS, model_max_length=cfg.n_positions)
+    tok.padding_side = "right"
+    return tok
+
+
+def encode(tok, docs: list[Doc]):
+    import numpy as np
+
+    eos = tok.convert_tokens_to_ids(EOS)
+    ids = tok([d.text for d in docs], add_special_tokens=False)["input_ids"]
+    out = []
+    for seq in ids:
+        out.extend(seq)
+        out.append(eos)
+    return np.asarray(out, dtype=np.int32)
+
+
+# ---------------------------------------------------------------- model and training
+def build_model(cfg: Config, vocab: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    mc = GPT2Config(vocab_size=vocab, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+                    n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
+                    attn_pdrop=cfg.dropout, bos_token_id=0, eos_token_id=0,  # EOS is the first special token
+                    tie_word_embeddings=True)
+    return GPT2LMHeadModel(mc)
+
+
+def lr_at(step: int, cfg: Config) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def heldout_ppl(model, tok, cfg: Config) -> dict:
+    """Perplexity on the built-in evaluation pools, at the seq_len the default experiment uses."""
+    import torch
+
+    from qbench.datasets import load_suite
+
+    out = {}
+    model.eval()
+    for spec in ("builtin:text", "builtin:code"):
+        suite = load_suite(spec, calibration_size=0, evaluation_size=cfg.heldout_samples, seed=0)
+        enc = tok([s.text for s in suite.evaluation], padding="max_length", truncation=True,
+                  max_length=cfg.heldout_seq_len, return_tensors="pt")
+        nll, n = 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(suite.evaluation), 8):
+                ids, mask = enc["input_ids"][i:i + 8], enc["attention_mask"][i:i + 8]
+                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].double()
+                lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+                valid = (mask[:, 1:] * mask[:, :-1]).bool()
+                nll -= float(lp[valid].sum())
+                n += int(valid.sum())
+        out[spec] = {"ppl": math.exp(nll / n), "tokens": n, "samples": len(suite.evaluation),
+                     "seq_len": cfg.heldout_seq_len, "evaluation_hash": suite.evaluation_hash}
+    model.train()
+    return out
+
+
+def train(cfg: Config, out: Path, *, resume: bool = False, threads: int | None = None,
+          log=print) -> dict:
+    import numpy as np
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    docs = corpus(cfg)
+    log(f"corpus: {len(docs)} documents, {sum(len(d.text) for d in docs) / 1e6:.1f} M characters")
+    tok = train_tokenizer(docs, cfg)
+    # a held-out 1% of training documents (by source) tracks overfitting during training
+    val_docs = [d for d in docs if int(hashlib.sha256(d.source.encode()).hexdigest()[:8], 16) % 100 == 0]
+    train_docs = [d for d in docs if d not in set(val_docs)]
+    data = torch.from_numpy(encode(tok, train_docs).astype(np.int64))
+    val = torch.from_numpy(encode(tok, val_docs).astype(np.int64))
+    log(f"tokens: {len(data):,} train, {len(val):,} validation; vocab {len(tok)}")
+    model = build_model(cfg, len(tok))
+    params = sum(p.numel() for p in model.parameters())
+    log(f"model: {params / 1e6:.2f} M parameters")
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, history = 0, []
+    ckpt = out / "checkpoint.pt"
+    if resume and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        step, history = state["step"], state["history"]
+        log(f"resumed at step {step}")
+    model.train()
+    n_windows = len(data) - cfg.block - 1
+    t0, running, step0 = time.time(), None, step
+    while step < cfg.steps:
+        starts = torch.randint(0, n_windows, (cfg.batch,), generator=gen)
+        x = torch.stack([data[s:s + cfg.block] for s in starts.tolist()])
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        lv = loss.item()
+        running = lv if running is None else 0.98 * running + 0.02 * lv
+        if step % 100 == 0 or step == cfg.steps:
+            vl = _val_loss(model, val, cfg)
+            history.append({"step": step, "train_loss_ema": round(running, 4), "val_loss": round(vl, 4),
+                            "lr": lr_at(step - 1, cfg)})
+            rate = (step - step0) * cfg.batch * cfg.block / max(1e-9, time.time() - t0)
+            log(f"step {step}/{cfg.steps} train {running:.3f} val {vl:.3f} ({rate:,.0f} tok/s)")
+        if step % 500 == 0 and step < cfg.steps:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                        "step": step, "history": history}, ckpt)
+    model.eval()
+    heldout = heldout_ppl(model, tok, cfg)
+    for spec, h in heldout.items():
+        log(f"held-out {spec}: perplexity {h['ppl']:.2f} over {h['tokens']} tokens")
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    record = {
+        "model": "reflm", "architecture": "GPT2LMHeadModel", "parameters": params, "config": cfg.__dict__,
+        "steps": step, "tokens_seen": step * cfg.batch * cfg.block,
+        "corpus": {"documents": len(train_docs), "validation_documents": len(val_docs),
+                   "train_tokens": len(data), "validation_tokens": len(val),
+                   "characters": sum(len(d.text) for d in docs),
+                   "sha256": hashlib.sha256("\n".join(d.sha256 for d in docs).encode()).hexdigest(),
+                   "sources": [{"source": d.source, "kind": d.kind, "sha256": d.sha256} for d in docs]},
+        "final": {"train_loss_ema": history[-1]["train_loss_ema"] if history else None,
+                  "val_loss": history[-1]["val_loss"] if history else None},
+        "history": history, "heldout": heldout,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": importlib.metadata.version("transformers"),
+                     "tokenizers": importlib.metadata.version("tokenizers"),
+                     **{p: _version(p) for p in PACKAGES}},
+        "wall_seconds": round(time.time() - t_start, 1), "threads": torch.get_num_threads(),
+    }
+    (out / "training.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(model_card(record), encoding="utf-8")
+    if ckpt.exists():
+        ckpt.unlink()
+    return record
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return importlib.metadata.version(DISTRIBUTIONS.get(pkg, pkg))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _val_loss(model, val, cfg: Config) -> float:
+    import torch
+
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, min(len(val) - cfg.block - 1, 64 * cfg.block), cfg.block * 8):
+            x = torch.stack([val[s + i * cfg.block: s + (i + 1) * cfg.block]
+                             for i in range(8) if s + (i + 1) * cfg.block <= len(val)])
+            total += float(model(input_ids=x, labels=x).loss) * len(x)
+            n += len(x)
+    model.train()
+    return total / max(1, n)
+
+
+def model_card(r: dict) -> str:
+    c = r["config"]
+    code = sum(1 for s in r["corpus"]["sources"] if s["kind"] == "code")
+    text = len(r["corpus"]["sources"]) - code
+    lines = [
+        "# reflm: qbench's reference causal LM", "",
+        "A small GPT-2-architecture model trained offline by `python -m qbench.models.train_reflm` so that "
+        "qbench can measure what quantization does to a causal LM's text and code predictions without a "
+        "model hub. It is a measurement fixture, not a useful language model.", "",
+        "| | |", "|---|---|",
+        f"| architecture | GPT2LMHeadModel, {c['n_layer']} layers, width {c['n_embd']}, {c['n_head']} heads, "
+        f"context {c['n_positions']}, tied embeddings |",
+        f"| parameters | {r['parameters']:,} |",
+        f"| tokenizer | byte-level BPE (`tokenizers`), vocabulary {c['vocab_size']}, `{EOS}` as bos/eos/pad |",
+        f"| training | {r['steps']:,} steps of {c['batch']} x {c['block']} tokens ({r['tokens_seen']:,} tokens), "
+        f"AdamW lr {c['lr']} cosine to {c['min_lr_ratio']:g}x, warm-up {c['warmup']}, weight decay "
+        f"{c['weight_decay']}, dropout {c['dropout']}, seed {c['seed']} |",
+        f"| corpus | {code} Python files and {text} prose documents (docstrings, package descriptions), "
+        f"{r['corpus']['characters'] / 1e6:.1f} M characters, {r['corpus']['train_tokens']:,} training tokens; "
+        f"sha256 {r['corpus']['sha256'][:16]}... |",
+        f"| final loss | train (EMA) {r['final']['train_loss_ema']}, validation {r['final']['val_loss']} nats/token |",
+        f"| wall time | {r['wall_seconds'] / 60:.0f} min on {r['threads']} CPU threads |", "",
+        "## Training data", "",
+        "Python sources and docstrings of the standard library files outside the subset used by qbench's "
+        "`builtin:text` and `builtin:code` suites, and of these packages: " + ", ".join(PACKAGES) + ", plus "
+        "their metadata descriptions. Every source with its sha256 is listed in `training.json`. Validation "
+        "loss uses 1% of those sources, held out by a hash of the source name.", "",
+        "## Held-out perplexity", "",
+        "On the evaluation pools of `builtin:text` and `builtin:code` (seed 0; their source files are "
+        "disjoint from the training data and from the calibration pools):", "",
+        "| workload | perplexity | tokens | samples | seq_len |", "|---|---|---|---|---|",
+    ]
+    for spec, h in r["heldout"].items():
+        lines.append(f"| {spec} | {h['ppl']:.2f} | {h['tokens']:,} | {h['samples']} | {h['seq_len']} |")
+    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items() if v), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--steps", type=int, default=Config.steps)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--small", action="store_true", help="a tiny configuration for smoke tests")
+    a = ap.parse_args(argv)
+    cfg = Config(steps=a.steps)
+    if a.small:
+        cfg = Config(steps=a.steps, vocab_size=512, n_embd=32, n_layer=1, n_head=2, block=32, batch=4,
+                     warmup=2, heldout_samples=8, heldout_seq_len=32, max_file_bytes=20_000)
+    train(cfg, a.out, resume=a.resume, threads=a.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
