@@ -42,3 +42,11 @@ def tiny_models(tmp_path_factory):
         tok.save_pretrained(d)
         out[name] = d
     return out
+
+
+def pytest_configure(config):
+    """Baseline references are cached under a per-session temporary directory, never the user's cache."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("QBENCH_CACHE_DIR", tempfile.mkdtemp(prefix="qbench-test-cache-"))

@@ -149,11 +149,47 @@ def _load(plan: Plan, cell: Cell, meta: dict) -> ModelState:
         suites[wl.name] = suite
         inputs[wl.name] = tokenize(loaded.tokenizer, [s.text for s in suite.evaluation], m.seq_len, plan.device)
         _check_vocab(inputs[wl.name], model, cell.model.display)
-        reference[wl.name] = outputs(model, loaded.task, inputs[wl.name])
-    meta.setdefault("models", {})[cell.model.display] = {
+        if loaded.task == "causal_lm":
+            reference[wl.name] = _lm_reference(plan, cell, loaded, suite, inputs[wl.name], meta)
+        else:
+            reference[wl.name] = outputs(model, loaded.task, inputs[wl.name])
+    meta.setdefault("models", {}).setdefault(cell.model.display, {}).update({
         "id": cell.model.id, "task": loaded.task, "source_origin": loaded.origin, "params": params,
-        "baseline_bytes": nbytes, "max_positions": loaded.max_positions}
+        "baseline_bytes": nbytes, "max_positions": loaded.max_positions})
     return ModelState(loaded, params, nbytes, inputs, reference, suites)
+
+
+def _lm_reference(plan: Plan, cell: Cell, loaded, suite, batch: dict, meta: dict) -> dict:
+    """The baseline's top-k next-token reference and greedy continuations, from the cache or computed once.
+
+    Keyed by the model's content (weights and vocabulary), the evaluation samples' hash, seq_len, k, the
+    generation settings, the baseline dtype, the device type and the torch version.
+    """
+    import torch
+
+    from qbench.metrics.lm import load_or_compute, model_fingerprint, reference_key
+    from qbench.runner.measure import lm_reference
+
+    m = plan.experiment.measure
+    prompts = _prompts(batch, m.prompt_tokens)
+    parts = {"kind": "lm_reference/v1", "model": model_fingerprint(loaded.model, loaded.tokenizer),
+             "evaluation_hash": suite.evaluation_hash, "seq_len": m.seq_len, "k": m.lm_topk,
+             "prompt_tokens": m.prompt_tokens, "generate_tokens": m.generate_tokens,
+             "dtype": plan.baseline_dtype, "device": plan.device.split(":")[0], "torch": torch.__version__}
+    key = reference_key(**parts)
+    ref, status = load_or_compute(key, {**parts, "model_id": cell.model.id},
+                                  lambda: lm_reference(loaded.model, batch, prompts, m.lm_topk, m.generate_tokens))
+    info = meta.setdefault("models", {}).setdefault(cell.model.display, {}).setdefault("lm_reference", {})
+    info[suite.name] = {"key": key, "cache": status, "k": m.lm_topk, "vocab": ref["topk"]["vocab"]}
+    return dict(ref, prompts=prompts)
+
+
+def _prompts(batch: dict, n: int):
+    """The first n tokens of every evaluation sample; each sample must have n real tokens."""
+    short = int((batch["attention_mask"].sum(1) < n).sum())
+    if short:
+        raise ValueError(f"{short} evaluation sample(s) are shorter than prompt_tokens ({n} tokens)")
+    return batch["input_ids"][:, :n]
 
 
 def _check_vocab(batch: dict, model, name: str) -> None:
@@ -166,9 +202,12 @@ def _check_vocab(batch: dict, model, name: str) -> None:
 
 def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
     """Quantize a copy of the baseline, measure quality and paired speed; never mutates the config."""
+    import torch
+
     from qbench.engine.api import quantize_, unmatched_excludes
     from qbench.engine.kernels import KERNELS
-    from qbench.runner.measure import encoder_quality, lm_quality, outputs, row, speed_rows
+    from qbench.runner.measure import (encoder_quality, generation_rows, lm_rows, lm_speed_rows, lm_stats,
+                                       outputs, row, speed_rows)
 
     m, task = plan.experiment.measure, state.loaded.task
     base = state.loaded.model
@@ -176,9 +215,18 @@ def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
     calibrate, cal_info = _calibration(plan, cell, state)
     records = quantize_(quant, cell.scheme, device=plan.device, calibrate=calibrate)
     batch = state.inputs[cell.workload.name]
-    q_out = outputs(quant, task, batch)
     ref = state.reference[cell.workload.name]
-    rows = encoder_quality(ref, q_out) if task == "encoder" else lm_quality(ref, q_out, batch)
+    if task == "encoder":
+        rows = encoder_quality(ref, outputs(quant, task, batch))
+    else:
+        topk = ref["topk"]
+        rows = lm_rows(lm_stats(quant, batch, topk), topk["k"], topk["vocab"])
+        if ref.get("gen") is not None:
+            from qbench.metrics.lm import greedy
+
+            q_gen = torch.cat([greedy(quant, p, m.generate_tokens).cpu() for p in ref["prompts"].split(16)])
+            rows += generation_rows(ref["gen"], q_gen, ref["prompts"].cpu(), state.loaded.tokenizer,
+                                    python=_is_python(cell.workload.dataset))
     q_bytes = sum(t.numel() * t.element_size() for t in [*quant.parameters(), *quant.buffers()])
     q_bytes += sum(r.bytes_after for r in records if r.applied)
     method = "bytes of parameters, buffers and quantized weight state (codes, scales, zero points, sums)"
@@ -190,7 +238,11 @@ def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
         for bs in m.batch_sizes:
             if bs > batch["input_ids"].shape[0]:
                 raise ValueError(f"batch size {bs} exceeds the {batch['input_ids'].shape[0]} evaluation samples")
-            rows += speed_rows(base, quant, task, batch, bs, m.seq_len, m.warmup, m.repeats, plan.device)
+            if task == "causal_lm":
+                rows += lm_speed_rows(base, quant, batch, bs, m.seq_len, m.decode_tokens, m.warmup, m.repeats,
+                                      plan.device)
+            else:
+                rows += speed_rows(base, quant, task, batch, bs, m.seq_len, m.warmup, m.repeats, plan.device)
     rows.append(row("peak_rss_bytes", rss.peak, "bytes", "peak resident set size of the process while "
                     "timing (baseline and quantized models both resident), sampled every 2 ms", "paired"))
     rows.append(row("foreign_cpu_cores", foreign.cores, "cores", "average CPU cores busy with other processes "
@@ -211,6 +263,11 @@ def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
         evaluation={"dataset": cell.workload.dataset, "n": len(suite.evaluation),
                     "hash": suite.evaluation_hash, "seq_len": m.seq_len})
     return record
+
+
+def _is_python(dataset: str) -> bool:
+    """Workloads whose text is Python source: generation is also checked for syntax."""
+    return dataset == "builtin:code" or dataset.endswith(".py.txt") or dataset.endswith(".py.jsonl")
 
 
 def _calibration(plan: Plan, cell: Cell, state: ModelState) -> tuple[Optional[Callable], Optional[dict]]:

@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 from qbench.metrics import stats
-from qbench.metrics.quality import cosine_per_sample, lm_token_stats, mean_pool, nn_agreement
+from qbench.metrics.lm import per_sequence, prefix_match, python_prefix_ok, time_prefill_decode, token_stats
+from qbench.metrics.quality import cosine_per_sample, mean_pool, nn_agreement
 from qbench.metrics.timing import time_interleaved
 
 LEVEL = 0.95
@@ -40,6 +41,37 @@ def outputs(model, task: str, batch: dict) -> torch.Tensor:
     return torch.cat(parts)
 
 
+@torch.no_grad()
+def lm_reference(model, batch: dict, prompts: torch.Tensor, k: int, generate_tokens: int) -> dict:
+    """Baseline top-k reference over the evaluation batch, and its greedy continuations of the prompts."""
+    from qbench.metrics.lm import cat_refs, greedy, reference_topk
+
+    n = batch["input_ids"].shape[0]
+    parts = []
+    for i in range(0, n, QUALITY_BATCH):
+        b = slice_batch(batch, i, i + QUALITY_BATCH)
+        parts.append(reference_topk(forward(model, "causal_lm", b).float().cpu(), b["input_ids"].cpu(),
+                                    b["attention_mask"].cpu(), k))
+    gen = None
+    if generate_tokens:
+        gen = torch.cat([greedy(model, p, generate_tokens).cpu() for p in prompts.split(16)])
+    return {"topk": cat_refs(parts), "gen": gen}
+
+
+@torch.no_grad()
+def lm_stats(model, batch: dict, ref: dict) -> dict:
+    """Token statistics of a model against a top-k reference, chunk by chunk (no full logits kept)."""
+    from qbench.metrics.lm import slice_ref
+
+    n = batch["input_ids"].shape[0]
+    parts = []
+    for i in range(0, n, QUALITY_BATCH):
+        b = slice_batch(batch, i, i + QUALITY_BATCH)
+        parts.append(token_stats(slice_ref(ref, i, i + QUALITY_BATCH), forward(model, "causal_lm", b).float().cpu(),
+                                 b["input_ids"].cpu()))
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+
+
 def row(metric: str, value, unit: str, method: str, variant: str = "quantized", batch_size=None,
         ci=(None, None), p10=None, p90=None, n=None) -> dict:
     f = lambda x: None if x is None else float(x)  # noqa: E731
@@ -63,10 +95,10 @@ def encoder_quality(base: torch.Tensor, quant: torch.Tensor) -> list[dict]:
     ]
 
 
-def lm_quality(base: torch.Tensor, quant: torch.Tensor, batch: dict) -> list[dict]:
-    s = lm_token_stats(base, quant, batch["input_ids"].cpu(), batch["attention_mask"].cpu())
-    n_tok = s["n_tokens"].double().numpy()
-    nb, nq = s["nll_base"].numpy(), s["nll_quant"].numpy()
+def lm_rows(s: dict, k: int, vocab: int) -> list[dict]:
+    valid = s["valid"]
+    n_tok = valid.sum(1).double().numpy()
+    nb, nq = per_sequence(s["nll_base"], valid).numpy(), per_sequence(s["nll_quant"], valid).numpy()
     idx = np.arange(len(n_tok))
 
     def log_ratio(i):  # token-weighted log(ppl_q / ppl_b) over the sequences in i
@@ -75,23 +107,102 @@ def lm_quality(base: torch.Tensor, quant: torch.Tensor, batch: dict) -> list[dic
 
     ppl = lambda nll: float(np.exp((nll * n_tok).sum() / n_tok.sum()))  # noqa: E731
     lo, hi = stats.bootstrap_ci(idx, stat=log_ratio, level=LEVEL)
-    kl = s["kl"].numpy()
+    kl = per_sequence(s["kl"], valid).numpy()
     kl_mean, kl_lo, kl_hi = stats.mean_ci(kl, LEVEL)
-    top1, t_lo, t_hi = stats.mean_ci(s["top1"].numpy(), LEVEL)
+    top1_seq = per_sequence(s["top1"], valid).numpy()
+    top1, t_lo, t_hi = stats.mean_ci(top1_seq, LEVEL)
     seqs, tokens = len(n_tok), int(n_tok.sum())
-    tok_kl = s["kl_tokens"].numpy()
+    tok_kl = s["kl"][valid].numpy()
+    dp = s["dp_top"][valid].numpy()
+    dp_mean, dp_lo, dp_hi = stats.mean_ci(per_sequence(s["dp_top"], valid).numpy(), LEVEL)
+    kl_how = (f"KL(baseline || quantized) over the baseline's top {k} tokens plus one bucket for the rest of "
+              f"the {vocab}-token vocabulary (a lower bound of the full KL" + (", here exact" if k >= vocab else "")
+              + ")")
+    q = lambda p: float(np.quantile(tok_kl, p))  # noqa: E731
     return [
         row("ppl", ppl(nb), "ppl", "exp(mean next-token NLL over all scored tokens)", variant="baseline",
             n=tokens),
         row("ppl", ppl(nq), "ppl", "exp(mean next-token NLL over all scored tokens)", n=tokens),
         row("log_ppl_ratio", log_ratio(idx), "nats", "log(ppl quantized / ppl baseline) on the same "
             "tokens; 95% CI by paired bootstrap over sequences", variant="paired", ci=(lo, hi), n=seqs),
-        row("kl_mean", kl_mean, "nats", "KL(baseline || quantized) of next-token distributions, mean "
-            "per sequence then over sequences; 95% t CI over sequences", ci=(kl_lo, kl_hi), n=seqs),
-        row("kl_p99", np.quantile(tok_kl, 0.99), "nats", "99th percentile of per-token KL", n=tokens),
+        row("kl_mean", kl_mean, "nats", kl_how + "; mean per sequence then over sequences; 95% t CI over "
+            "sequences", ci=(kl_lo, kl_hi), n=seqs),
+        row("kl_median", q(0.5), "nats", "median of the per-token KL", n=tokens),
+        row("kl_p90", q(0.9), "nats", "90th percentile of the per-token KL", n=tokens),
+        row("kl_p99", q(0.99), "nats", "99th percentile of the per-token KL", n=tokens),
+        row("kl_max", float(tok_kl.max()) if len(tok_kl) else None, "nats", "largest per-token KL", n=tokens),
         row("top1_agreement", top1, "share", "share of positions where both models' most likely next "
             "token agree, per sequence then mean; 95% t CI over sequences", ci=(t_lo, t_hi), n=seqs),
+        row("top1_agreement_se", float(top1_seq.std(ddof=1) / np.sqrt(seqs)) if seqs > 1 else None, "share",
+            "standard error of top1_agreement (sample std of per-sequence agreement / sqrt(sequences))", n=seqs),
+        row("p_top_change", dp_mean, "probability", "quantized minus baseline probability of the baseline's "
+            "most likely token; mean per sequence then over sequences, 95% t CI; p10/p90 over tokens",
+            ci=(dp_lo, dp_hi), p10=np.quantile(dp, 0.1) if len(dp) else None,
+            p90=np.quantile(dp, 0.9) if len(dp) else None, n=tokens),
     ]
+
+
+def generation_rows(base_gen: torch.Tensor, quant_gen: torch.Tensor, prompts: torch.Tensor, tokenizer,
+                    python: bool) -> list[dict]:
+    """Greedy continuations of the same prompts: prefix agreement and, for code, syntax soundness."""
+    match = prefix_match(base_gen, quant_gen).double().numpy()
+    g = base_gen.shape[1]
+    mean, lo, hi = stats.mean_ci(match, LEVEL)
+    exact = int((match == g).sum())
+    e, elo, ehi = stats.proportion_ci(exact, len(match), LEVEL)
+    rows = [
+        row("gen_prefix_match", mean, "tokens", f"greedy continuation of {prompts.shape[1]}-token held-out "
+            f"prompts for {g} tokens: leading tokens identical to the baseline's continuation; mean over "
+            "prompts, 95% t CI", ci=(lo, hi), p10=np.quantile(match, 0.1), p90=np.quantile(match, 0.9),
+            n=len(match)),
+        row("gen_exact_match", e, "share", f"share of prompts whose {g}-token greedy continuation equals "
+            "the baseline's; 95% Wilson CI", ci=(elo, ehi), n=len(match)),
+    ]
+    if python:
+        for variant, gen in (("baseline", base_gen), ("quantized", quant_gen)):
+            texts = tokenizer.batch_decode(torch.cat([prompts, gen], dim=1), skip_special_tokens=True)
+            ok = sum(python_prefix_ok(t) for t in texts)
+            p, plo, phi = stats.proportion_ci(ok, len(texts), LEVEL)
+            rows.append(row("gen_parse_rate", p, "share", "share of prompt + greedy continuations that are "
+                            "valid Python up to their last line break (ast.parse; input that merely stops "
+                            "inside an open bracket, block or string counts as valid); 95% Wilson CI",
+                            variant=variant, ci=(plo, phi), n=len(texts)))
+    return rows
+
+
+def lm_speed_rows(base_model, quant_model, batch: dict, batch_size: int, seq_len: int, decode_tokens: int,
+                  warmup: int, repeats: int, device: str) -> list[dict]:
+    """Prefill (time to first token) and decode (per output token) timings, interleaved and paired."""
+    ids = batch["input_ids"][:batch_size]
+    t = time_prefill_decode(base_model, quant_model, ids, decode_tokens, warmup=warmup, repeats=repeats,
+                            device=device)
+    timer = "time.perf_counter" + (" with CUDA synchronization" if device.startswith("cuda") else "")
+    rows = []
+    for phase, metric, unit, what, tokens in (
+            ("prefill", "latency_ms", "ms", f"prefill: one forward pass over {seq_len} prompt tokens with the KV "
+             "cache, up to the first output token (time to first token)", batch_size * seq_len),
+            ("decode", "decode_ms_per_token", "ms", f"decode: {decode_tokens} greedy steps with the KV cache "
+             f"after a {seq_len}-token prompt, divided by {decode_tokens} (time per output token)", batch_size)):
+        pair = []
+        for variant, key in (("baseline", f"{phase}_base"), ("quantized", f"{phase}_quant")):
+            ms = t[key]
+            pair.append(ms)
+            s = stats.summarize(ms)
+            lo, hi = stats.median_ci(ms, LEVEL)
+            rows.append(row(metric, s["median"], unit, f"{timer}; {what}; median of {repeats} repeats "
+                            f"interleaved with the other variant after {warmup} warm-up runs; 95% "
+                            "order-statistic CI of the median", variant, batch_size, (lo, hi), s["p10"], s["p90"],
+                            len(ms)))
+            tput = "throughput_tok_s" if phase == "prefill" else "decode_tok_s"
+            rows.append(row(tput, tokens / s["median"] * 1e3, "tokens/s", f"{phase} tokens per second: "
+                            f"{'batch x prompt tokens' if phase == 'prefill' else 'batch size'} / median "
+                            "latency; CI from the latency CI", variant, batch_size,
+                            (tokens / hi * 1e3, tokens / lo * 1e3), n=len(ms)))
+        ratio, lo, hi = stats.paired_ratio(pair[0], pair[1], LEVEL)
+        rows.append(row("speedup" if phase == "prefill" else "decode_speedup", ratio, "x",
+                        f"median baseline / median quantized {phase} latency; 95% CI by paired bootstrap "
+                        "over interleaved repeat pairs", "paired", batch_size, (lo, hi), n=len(pair[0])))
+    return rows
 
 
 def speed_rows(base_model, quant_model, task: str, batch: dict, batch_size: int, seq_len: int,

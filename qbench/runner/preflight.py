@@ -25,12 +25,24 @@ def check(plan: Plan, source: str | Path, warn: Callable[[str], None]) -> None:
             raise ConfigError(str(e), where=f"{source}: schemes[{i}].kernel") from None
     for mi, ref in enumerate(exp.models):
         try:
-            model, _, ctx = load_skeleton(ref)
+            model, task, ctx = load_skeleton(ref)
         except ModelError as e:
             raise ConfigError(str(e), where=f"{source}: models[{mi}].id") from None
         if ctx and exp.measure.seq_len > ctx:
             raise ConfigError(f"{exp.measure.seq_len} tokens exceed the context of {ref.display} ({ctx})",
                               where=f"{source}: measure.seq_len")
+        m = exp.measure
+        if task == "causal_lm" and ctx:
+            if m.seq_len + m.decode_tokens > ctx:
+                raise ConfigError(f"seq_len {m.seq_len} + decode_tokens {m.decode_tokens} exceed the context of "
+                                  f"{ref.display} ({ctx}); the decode timing continues the seq_len-token prompt",
+                                  where=f"{source}: measure.decode_tokens")
+            if m.prompt_tokens + m.generate_tokens > ctx:
+                raise ConfigError(f"prompt_tokens {m.prompt_tokens} + generate_tokens {m.generate_tokens} exceed "
+                                  f"the context of {ref.display} ({ctx})", where=f"{source}: measure.generate_tokens")
+        if task == "causal_lm" and m.prompt_tokens >= m.seq_len:
+            raise ConfigError(f"prompt_tokens {m.prompt_tokens} must be below seq_len {m.seq_len}: prompts are "
+                              "the first tokens of the evaluation samples", where=f"{source}: measure.prompt_tokens")
         kinds = classify(model)
         for i, s in enumerate(exp.schemes):
             _check_scheme(model, kinds, ref.display, s, f"{source}: schemes[{i}]", warn)

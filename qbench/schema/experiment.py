@@ -172,6 +172,20 @@ class Measure(_Strict):
     eval_samples: int = Field(64, ge=4, le=100000, description="Evaluation samples for quality metrics.")
     threads: Optional[int] = Field(None, ge=1, le=1024, description="torch CPU threads (default: torch's).")
     seed: int = Field(0, description="Seed for data sampling and bootstrap intervals.")
+    lm_topk: int = Field(
+        128, ge=1, le=1_000_000, description="Causal LMs: baseline next-token tokens kept per position (the "
+        "cached reference); KL is computed over them plus one bucket for the rest of the vocabulary."
+    )
+    prompt_tokens: int = Field(
+        32, ge=1, le=8192, description="Causal LMs: tokens of each held-out sample used as a generation prompt."
+    )
+    generate_tokens: int = Field(
+        32, ge=0, le=4096, description="Causal LMs: greedy continuation length compared with the baseline's "
+        "(0: no generation)."
+    )
+    decode_tokens: int = Field(
+        16, ge=1, le=4096, description="Causal LMs: decode steps timed after the seq_len-token prefill."
+    )
     isolate: bool = Field(
         False, description="Run each cell in its own process, so a crash in native code fails that cell only."
     )
@@ -214,6 +228,16 @@ GATE_METRICS: dict[str, GateMetric] = {
     "kl_mean": GateMetric(_Q, True, False, "causal_lm"),
     "kl_p99": GateMetric(_Q, False, False, "causal_lm"),
     "top1_agreement": GateMetric(_Q, True, False, "causal_lm"),
+    "kl_median": GateMetric(_Q, False, False, "causal_lm"),
+    "kl_p90": GateMetric(_Q, False, False, "causal_lm"),
+    "kl_max": GateMetric(_Q, False, False, "causal_lm"),
+    "p_top_change": GateMetric(_Q, True, False, "causal_lm"),
+    "gen_prefix_match": GateMetric(_Q, True, False, "causal_lm"),
+    "gen_exact_match": GateMetric(_Q, True, False, "causal_lm"),
+    "gen_parse_rate": GateMetric(_BQ, True, False, "causal_lm"),
+    "decode_ms_per_token": GateMetric(_BQ, True, True, "causal_lm"),
+    "decode_tok_s": GateMetric(_BQ, True, True, "causal_lm"),
+    "decode_speedup": GateMetric(_P, True, True, "causal_lm"),
 }
 
 

@@ -27,7 +27,8 @@ def write_experiment(tmp_path: Path, models: dict, schemes: str, name: str = "ti
         workloads:
           - {{name: text, dataset: "builtin:text"}}
           - {{name: code, dataset: "builtin:code"}}
-        measure: {{batch_sizes: [1, 4], seq_len: 32, warmup: 1, repeats: 3, eval_samples: 8}}
+        measure: {{batch_sizes: [1, 4], seq_len: 32, warmup: 1, repeats: 3, prompt_tokens: 8, generate_tokens: 8,
+                  decode_tokens: 4, eval_samples: 8}}
         """).format(name=name, models=model_lines, schemes=textwrap.indent(schemes, ""))
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)

@@ -71,6 +71,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(tiny_models, tmp_
 def test_isolated_cells_and_timeouts(tiny_models, tmp_path):
     exp = write_experiment(tmp_path, {"bert": tiny_models["bert"]}, SCHEMES, name="iso")
     text = exp.read_text().replace("eval_samples: 8}", "eval_samples: 8, threads: 1}")  # same float order
+    assert "threads: 1}" in text
     exp.write_text(text.replace("threads: 1}", "threads: 1, isolate: true}"))
     isolated = api.run(exp, out=tmp_path / "iso", progress=False, log=lambda s: None)
     assert isolated.status == "ok"

@@ -113,7 +113,9 @@ def test_every_runner_metric_is_gateable():
         assert g.resolved_variant in info.variants
     assert set(GATE_METRICS) == {"latency_ms", "throughput_tok_s", "speedup", "weight_bytes", "peak_rss_bytes",
                                  "cosine_mean", "cosine_min", "nn_agreement", "ppl", "log_ppl_ratio", "kl_mean",
-                                 "kl_p99", "top1_agreement"}
+                                 "kl_p99", "top1_agreement", "kl_median", "kl_p90", "kl_max", "p_top_change",
+                                 "gen_prefix_match", "gen_exact_match", "gen_parse_rate", "decode_ms_per_token",
+                                 "decode_tok_s", "decode_speedup"}
 
 
 def test_gate_is_frozen_and_strict():

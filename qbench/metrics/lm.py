@@ -1,0 +1,220 @@
+"""Causal-LM measurements: baseline top-k references, token statistics, greedy generation, prefill/decode.
+
+The baseline's next-token distributions are kept as the top-k tokens per position (ids and float64
+log-probabilities) plus the log-probability of the token that actually follows, never as full logits.
+KL(baseline || quantized) is computed over the k baseline tokens plus one bucket holding the rest of
+the vocabulary: by the data-processing inequality this is a lower bound of the full KL, equal to it
+when the k tokens carry all the mass (k >= vocabulary). With k = 128 the rest of a trained model's
+vocabulary typically holds well under 1% of the mass.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+# SyntaxError messages that mean "the input ended too early", not "the input is wrong"
+_INCOMPLETE = ("was never closed", "unexpected eof", "expected an indented block", "unterminated triple-quoted",
+               "incomplete input")
+
+
+# ---------------------------------------------------------------- references
+def reference_topk(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor, k: int) -> dict:
+    """Top-k summary of a baseline's next-token distributions.
+
+    logits (B, T, V) predicting input_ids[:, 1:]; returns float64 ``logp`` (B, T-1, k), int64 ``idx``
+    (B, T-1, k) sorted by decreasing probability, ``target_logp`` (B, T-1) of the actual next token and
+    bool ``valid`` (B, T-1) for positions where both tokens are real (not padding).
+    """
+    lp = torch.log_softmax(logits[:, :-1].double(), dim=-1)
+    k = min(k, lp.shape[-1])
+    top, idx = lp.topk(k, dim=-1, sorted=True)
+    target = input_ids[:, 1:]
+    return {"logp": top, "idx": idx, "target_logp": lp.gather(-1, target.unsqueeze(-1)).squeeze(-1),
+            "valid": (mask[:, 1:] * mask[:, :-1]).bool(), "k": k, "vocab": lp.shape[-1]}
+
+
+def slice_ref(ref: dict, lo: int, hi: int) -> dict:
+    return {key: (v[lo:hi] if isinstance(v, torch.Tensor) else v) for key, v in ref.items()}
+
+
+def cat_refs(parts: list[dict]) -> dict:
+    out = {key: torch.cat([p[key] for p in parts]) for key in ("logp", "idx", "target_logp", "valid")}
+    out.update(k=parts[0]["k"], vocab=parts[0]["vocab"])
+    return out
+
+
+def token_stats(ref: dict, quant_logits: torch.Tensor, input_ids: torch.Tensor) -> dict:
+    """Per-position statistics of quantized next-token predictions against a top-k baseline.
+
+    Returns (B, T-1) float64 tensors ``nll_base``, ``nll_quant``, ``kl`` (top-k + rest bucket),
+    ``top1`` (1.0 where the quantized argmax is the baseline's), ``dp_top`` (quantized minus baseline
+    probability of the baseline's most likely token) and the bool ``valid`` mask.
+    """
+    lq = torch.log_softmax(quant_logits[:, :-1].double(), dim=-1)
+    lb, idx = ref["logp"], ref["idx"]
+    lq_k = lq.gather(-1, idx)
+    pb = lb.exp()
+    kl = (pb * (lb - lq_k)).sum(-1)
+    if ref["k"] < ref["vocab"]:  # the rest of the vocabulary as one bucket
+        rest_b = (1 - pb.sum(-1)).clamp(min=0)
+        rest_q = (1 - lq_k.exp().sum(-1)).clamp(min=0)
+        tail = torch.where(rest_b > 0, rest_b * (rest_b.log() - rest_q.clamp(min=1e-300).log()),
+                           torch.zeros_like(rest_b))
+        kl = kl + tail
+    target = input_ids[:, 1:]
+    return {"nll_base": -ref["target_logp"], "nll_quant": -lq.gather(-1, target.unsqueeze(-1)).squeeze(-1),
+            "kl": kl.clamp(min=0), "top1": (lq.argmax(-1) == idx[..., 0]).double(),
+            "dp_top": lq_k[..., 0].exp() - pb[..., 0], "valid": ref["valid"]}
+
+
+def per_sequence(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, T) values, (B, T) mask -> (B,) mean over each sequence's valid positions."""
+    v = valid.double()
+    return (values * v).sum(1) / v.sum(1).clamp(min=1)
+
+
+# ---------------------------------------------------------------- the reference cache
+def cache_dir() -> Path:
+    """Where baseline references live: $QBENCH_CACHE_DIR, else $XDG_CACHE_HOME/qbench, else ~/.cache/qbench."""
+    env = os.environ.get("QBENCH_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "qbench"
+
+
+def model_fingerprint(model, tokenizer) -> str:
+    """sha256 over the model's parameters and buffers (names, dtypes, shapes, bytes) and the tokenizer vocab."""
+    h = hashlib.sha256()
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    vocab = tokenizer.get_vocab()
+    h.update(json.dumps(sorted(vocab.items()), ensure_ascii=True).encode())
+    return h.hexdigest()
+
+
+def reference_key(**parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def load_or_compute(key: str, describe: dict, compute: Callable[[], dict],
+                    log: Optional[Callable[[str], None]] = None) -> tuple[dict, str]:
+    """The cached reference for ``key`` when present and intact, else computed and stored atomically.
+
+    Returns (reference, "hit" | "miss"). A cache that cannot be written is reported, never fatal.
+    """
+    path = cache_dir() / "lm_reference" / f"{key}.pt"
+    if path.is_file():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            if blob.get("key") == key:
+                return blob["ref"], "hit"
+        except Exception as e:  # a torn or foreign file: recompute
+            if log:
+                log(f"ignoring unreadable reference cache {path.name}: {type(e).__name__}")
+    ref = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"key": key, "describe": describe, "ref": ref}, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        if log:
+            log(f"could not write the reference cache {path}: {e}")
+    return ref, "miss"
+
+
+# ---------------------------------------------------------------- generation and decode timing
+@torch.no_grad()
+def greedy(model, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """(B, P) prompt -> (B, new_tokens) greedy continuation, with the model's KV cache."""
+    out = model(input_ids=prompt, use_cache=True)
+    nxt = out.logits[:, -1].argmax(-1)
+    toks = [nxt]
+    past = out.past_key_values
+    for _ in range(new_tokens - 1):
+        out = model(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        nxt = out.logits[:, -1].argmax(-1)
+        toks.append(nxt)
+    return torch.stack(toks, dim=1)
+
+
+def prefix_match(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, G), (B, G) token ids -> (B,) number of leading positions where they agree."""
+    same = (a == b).long()
+    return same.cumprod(dim=1).sum(dim=1)
+
+
+def python_prefix_ok(text: str) -> bool:
+    """Whether text, cut at its last line break, is valid Python or a valid beginning of it.
+
+    A continuation that stops inside an open bracket, block or triple-quoted string still counts as
+    syntactically sound; one that contains a real syntax error does not.
+    """
+    cut = text[: text.rfind("\n") + 1] if "\n" in text else text
+    try:
+        ast.parse(cut)
+        return True
+    except SyntaxError as e:
+        msg = (e.msg or "").lower()
+        if any(s in msg for s in _INCOMPLETE):
+            return True
+        lines = cut.rstrip("\n").count("\n") + 1
+        return (e.lineno or 0) > lines  # error reported past the end: the input simply stops
+    except (ValueError, MemoryError, RecursionError):
+        return False
+
+
+@torch.no_grad()
+def prefill_decode(model, ids: torch.Tensor, decode_tokens: int, sync: Callable[[], None]) -> tuple[float, float]:
+    """Milliseconds of the prefill of ids (B, T) up to the first token, and of decode_tokens more steps."""
+    sync()
+    t0 = time.perf_counter()
+    out = model(input_ids=ids, use_cache=True)
+    nxt = out.logits[:, -1].argmax(-1)
+    sync()
+    t1 = time.perf_counter()
+    past = out.past_key_values
+    for _ in range(decode_tokens):
+        out = model(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        nxt = out.logits[:, -1].argmax(-1)
+    sync()
+    t2 = time.perf_counter()
+    return (t1 - t0) * 1e3, (t2 - t1) * 1e3
+
+
+def time_prefill_decode(base, quant, ids: torch.Tensor, decode_tokens: int, *, warmup: int, repeats: int,
+                        device: str) -> dict[str, list[float]]:
+    """Interleaved (A,B then B,A) prefill/decode timings of both models on the same ids."""
+    if device.startswith("cuda"):
+        sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
+    else:
+        sync = lambda: None  # noqa: E731
+    for _ in range(warmup):
+        prefill_decode(base, ids, decode_tokens, sync)
+        prefill_decode(quant, ids, decode_tokens, sync)
+    res = {"prefill_base": [], "prefill_quant": [], "decode_base": [], "decode_quant": []}
+    for i in range(repeats):
+        order = (("base", base), ("quant", quant)) if i % 2 == 0 else (("quant", quant), ("base", base))
+        for name, m in order:
+            p, d = prefill_decode(m, ids, decode_tokens, sync)
+            res[f"prefill_{name}"].append(p)
+            res[f"decode_{name}"].append(d / max(1, decode_tokens))
+    return res
+
+
+def percentile(x, q: float) -> float:
+    import numpy as np
+
+    return float(np.quantile(np.asarray(x, dtype=float), q)) if len(x) else math.nan
