@@ -10,7 +10,7 @@ from pathlib import Path
 from qbench.report import plots
 from qbench.report.fmt import CARD_SCHEMA_VERSION, DASH, Index, _ordered, _when
 from qbench.report.gates import evaluate_gates
-from qbench.report.sections import (caveats, gates, glossary, hardware, quant_maps, reproduce, results, setup,
+from qbench.report.sections import (caveats, contrast, gates, glossary, hardware, quant_maps, reproduce, results, setup,
                                     summary)
 from qbench.results.table import ResultsTable, load_results
 
@@ -47,6 +47,7 @@ def build_context(source: ResultsTable | str | Path) -> dict:
             "device": meta.get("device") or DASH,
         },
         "summary": summary(ix, order, cells),
+        "contrast": contrast(ix, order, cells),  # text vs code degradation; None with a single workload
         "gates": verdicts,  # one verdict per gate of the experiment (qbench.report.gates.evaluate_gates)
         "gates_section": gates(verdicts),  # None when the experiment declares no gates
         "setup": setup(meta, cells, order),

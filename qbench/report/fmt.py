@@ -8,12 +8,13 @@ CARD_SCHEMA_VERSION = 1
 DASH = "—"
 SIZE_METRICS = ("weight_bytes", "peak_rss_bytes")
 PRIMARY = {"encoder": ("cosine_mean", "cosine"), "causal_lm": ("log_ppl_ratio", "log-PPL ratio")}
-FIXED4 = {"cosine_mean", "cosine_min", "nn_agreement", "top1_agreement"}
+FIXED4 = {"cosine_mean", "cosine_min", "nn_agreement", "top1_agreement", "gen_exact_match", "gen_parse_rate"}
 NOISE_LIMIT = 0.25
 CONTENDED = 0.25  # foreign CPU cores while timing above which a cell is flagged
 MIN_EVAL = 30
 GLOSSARY = {
-    "latency_ms": "Wall-clock time of one forward pass over a batch (median of the timed repeats).",
+    "latency_ms": "Wall-clock time of one forward pass over a batch (median of the timed repeats); for causal "
+                  "LMs the prefill up to the first output token (time to first token).",
     "throughput_tok_s": "Tokens processed per second: batch size x sequence length / latency.",
     "speedup": "Baseline latency / quantized latency; above 1 means the quantized model is faster.",
     "weight_bytes": "Bytes of model weights held in memory.",
@@ -27,6 +28,17 @@ GLOSSARY = {
     "kl_mean": "Mean per-token KL divergence of quantized from baseline next-token distributions.",
     "kl_p99": "99th percentile of the per-token KL divergence.",
     "top1_agreement": "Share of tokens whose top-1 prediction matches the baseline.",
+    "top1_agreement_se": "Standard error of top1_agreement over sequences.",
+    "kl_median": "Median of the per-token KL divergence.",
+    "kl_p90": "90th percentile of the per-token KL divergence.",
+    "kl_max": "Largest per-token KL divergence.",
+    "p_top_change": "Change in the probability of the baseline's most likely token (quantized minus baseline).",
+    "gen_prefix_match": "Leading tokens of a greedy continuation identical to the baseline's continuation.",
+    "gen_exact_match": "Share of prompts whose whole greedy continuation equals the baseline's.",
+    "gen_parse_rate": "Share of prompt + continuations that are still valid Python (code workloads).",
+    "decode_ms_per_token": "Time per output token while decoding with the KV cache (causal LMs).",
+    "decode_tok_s": "Output tokens per second while decoding: batch size / time per output token.",
+    "decode_speedup": "Baseline / quantized time per output token; above 1 means faster decoding.",
 }
 
 

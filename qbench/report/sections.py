@@ -57,6 +57,63 @@ def summary(ix: Index, order: dict, cells: list) -> list:
     return out
 
 
+# degradation metrics compared across workloads: (metric, label, turns a value into "how much worse")
+CONTRAST = {"encoder": (("cosine_mean", "1 − cosine", lambda v: 1 - v),),
+            "causal_lm": (("log_ppl_ratio", "log-PPL ratio", lambda v: v), ("kl_mean", "KL mean", lambda v: v))}
+Z95 = 1.959963984540054
+
+
+def contrast(ix: Index, order: dict, cells: list) -> dict | None:
+    """Text vs code: which workload degrades more, by how much, with intervals; None with one workload."""
+    W = order["workloads"]
+    if len(W) < 2:
+        return None
+    a, b = ("text", "code") if {"text", "code"} <= set(W) else (W[0], W[1])
+    rows = []
+    for m in order["models"]:
+        task = next((c.get("task") for c in cells if c.get("model") == m and c.get("task")), None)
+        for s in order["schemes"]:
+            for metric, label, worse in CONTRAST.get(task, ()):
+                ra, rb = ix.get(m, s, a, metric), ix.get(m, s, b, metric)
+                if not (ra and rb) or None in (num(ra["value"]), num(rb["value"])):
+                    continue
+                da, db = worse(num(ra["value"])), worse(num(rb["value"]))
+                diff, half = db - da, None
+                cis = [(num(r.get("ci_low")), num(r.get("ci_high"))) for r in (ra, rb)]
+                if all(None not in ci for ci in cis):
+                    se = [(hi - lo) / (2 * Z95) for lo, hi in cis]
+                    half = Z95 * (se[0] ** 2 + se[1] ** 2) ** 0.5
+                shown = [_degr(worse, r) for r in (ra, rb)]
+                diff_s = sig(diff) + (f" [{sig(diff - half)}, {sig(diff + half)}]" if half is not None else "")
+                if half is None:
+                    verdict = "no interval"
+                elif abs(diff) <= half:
+                    verdict = "not distinguishable"
+                else:
+                    more, less, dm, dl = (b, a, db, da) if diff > 0 else (a, b, da, db)
+                    verdict = f"{more} degrades more" + (f" ({dm / dl:.1f}x {less})" if dl > 0 else "")
+                rows.append({"cells": [m, s, label, shown[0], shown[1], diff_s, verdict],
+                             "flag": "degrades more" in verdict})
+    if not rows:
+        return None
+    return {"workloads": [a, b],
+            "note": f"Degradation per workload, value [95% CI]: 1 − cosine for encoders, log(PPL ratio) and mean "
+                    f"KL for causal LMs (0 = no change, higher = worse). Difference = {b} − {a}; its interval "
+                    "treats the two workloads as independent samples (normal approximation from each 95% CI). "
+                    "A workload degrades more only when that interval excludes 0.",
+            "table": table(["Model", "Scheme", "Degradation", a, b, f"{b} − {a} [95% CI]", "Verdict"], rows,
+                           "lllrrrl")}
+
+
+def _degr(worse, r) -> str:
+    v, lo, hi = (num(r.get(k)) for k in ("value", "ci_low", "ci_high"))
+    out = sig(worse(v))
+    if lo is not None and hi is not None:
+        lo, hi = sorted((worse(lo), worse(hi)))
+        out += f" [{sig(lo)}, {sig(hi)}]"
+    return out
+
+
 def gates(verdicts: list) -> dict | None:
     """The Gates section: overall verdict and one table row per gate; None when there are no gates."""
     if not verdicts:
@@ -203,7 +260,21 @@ def results(ix: Index, order: dict) -> dict:
             for metric, variant in metrics:
                 label = metric if variant in ("quantized", "paired", None) else f"{metric} ({variant})"
                 quality.append([m, s, label] + [with_ci(ix.get(m, s, w, metric, variant)) for w in W])
-    return {
+    decode = []
+    for m in order["models"]:
+        for s in order["schemes"]:
+            for w in W:
+                for bs in ix.batch_sizes(m, s, w):
+                    db, dq = (ix.get(m, s, w, "decode_ms_per_token", v, bs) for v in ("baseline", "quantized"))
+                    if not (db or dq):
+                        continue
+                    tb, tq = (ix.get(m, s, w, "decode_tok_s", v, bs) for v in ("baseline", "quantized"))
+                    noisy = any((_spread(r) or 0) > NOISE_LIMIT for r in (db, dq) if r)
+                    decode.append({"cells": [m, s, w, bs, with_ci(db), with_ci(dq),
+                                             with_ci(ix.get(m, s, w, "decode_speedup", "paired", bs)),
+                                             f"{fmt((tb or {}).get('value'))} / {fmt((tq or {}).get('value'))}"
+                                             + (" ⚠" if noisy else "")], "flag": noisy})
+    out = {
         "speed": table(["Model", "Scheme", "Workload", "Batch", "Baseline ms [95% CI]", "Quantized ms [95% CI]",
                         "p10–p90 ms (baseline / quantized)", "Speedup [95% CI]",
                         "Throughput tok/s (baseline / quantized)"], speed, "lllrrrrrr"),
@@ -211,6 +282,11 @@ def results(ix: Index, order: dict) -> dict:
                          "Peak RSS (max over workloads)"], memory, "llrrrr"),
         "quality": table(["Model", "Scheme", "Metric"] + W, quality, "lll" + "r" * len(W)),
     }
+    if decode:
+        out["decode"] = table(["Model", "Scheme", "Workload", "Batch", "Baseline ms/token [95% CI]",
+                               "Quantized ms/token [95% CI]", "Decode speedup [95% CI]",
+                               "Decode tok/s (baseline / quantized)"], decode, "lllrrrrr")
+    return out
 
 
 def quant_maps(qcells: dict, order: dict) -> list:

@@ -49,7 +49,7 @@ def test_schema_identity():
     assert set(s["required"]) == {"card_schema_version", "title", "summary", "setup", "hardware", "results",
                                   "quant_maps", "caveats", "reproduce", "glossary", "plots"}
     # gates came later within v1: cards written before them (reports/example) stay valid
-    assert set(s["properties"]) - set(s["required"]) == {"gates", "gates_section"}
+    assert set(s["properties"]) - set(s["required"]) == {"gates", "gates_section", "contrast"}
     card_schema()["title"] = "changed"  # callers get a fresh copy
     assert card_schema()["title"] == "qbench card v1"
 
