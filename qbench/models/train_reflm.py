@@ -54,7 +54,7 @@ class Config:
     dropout: float = 0.0
     block: int = 256
     batch: int = 16
-    steps: int = 2000
+    steps: int = 1800
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup: int = 100
@@ -164,7 +164,7 @@ def train_tokenizer(docs: list[Doc], cfg: Config):
     bpe = ByteLevelBPETokenizer(add_prefix_space=False)
     bpe.train_from_iterator((d.text for d in docs), vocab_size=cfg.vocab_size, min_frequency=2,
                             special_tokens=[EOS], show_progress=False)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOS, eos_token=EOS, unk_token=EOS,
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS,
                                   pad_token=EOS, model_max_length=cfg.n_positions)
     tok.padding_side = "right"
     return tok
@@ -315,6 +315,9 @@ def train(cfg: Config, out: Path, *, resume: bool = False, threads: int | None =
     }
     (out / "training.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     (out / "README.md").write_text(model_card(record), encoding="utf-8")
+    for f in out.iterdir():  # shipped files are world-readable whatever the umask of the writer
+        if f.is_file():
+            f.chmod(0o644)
     if ckpt.exists():
         ckpt.unlink()
     return record

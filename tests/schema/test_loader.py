@@ -89,7 +89,9 @@ def test_shipped_experiment_round_trips(path):
 
 def test_default_experiment_contents():
     exp = load_experiment(DEFAULT)
-    assert [s.name for s in exp.schemes] == ["w8a8-per-channel", "w8a8-static", "w4-per-group"]
+    assert [s.name for s in exp.schemes] == ["w8a8-per-channel", "w8a8-static", "w8-per-channel", "w4-per-group",
+                                             "w4-per-tensor"]
+    assert [m.id for m in exp.models] == ["minilm", "reflm"]
     assert [w.name for w in exp.workloads] == ["text", "code"]
     assert exp.baseline.dtype == "fp16"
     assert exp.calibration_dataset(exp.schemes[1]) == "builtin:text"
@@ -207,9 +209,9 @@ def _mutated(mutate) -> str:
      "did you mean 'method'"),
     (lambda d: d["schemes"][0]["activations"].update(granularity="per_row"),
      "schemes[0].activations.granularity", "got 'per_row'"),
-    (lambda d: d["models"].append({"id": "minilm"}), "models[1].id", "duplicate model names: minilm"),
+    (lambda d: d["models"].append({"id": "minilm"}), "models[2].id", "duplicate model names: minilm"),
     (lambda d: d["models"].extend([{"id": "minilm", "name": "m"}, {"id": "hf:x", "name": "m"}]),
-     "models[2].name", "duplicate model names: m"),
+     "models[3].name", "duplicate model names: m"),
     (lambda d: d["models"][0].update(id=""), "models[0].id", "at least 1 character"),
     (lambda d: d.update(device="cuda:x"), "device", "not a device"),
     (lambda d: d.update(device="gpu"), "device", "not a device"),

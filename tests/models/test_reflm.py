@@ -1,0 +1,69 @@
+"""The bundled reference LM: loads offline, its card's numbers are reproducible, its training data is disjoint."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from qbench.models import load_model
+from qbench.models.loaders import resolve_source
+from qbench.models.train_reflm import Config, heldout_ppl, heldout_sources, main
+from qbench.schema.experiment import ModelRef
+
+
+@pytest.fixture(scope="module")
+def reflm():
+    return load_model(ModelRef(id="reflm"), "fp32", "cpu")
+
+
+def record() -> dict:
+    source, _ = resolve_source(ModelRef(id="reflm"))
+    return json.loads((Path(source) / "training.json").read_text(encoding="utf-8"))
+
+
+def test_bundled_reflm_is_a_gpt2_loaded_through_the_hf_path(reflm):
+    source, origin = resolve_source(ModelRef(id="reflm"))
+    assert (Path(source) / "model.safetensors").is_file() and "train_reflm" in origin
+    assert reflm.task == "causal_lm" and type(reflm.model).__name__ == "GPT2LMHeadModel"
+    assert reflm.max_positions == record()["config"]["n_positions"]
+    assert len(reflm.tokenizer) == record()["config"]["vocab_size"]
+    assert sum(p.numel() for p in reflm.model.parameters()) == record()["parameters"]
+    again = load_model(ModelRef(id=f"hf:{source}"), "fp32", "cpu")  # the same files through hf:<dir>
+    assert all(torch.equal(a, b) for a, b in zip(reflm.model.state_dict().values(),
+                                                  again.model.state_dict().values()))
+
+
+def test_recorded_heldout_perplexities_reproduce(reflm):
+    r = record()
+    cfg = Config(heldout_samples=r["config"]["heldout_samples"], heldout_seq_len=r["config"]["heldout_seq_len"])
+    got = heldout_ppl(reflm.model, reflm.tokenizer, cfg)
+    for spec in ("builtin:text", "builtin:code"):
+        assert got[spec]["evaluation_hash"] == r["heldout"][spec]["evaluation_hash"]
+        assert got[spec]["tokens"] == r["heldout"][spec]["tokens"]
+        assert got[spec]["ppl"] == pytest.approx(r["heldout"][spec]["ppl"], rel=1e-6)
+        assert 1 < got[spec]["ppl"] < 200  # trained: far below the 8192 of a uniform guess
+    card = (Path(resolve_source(ModelRef(id="reflm"))[0]) / "README.md").read_text(encoding="utf-8")
+    assert f"{r['heldout']['builtin:text']['ppl']:.2f}" in card and f"{r['heldout']['builtin:code']['ppl']:.2f}" in card
+
+
+def test_training_corpus_is_disjoint_from_the_builtin_suites():
+    held = heldout_sources()
+    assert len(held) > 100
+    sources = [s["source"].split("#")[0] for s in record()["corpus"]["sources"]]
+    assert sources and not set(sources) & held
+    assert not any(s.startswith("pydoc_data") for s in sources)
+
+
+@pytest.mark.slow
+def test_training_script_runs_end_to_end_small(tmp_path):
+    out = tmp_path / "tiny"
+    assert main(["--out", str(out), "--small", "--steps", "3", "--threads", "1"]) == 0
+    r = json.loads((out / "training.json").read_text(encoding="utf-8"))
+    assert r["steps"] == 3 and r["tokens_seen"] == 3 * 4 * 32
+    assert all(math.isfinite(h["ppl"]) for h in r["heldout"].values())
+    assert not (out / "checkpoint.pt").exists()
+    loaded = load_model(ModelRef(id=f"hf:{out}"), "fp32", "cpu")
+    assert loaded.task == "causal_lm" and len(loaded.tokenizer) <= 512
