@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -175,12 +176,13 @@ def _lm_reference(plan: Plan, cell: Cell, loaded, suite, batch: dict, meta: dict
     parts = {"kind": "lm_reference/v1", "model": model_fingerprint(loaded.model, loaded.tokenizer),
              "evaluation_hash": suite.evaluation_hash, "seq_len": m.seq_len, "k": m.lm_topk,
              "prompt_tokens": m.prompt_tokens, "generate_tokens": m.generate_tokens,
-             "dtype": plan.baseline_dtype, "device": plan.device.split(":")[0], "torch": torch.__version__}
+             "dtype": plan.baseline_dtype, "device": plan.device.split(":")[0], "torch": str(torch.__version__)}
     key = reference_key(**parts)
     ref, status = load_or_compute(key, {**parts, "model_id": cell.model.id},
-                                  lambda: lm_reference(loaded.model, batch, prompts, m.lm_topk, m.generate_tokens))
+                                  lambda: lm_reference(loaded.model, batch, prompts, m.lm_topk, m.generate_tokens),
+                                  log=lambda msg: print(f"qbench: warning: {msg}", file=sys.stderr))
     info = meta.setdefault("models", {}).setdefault(cell.model.display, {}).setdefault("lm_reference", {})
-    info[suite.name] = {"key": key, "cache": status, "k": m.lm_topk, "vocab": ref["topk"]["vocab"]}
+    info[suite.name] = {"key": key, "cache": status, "k": ref["topk"]["k"], "vocab": ref["topk"]["vocab"]}
     return dict(ref, prompts=prompts)
 
 

@@ -178,3 +178,39 @@ def test_resume_runs_only_missing_cells_and_refuses_changed_experiment(tiny_mode
 
     with pytest.raises(ConfigError, match="changed"):
         api.run(exp, out=tmp_path / "r", resume=first.run_dir, progress=False, log=lambda s: None)
+
+
+def test_lm_rows_decode_generation_and_cached_reference(tiny_run):
+    _, outcome = tiny_run
+    f = load_results(outcome.run_dir).frame()
+    gpt = f[(f.model == "gpt2") & (f.scheme == "w8a8")]
+    assert {"kl_median", "kl_p90", "kl_max", "top1_agreement_se", "p_top_change", "gen_prefix_match",
+            "gen_exact_match", "decode_ms_per_token", "decode_tok_s", "decode_speedup"} <= set(gpt.metric)
+    # the parse check runs on Python workloads only, for both variants
+    parse = gpt[gpt.metric == "gen_parse_rate"]
+    assert set(parse.workload) == {"code"} and set(parse.variant) == {"baseline", "quantized"}
+    dec = gpt[gpt.metric == "decode_ms_per_token"]
+    assert set(dec.batch_size.astype(int)) == {1, 4} and (dec.value > 0).all()
+    prefix = gpt[gpt.metric == "gen_prefix_match"].value
+    assert ((prefix >= 0) & (prefix <= 8)).all()  # generate_tokens: 8
+    meta = json.loads((outcome.run_dir / "meta.json").read_text())
+    refs = meta["models"]["gpt2"]["lm_reference"]
+    assert set(refs) == {"builtin:text", "builtin:code"} and all(r["k"] <= r["vocab"] for r in refs.values())
+
+
+def test_noise_floor_and_reference_reuse_across_runs(tiny_models, tmp_path):
+    """A scheme that quantizes nothing measures the baseline against itself: KL 0, agreement 100%."""
+    schemes = "  - name: nothing\n    weights: {bits: 8}\n    exclude: ['*']\n"
+    exp = write_experiment(tmp_path, {"gpt2": tiny_models["gpt2"]}, schemes, name="floor")
+    first = api.run(exp, out=tmp_path / "a", progress=False, log=lambda s: None)
+    second = api.run(exp, out=tmp_path / "b", progress=False, log=lambda s: None)
+    for outcome in (first, second):
+        f = load_results(outcome.run_dir).frame()
+        value = lambda m: f[f.metric == m].value  # noqa: E731
+        assert (value("kl_mean") == 0).all() and (value("kl_max") == 0).all()
+        assert (value("top1_agreement") == 1).all() and (value("log_ppl_ratio") == 0).all()
+        assert (value("gen_exact_match") == 1).all() and (value("p_top_change") == 0).all()
+    caches = [json.loads((o.run_dir / "meta.json").read_text())["models"]["gpt2"]["lm_reference"]
+              for o in (first, second)]
+    assert caches[1]["builtin:text"]["key"] == caches[0]["builtin:text"]["key"]
+    assert {r["cache"] for r in caches[1].values()} == {"hit"}
