@@ -169,8 +169,14 @@ def setup(meta: dict, cells: list, order: dict) -> dict:
     for name in order["models"]:
         mm = (meta.get("models") or {}).get(name) or {}
         p = num(mm.get("params"))
+        refs = mm.get("lm_reference") or {}
+        ref_s = DASH
+        if refs:
+            r0 = next(iter(refs.values()))
+            how = sorted({"reused from cache" if r.get("cache") == "hit" else "computed" for r in refs.values()})
+            ref_s = f"top-{r0.get('k')} of {r0.get('vocab')} tokens per position, {' / '.join(how)}"
         models.append([name, mm.get("id", DASH), mm.get("task", DASH),
-                       DASH if p is None else f"{sig(p / 1e6)}M", mm.get("source_origin") or DASH])
+                       DASH if p is None else f"{sig(p / 1e6)}M", mm.get("source_origin") or DASH, ref_s])
     workloads = []
     for wl in exp.get("workloads", []):
         ev = next((c["evaluation"] for c in cells
@@ -184,7 +190,8 @@ def setup(meta: dict, cells: list, order: dict) -> dict:
         "baseline": {"requested": b.get("requested") or (exp.get("baseline") or {}).get("dtype") or DASH,
                      "resolved": b.get("resolved") or DASH, "note": b.get("note") or ""},
         "measure": table(["Setting", "Value"], measure, "lr"),
-        "models": table(["Model", "Id", "Task", "Parameters", "Source"], models, "lllrl"),
+        "models": table(["Model", "Id", "Task", "Parameters", "Source", "Baseline reference (causal LMs)"], models,
+                        "lllrll"),
         "workloads": table(["Workload", "Dataset", "Eval samples", "Eval hash"], workloads, "llrl"),
     }
 
