@@ -38,7 +38,9 @@ class Kernel:
 KERNELS: Registry[Kernel] = Registry("kernel")
 
 # Preference order for `kernel: auto`, fastest first; reference (emulated) serves everything.
-PREFERENCE = ("int8_int_mm", "int4_packed", "int8_weight_only", "reference")
+# CUDA-only kernels come first: on CPU they decline and the CPU order below them is unchanged.
+CUDA_PREFERENCE = ("int8_int_mm_cuda", "triton_int4_wo", "triton_int8_wo")
+PREFERENCE = CUDA_PREFERENCE + ("int8_int_mm", "int4_packed", "int8_weight_only", "reference")
 
 
 def select_kernel(w: QuantSpec, a: Optional[QuantSpec], device: str, forced: str = "auto") -> Kernel:
