@@ -324,3 +324,31 @@ def test_fp8_on_gpu():
     y = FP8.forward(FP8.prepare(w.cuda(), b.cuda()), x.cuda())
     y_cpu = FP8.forward(FP8.prepare(w, b), x)
     torch.testing.assert_close(y.cpu(), y_cpu, rtol=1e-4, atol=1e-4 * float(y_cpu.abs().max()))
+
+
+BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "gemm_cuda.py")
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the behaviour without a GPU")
+def test_gemm_cuda_benchmark_without_gpu_says_so_and_exits_2():
+    import subprocess
+
+    out = subprocess.run([sys.executable, BENCH, "--shapes", "32x64x64"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2
+    assert "no CUDA device" in out.stderr and "nothing measured" in out.stderr
+    assert out.stdout == ""
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA or triton_reason() is not None, reason="needs a CUDA GPU and triton")
+def test_gemm_cuda_benchmark_runs(tmp_path):
+    import json
+    import subprocess
+
+    out = subprocess.run([sys.executable, BENCH, "--shapes", "1x256x256,32x256x256", "--repeats", "3",
+                          "--warmup", "1", "--json", str(tmp_path / "r.json")], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    res = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert {r["contender"] for r in res} >= {"fp16 (torch linear)", "qbench triton_int4_wo g128"}
