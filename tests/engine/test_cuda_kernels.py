@@ -352,3 +352,21 @@ def test_gemm_cuda_benchmark_runs(tmp_path):
     assert out.returncode == 0, out.stderr
     res = json.loads((tmp_path / "r.json").read_text())["results"]
     assert {r["contender"] for r in res} >= {"fp16 (torch linear)", "qbench triton_int4_wo g128"}
+
+
+def test_misaligned_layers_are_refused_before_the_model_changes(monkeypatch):
+    """quantize_ checks every weight against the kernel's shape rules before swapping any module."""
+    from qbench.engine.api import plan_modules, quantize_, shape_misfits
+    from qbench.schema.experiment import Scheme
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 20))
+    scheme = Scheme.model_validate({"name": "w8a8", "weights": {"bits": 8},
+                                    "activations": {"bits": 8, "granularity": "per_token"},
+                                    "kernel": "int8_int_mm_cuda"})
+    why = shape_misfits(plan_modules(model, scheme), INT_MM_CUDA)
+    assert "cannot hold 1 module weight(s) (first: 2, 20x64" in why and "N=20" in why
+    assert shape_misfits(plan_modules(model, scheme), INT_MM_CPU) == ""
+    monkeypatch.setattr(INT_MM_CUDA, "supports", lambda w, a, device: None)  # as if on a GPU
+    with pytest.raises(KernelUnavailable, match="N=20"):
+        quantize_(model, scheme, device="cuda")
+    assert all(type(m) in (torch.nn.Linear, torch.nn.ReLU) for m in model)

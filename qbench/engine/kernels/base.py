@@ -22,6 +22,10 @@ class Kernel:
         """None when this kernel can run the configuration, else the reason it cannot."""
         raise NotImplementedError
 
+    def shape_reason(self, n: int, k: int) -> Optional[str]:
+        """None when this kernel can hold an (N, K) weight, else why not; checked before any module is swapped."""
+        return None
+
     def prepare(self, weight: torch.Tensor, bias: Optional[torch.Tensor], w: QuantSpec,
                 a: Optional[QuantSpec], act_qparams: Optional[tuple] = None) -> dict[str, Any]:
         raise NotImplementedError

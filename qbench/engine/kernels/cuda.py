@@ -78,9 +78,11 @@ class Int8IntMMCuda(Int8IntMM):
     def supports(self, w, a, device):
         return super().supports(w, a, device) or cuda_reason(device)
 
+    def shape_reason(self, n, k):
+        return int_mm_shape_problem(INT_MM_MIN_ROWS, k, n)  # M is padded at run time; K and N cannot be
+
     def prepare(self, weight, bias, w, a, act_qparams=None):
-        n, k = weight.shape
-        problem = int_mm_shape_problem(INT_MM_MIN_ROWS, k, n)
+        problem = self.shape_reason(*weight.shape)
         if problem:
             raise KernelUnavailable(f"{self.name}: {problem}; exclude this module or force kernel: reference")
         return super().prepare(weight, bias, w, a, act_qparams)
@@ -136,9 +138,12 @@ class Fp8ScaledMM(Kernel):
         return (f"serves FP8 e4m3 formats only; scheme asks for integer {w.describe()} weights "
                 "(schemes cannot express FP8 yet)")
 
+    def shape_reason(self, n, k):
+        return fp8_shape_problem(k, n)
+
     def prepare(self, weight, bias, w=None, a=None, act_qparams=None):
         n, k = weight.shape
-        problem = fp8_shape_problem(k, n)
+        problem = self.shape_reason(n, k)
         if problem:
             raise KernelUnavailable(f"{self.name}: {problem}")
         w8, w_scale = to_e4m3(weight, dim=1)                               # (N, K) e4m3, (N, 1)
