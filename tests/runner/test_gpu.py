@@ -94,3 +94,29 @@ def test_off_gpu_sees_quantized_state():
 
 def test_device_index():
     assert rgpu.device_index("cuda") == 0 and rgpu.device_index("cuda:3") == 3
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_run_on_gpu_records_kernels_telemetry_and_card(tiny_models, tmp_path):
+    import json
+
+    from qbench import api
+    from tests.runner.test_execute import SCHEMES, write_experiment
+
+    path = write_experiment(tmp_path, {"gpt2": tiny_models["gpt2"], "bert": tiny_models["bert"]}, SCHEMES)
+    path.write_text(path.read_text().replace("device: cpu", "device: cuda").replace("dtype: fp32", "dtype: fp16"))
+    outcome = api.run(path, out=tmp_path / "reports", progress=False, log=lambda s: None)
+    assert outcome.status == "ok"
+    for p in (outcome.run_dir / "cells").glob("*.json"):
+        rec = json.loads(p.read_text())
+        assert rec["status"] == "ok", rec["reason"]
+        assert set(rec["kernels"]) <= {"int8_int_mm_cuda", "triton_int4_wo"}, rec["kernels"]
+        assert rec["gpu"]["fit"]["on_gpu"] is True and rec["gpu"]["max_allocated_bytes"] > 0
+        metrics = {r["metric"] for r in rec["rows"]}
+        assert {"cuda_max_allocated_bytes", "cuda_max_reserved_bytes"} <= metrics
+        if rec["gpu"]["nvml"] == "ok":
+            assert rec["gpu"]["before"]["name"] and rec["gpu"]["while_timed"]["samples"] >= 1
+    md = (outcome.run_dir / "card.md").read_text()
+    assert "### GPU" in md

@@ -95,7 +95,8 @@ class Int8IntMMCuda(Int8IntMM):
         problem = int_mm_shape_problem(rows, *w8t.shape)
         if problem:  # prepare() checked K and N; this guards against any other caller
             raise ValueError(problem)
-        a_run = a8 if rows == m else torch.cat([a8, a8.new_zeros(rows - m, a8.shape[1])])
+        # cuBLASLt takes a row-major (M, K) operand (a no-op copy unless x came in strided)
+        a_run = a8.contiguous() if rows == m else torch.cat([a8, a8.new_zeros(rows - m, a8.shape[1])])
         acc = torch._int_mm(a_run, w8t)[:m]                               # (M, N) int32
         correct_(acc, a8, az, state)
         w_scale, bias = state["w_scale"], state["bias"]
@@ -150,7 +151,7 @@ class Fp8ScaledMM(Kernel):
         return {"w8": w8.contiguous(), "w_scale": w_scale.reshape(1, n).contiguous(), "bias": bias}
 
     def forward(self, state, x):
-        x8, x_scale = to_e4m3(x, dim=1)                                    # (M, K) e4m3, (M, 1)
+        x8, x_scale = to_e4m3(x.contiguous(), dim=1)                       # (M, K) e4m3 row-major, (M, 1)
         one = torch.ones((), device=x.device, dtype=torch.float32)
         # (M, K) row-major @ (K, N) column-major -> (M, N) float32; scales as an epilogue
         acc = torch._scaled_mm(x8, state["w8"].t(), scale_a=one, scale_b=one, out_dtype=torch.float32)
