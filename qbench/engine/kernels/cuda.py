@@ -125,6 +125,7 @@ class Fp8ScaledMM(Kernel):
     """
 
     name = "fp8_e4m3_scaled_mm"
+    arithmetic = "fp8"
     backend = ("torch._scaled_mm (FP8 e4m3 x e4m3 tensor cores, float32 accumulation; per-channel weight and "
                "per-token activation scales applied after the GEMM)")
     devices = ("cuda",)

@@ -61,6 +61,7 @@ def group_params(scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec,
 
 class _TritonWeightOnly(Kernel):
     devices = ("cuda",)
+    arithmetic = "float"  # dot products in the activations' dtype (fp16/bf16 tensor cores, or IEEE fp32)
     packed = False
 
     def supports(self, w, a, device):
