@@ -125,8 +125,8 @@ def energy_rows(e: Optional[dict], tokens_per_call: int, what: str, batch_size: 
     how = (f"NVML total-energy counter around back-to-back blocks of {what} ({tokens_per_call} tokens per "
            f"call), A,B,B,A, {BLOCK_S} s each, synchronized; includes the GPU's idle power over the block; "
            "energy / calls / tokens per call")
-    rows = [row("energy_mj_per_token", e[f"{k}_mj"] / tokens_per_call, "mJ/token",
-                how + f" ({e[f'{k}_calls']} calls in {e[f'{k}_s']:.2f} s)", variant, batch_size, n=e[f"{k}_calls"])
+    rows = [row("energy_mj_per_token", e[f"{k}_mj"] / tokens_per_call, "mJ/token", how + "; n = calls",
+                variant, batch_size, n=e[f"{k}_calls"])
             for k, variant in (("a", "baseline"), ("b", "quantized"))]
     rows.append(row("energy_ratio", e["a_mj"] / e["b_mj"], "x", "baseline / quantized energy per token "
                     "(above 1: the quantized model uses less energy)", "paired", batch_size))
