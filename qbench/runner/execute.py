@@ -1,6 +1,7 @@
 """Run a plan: one cell at a time, each written to disk atomically as soon as it ends."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -249,8 +250,6 @@ def _run_cell(plan: Plan, cell: Cell, state: ModelState, m, task: str, gpu) -> d
     method = "bytes of parameters, buffers and quantized weight state (codes, scales, zero points, sums)"
     rows += [row("weight_bytes", state.baseline_bytes, "bytes", method, "baseline"),
              row("weight_bytes", q_bytes, "bytes", method, "quantized")]
-    import contextlib
-
     from qbench.metrics.timing import ForeignCpu, RssSampler
 
     with RssSampler() as rss, ForeignCpu() as foreign, (gpu.timing() if gpu else contextlib.nullcontext()):
