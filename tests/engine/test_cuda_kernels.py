@@ -370,3 +370,20 @@ def test_misaligned_layers_are_refused_before_the_model_changes(monkeypatch):
     with pytest.raises(KernelUnavailable, match="N=20"):
         quantize_(model, scheme, device="cuda")
     assert all(type(m) in (torch.nn.Linear, torch.nn.ReLU) for m in model)
+
+
+def test_cuda_only_kernels_are_skipped_on_cpu_with_a_reason():
+    import yaml
+
+    from qbench.runner.plan import make_plan
+    from qbench.schema import parse_experiment
+    from tests.schema.test_plan import AMPERE, DEFAULT, hw
+
+    data = yaml.safe_load(DEFAULT.read_text(encoding="utf-8"))
+    data["schemes"][2]["kernel"] = "triton_int4_wo"
+    exp = parse_experiment(yaml.safe_dump(data))
+    cpu_plan = make_plan(exp, hw())
+    assert len(cpu_plan.cells) == 4 and [why for _, why in cpu_plan.skipped] == ["kernel triton_int4_wo runs on "
+                                                                                "CUDA only"] * 2
+    gpu_plan = make_plan(exp, hw(gpus=[AMPERE]))
+    assert len(gpu_plan.cells) == 6 and gpu_plan.skipped == ()
