@@ -387,3 +387,22 @@ def test_cuda_only_kernels_are_skipped_on_cpu_with_a_reason():
                                                                                 "CUDA only"] * 2
     gpu_plan = make_plan(exp, hw(gpus=[AMPERE]))
     assert len(gpu_plan.cells) == 6 and gpu_plan.skipped == ()
+
+
+def test_auto_selection_on_a_cuda_device(monkeypatch):
+    """With CUDA (and triton) present, auto picks the GPU kernels ahead of the emulated ones."""
+    import qbench.engine.kernels.cuda as cuda_mod
+    import qbench.engine.kernels.triton_wo as triton_mod
+
+    monkeypatch.setattr(cuda_mod, "cuda_reason", lambda device: None)
+    monkeypatch.setattr(triton_mod, "cuda_reason", lambda device: None)
+    monkeypatch.setattr(triton_mod, "triton_reason", lambda: None)
+    a8 = QuantSpec(8, False, False, "per_token")
+    cases = [(QuantSpec(8, True, True, "per_channel"), a8, "int8_int_mm_cuda"),
+             (QuantSpec(4, True, True, "per_channel"), a8, "int8_int_mm_cuda"),
+             (QuantSpec(4, True, False, "per_group", 32), None, "triton_int4_wo"),
+             (QuantSpec(8, True, True, "per_channel"), None, "triton_int8_wo"),
+             (QuantSpec(6, False, False, "per_group", 16), None, "triton_int8_wo"),
+             (QuantSpec(8, True, True, "per_group", 32), a8, "reference")]
+    for w, a, expected in cases:
+        assert select_kernel(w, a, "cuda:0").name == expected, (w, a)
