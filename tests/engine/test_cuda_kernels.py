@@ -252,12 +252,19 @@ def test_fp8_supports_never_claims_integer_schemes():
 
 # --------------------------------------------------------------------------- selection and registry
 
-def test_cpu_selection_is_unchanged():
-    w8, a8 = QuantSpec(8, True, True, "per_channel"), QuantSpec(8, False, False, "per_token")
-    assert select_kernel(w8, a8, "cpu").name == "int8_int_mm"
-    assert select_kernel(w8, None, "cpu").name == "int8_weight_only"
-    assert select_kernel(QuantSpec(4, True, False, "per_group", 32), None, "cpu").name == "int4_packed"
-    assert select_kernel(QuantSpec(8, True, True, "per_group", 32), None, "cpu").name == "reference"
+def test_cpu_selection_is_unchanged(monkeypatch):
+    """On CPU the CUDA kernels decline, so auto picks what the CPU-only preference order picks."""
+    import qbench.engine.kernels.base as base
+
+    a8 = QuantSpec(8, False, False, "per_token")
+    configs = [(QuantSpec(8, True, True, "per_channel"), a8), (QuantSpec(8, True, True, "per_channel"), None),
+               (QuantSpec(4, True, False, "per_group", 32), None), (QuantSpec(8, True, True, "per_group", 32), None),
+               (QuantSpec(8, False, False, "per_tensor"), QuantSpec(8, True, True, "per_tensor"))]
+    picked = [select_kernel(w, a, "cpu").name for w, a in configs]
+    assert not set(picked) & set(base.CUDA_PREFERENCE)
+    monkeypatch.setattr(base, "PREFERENCE", tuple(n for n in base.PREFERENCE if n not in base.CUDA_PREFERENCE))
+    assert picked == [select_kernel(w, a, "cpu").name for w, a in configs]
+    assert picked[3] == "reference"
 
 
 def test_cuda_kernels_come_before_the_emulated_ones():
@@ -380,13 +387,17 @@ def test_cuda_only_kernels_are_skipped_on_cpu_with_a_reason():
     from tests.schema.test_plan import AMPERE, DEFAULT, hw
 
     data = yaml.safe_load(DEFAULT.read_text(encoding="utf-8"))
-    data["schemes"][2]["kernel"] = "triton_int4_wo"
+    data["models"] = [{"id": "minilm"}]
+    data["schemes"] = [{"name": "w8", "weights": {"bits": 8}},
+                       {"name": "w4", "weights": {"bits": 4, "granularity": "per_group", "group_size": 32},
+                        "kernel": "triton_int4_wo"}]
     exp = parse_experiment(yaml.safe_dump(data))
+    workloads = len(exp.workloads)
     cpu_plan = make_plan(exp, hw())
-    assert len(cpu_plan.cells) == 4 and [why for _, why in cpu_plan.skipped] == ["kernel triton_int4_wo runs on "
-                                                                                "CUDA only"] * 2
+    assert len(cpu_plan.cells) == workloads
+    assert [why for _, why in cpu_plan.skipped] == ["kernel triton_int4_wo runs on CUDA only"] * workloads
     gpu_plan = make_plan(exp, hw(gpus=[AMPERE]))
-    assert len(gpu_plan.cells) == 6 and gpu_plan.skipped == ()
+    assert len(gpu_plan.cells) == 2 * workloads and gpu_plan.skipped == ()
 
 
 def test_auto_selection_on_a_cuda_device(monkeypatch):
