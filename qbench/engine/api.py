@@ -13,6 +13,7 @@ from qbench.engine.kernels import select_kernel
 from qbench.engine.modules import QuantEmbedding, QuantLinear, linear_weight
 from qbench.engine.observers import make_observer
 from qbench.engine.primitives import QuantSpec, dequantize, quantize
+from qbench.errors import KernelUnavailable
 from qbench.schema.experiment import Scheme
 
 
@@ -88,9 +89,13 @@ def quantize_(model: nn.Module, scheme: Scheme | dict, *, device: str = "cpu",
     # choose the kernel once, before touching the model, so an impossible request leaves it unchanged
     linear_ops = any(op != "embedding" and op in scheme.ops for op in kinds.values())
     kernel = select_kernel(w, a, device, scheme.kernel) if linear_ops else None
+    plan = plan_modules(model, scheme, kinds)
+    misfits = shape_misfits(plan, kernel)
+    if misfits:
+        raise KernelUnavailable(misfits)
     act_qparams = _calibrate(model, scheme, kinds, a, calibrate)
     records = []
-    for planned in plan_modules(model, scheme, kinds):
+    for planned in plan:
         records.append(_swap_one(model, planned, scheme, w, a, act_qparams.get(planned.name), kernel))
         if progress:
             progress(planned.name)
@@ -118,6 +123,18 @@ def plan_modules(model: nn.Module, scheme: Scheme, kinds: Optional[dict[str, str
         skip, reason = _plan_reason(name, op, scheme, w, shape)
         out.append(PlannedModule(name, op, shape, skip, reason))
     return out
+
+
+def shape_misfits(plan: list[PlannedModule], kernel) -> str:
+    """Why `kernel` cannot hold some planned linear weights (e.g. cuBLASLt alignment), or "" when it can hold all."""
+    if kernel is None:
+        return ""
+    bad = [(p, r) for p in plan if not p.skip and p.op != "embedding" for r in [kernel.shape_reason(*p.shape)] if r]
+    if not bad:
+        return ""
+    p, reason = bad[0]
+    return (f"kernel '{kernel.name}' cannot hold {len(bad)} module weight(s) (first: {p.name}, "
+            f"{p.shape[0]}x{p.shape[1]}: {reason}); exclude them or force another kernel")
 
 
 def _plan_reason(name: str, op: str, scheme: Scheme, w: QuantSpec, shape) -> tuple[str, str]:

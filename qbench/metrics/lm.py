@@ -176,28 +176,37 @@ def python_prefix_ok(text: str) -> bool:
 
 
 @torch.no_grad()
-def prefill_decode(model, ids: torch.Tensor, decode_tokens: int, sync: Callable[[], None]) -> tuple[float, float]:
-    """Milliseconds of the prefill of ids (B, T) up to the first token, and of decode_tokens more steps."""
+def prefill_decode(model, ids: torch.Tensor, decode_tokens: int, sync: Callable[[], None],
+                   cuda_events: bool = False) -> tuple[float, float]:
+    """Milliseconds of the prefill of ids (B, T) up to the first token, and of decode_tokens more steps.
+
+    With cuda_events the marks are CUDA events on the current stream (read after one final synchronization),
+    otherwise perf_counter after a synchronization at each mark.
+    """
     sync()
-    t0 = time.perf_counter()
+    marks = [torch.cuda.Event(enable_timing=True) for _ in range(3)] if cuda_events else []
+    stamp = (lambda i: marks[i].record()) if cuda_events else (lambda i: sync() or time.perf_counter())
+    t0 = stamp(0)
     out = model(input_ids=ids, use_cache=True)
     nxt = out.logits[:, -1].argmax(-1)
-    sync()
-    t1 = time.perf_counter()
+    t1 = stamp(1)
     past = out.past_key_values
     for _ in range(decode_tokens):
         out = model(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
         past = out.past_key_values
         nxt = out.logits[:, -1].argmax(-1)
-    sync()
-    t2 = time.perf_counter()
+    t2 = stamp(2)
+    if cuda_events:
+        sync()
+        return marks[0].elapsed_time(marks[1]), marks[1].elapsed_time(marks[2])
     return (t1 - t0) * 1e3, (t2 - t1) * 1e3
 
 
 def time_prefill_decode(base, quant, ids: torch.Tensor, decode_tokens: int, *, warmup: int, repeats: int,
                         device: str) -> dict[str, list[float]]:
     """Interleaved (A,B then B,A) prefill/decode timings of both models on the same ids."""
-    if device.startswith("cuda"):
+    cuda = device.startswith("cuda")
+    if cuda:
         sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
     else:
         sync = lambda: None  # noqa: E731
@@ -208,7 +217,7 @@ def time_prefill_decode(base, quant, ids: torch.Tensor, decode_tokens: int, *, w
     for i in range(repeats):
         order = (("base", base), ("quant", quant)) if i % 2 == 0 else (("quant", quant), ("base", base))
         for name, m in order:
-            p, d = prefill_decode(m, ids, decode_tokens, sync)
+            p, d = prefill_decode(m, ids, decode_tokens, sync, cuda_events=cuda)
             res[f"prefill_{name}"].append(p)
             res[f"decode_{name}"].append(d / max(1, decode_tokens))
     return res

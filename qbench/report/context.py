@@ -10,8 +10,8 @@ from pathlib import Path
 from qbench.report import plots
 from qbench.report.fmt import CARD_SCHEMA_VERSION, DASH, Index, _ordered, _when
 from qbench.report.gates import evaluate_gates
-from qbench.report.sections import (caveats, contrast, gates, glossary, hardware, quant_maps, reproduce, results, setup,
-                                    summary)
+from qbench.report.sections import (caveats, contrast, gates, glossary, gpu, hardware, quant_maps, reproduce, results,
+                                    setup, summary)
 from qbench.results.table import ResultsTable, load_results
 
 
@@ -32,6 +32,10 @@ def build_context(source: ResultsTable | str | Path) -> dict:
         if c.get("quant_map"):
             qcells.setdefault((c["model"], c["scheme"]), c)
     verdicts = evaluate_gates(exp, t.rows)
+    res = results(ix, order)
+    gpu_table = gpu(ix, cells)
+    if gpu_table:  # only runs on CUDA devices have one
+        res["gpu"] = gpu_table
     ctx = {
         "card_schema_version": CARD_SCHEMA_VERSION,
         "title": {
@@ -52,7 +56,7 @@ def build_context(source: ResultsTable | str | Path) -> dict:
         "gates_section": gates(verdicts),  # None when the experiment declares no gates
         "setup": setup(meta, cells, order),
         "hardware": hardware(meta),
-        "results": results(ix, order),
+        "results": res,
         "quant_maps": quant_maps(qcells, order),
         "caveats": caveats(ix, meta, cells),
         "reproduce": reproduce(meta),

@@ -6,7 +6,7 @@ from datetime import datetime
 
 CARD_SCHEMA_VERSION = 1
 DASH = "—"
-SIZE_METRICS = ("weight_bytes", "peak_rss_bytes")
+SIZE_METRICS = ("weight_bytes", "peak_rss_bytes", "cuda_max_allocated_bytes", "cuda_max_reserved_bytes")
 PRIMARY = {"encoder": ("cosine_mean", "cosine"), "causal_lm": ("log_ppl_ratio", "log-PPL ratio")}
 FIXED4 = {"cosine_mean", "cosine_min", "nn_agreement", "top1_agreement", "gen_exact_match", "gen_parse_rate"}
 NOISE_LIMIT = 0.25
@@ -39,6 +39,10 @@ GLOSSARY = {
     "decode_ms_per_token": "Time per output token while decoding with the KV cache (causal LMs).",
     "decode_tok_s": "Output tokens per second while decoding: batch size / time per output token.",
     "decode_speedup": "Baseline / quantized time per output token; above 1 means faster decoding.",
+    "cuda_max_allocated_bytes": "Peak GPU memory held by tensors during the cell (torch.cuda.max_memory_allocated).",
+    "cuda_max_reserved_bytes": "Peak GPU memory reserved by torch's caching allocator during the cell.",
+    "energy_mj_per_token": "GPU energy per token from NVML's energy counter, in millijoules (idle power included).",
+    "energy_ratio": "Baseline / quantized energy per token; above 1 means the quantized model uses less energy.",
 }
 
 

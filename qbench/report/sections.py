@@ -296,6 +296,45 @@ def results(ix: Index, order: dict) -> dict:
     return out
 
 
+def _whole(x) -> str:
+    """Integers (°C, MHz) as they are, other numbers to 3 significant digits."""
+    v = num(x)
+    return str(int(v)) if v is not None and v == int(v) else sig(v)
+
+
+def gpu(ix: Index, cells: list) -> dict | None:
+    """One row per cell run on a CUDA device: GPU, peak memory, fit, energy, temperature, clocks, throttling."""
+    rows = []
+    for c in cells:
+        g = c.get("gpu")
+        if not g:
+            continue
+        b, a, t = g.get("before") or {}, g.get("after") or {}, g.get("while_timed") or {}
+        m, s, w = c.get("model"), c.get("scheme"), c.get("workload")
+        bss = ix.batch_sizes(m, s, w)
+        energy = DASH
+        if bss:
+            eb, eq = (ix.get(m, s, w, "energy_mj_per_token", v, bss[-1]) for v in ("baseline", "quantized"))
+            if eb or eq:
+                energy = f"{fmt((eb or {}).get('value'))} / {fmt((eq or {}).get('value'))} (batch {bss[-1]})"
+        fit = g.get("fit") or {}
+        pair = lambda k, unit="": f"{_whole(b.get(k))} → {_whole(a.get(k))}{unit}"  # noqa: E731
+        throttled = g.get("throttled") or []
+        rows.append({"cells": [c.get("cell"), b.get("name") or g.get("device") or DASH,
+                               mib(g.get("max_allocated_bytes")), mib(g.get("max_reserved_bytes")),
+                               _yn(fit.get("on_gpu")) if fit.get("on_gpu") is not False
+                               else f"⚠ no ({fit.get('off_gpu_count')} tensors off the GPU)",
+                               energy, pair("temperature_c", " °C"), pair("sm_clock_mhz", " MHz"),
+                               pair("power_draw_w", " W"),
+                               ", ".join(throttled) if throttled else ("none" if g.get("nvml") == "ok" else DASH)],
+                     "flag": bool(throttled) or fit.get("on_gpu") is False})
+    if not rows:
+        return None
+    return table(["Cell", "GPU", "Peak allocated", "Peak reserved", "Model on GPU",
+                  "Energy mJ/token (baseline / quantized)", "Temperature before → after",
+                  "SM clock before → after", "Power before → after", "Slowdowns while timed"], rows, "llrrllllll")
+
+
 def quant_maps(qcells: dict, order: dict) -> list:
     out = []
     for m in order["models"]:
@@ -353,6 +392,24 @@ def caveats(ix: Index, meta: dict, cells: list) -> list:
         out.append(f"Contended machine: other processes kept {worst['value']:.2f} CPU cores busy on average "
                    f"while {worst['cell']} was timed ({len(busy)} cell(s) above {CONTENDED} cores); its "
                    "timings include that interference.")
+    for c in cells:
+        g = c.get("gpu") or {}
+        if g.get("throttled"):
+            t = g.get("while_timed") or {}
+            extra = [f"max {t['max_temperature_c']} °C" if t.get("max_temperature_c") is not None else None,
+                     f"SM clock down to {t['min_sm_clock_mhz']} MHz" if t.get("min_sm_clock_mhz") is not None
+                     else None]
+            extra = "; ".join(e for e in extra if e)
+            out.append(f"GPU throttled while {c.get('cell')} ran ({', '.join(g['throttled'])}"
+                       + (f"; {extra}" if extra else "") + "): its timings and energy reflect reduced clocks.")
+        if (g.get("fit") or {}).get("on_gpu") is False:
+            off = g["fit"]
+            out.append(f"Cell {c.get('cell')}: {off.get('off_gpu_count')} model tensor(s) were not on the GPU "
+                       f"(first: {', '.join((off.get('off_gpu') or [])[:3])}): the model did not fit or was "
+                       "offloaded, so a speed difference may come from fitting versus spilling.")
+        if g and g.get("nvml") != "ok":
+            out.append(f"Cell {c.get('cell')} ran on {g.get('device')} without NVML telemetry "
+                       f"({g.get('nvml')}): throttling and energy were not recorded.")
     for c in cells:
         if c.get("status") not in (None, "ok"):
             out.append(f"Cell {c.get('cell')} {c.get('status')}: {c.get('reason') or 'no reason given'}.")

@@ -1,6 +1,7 @@
 """Run a plan: one cell at a time, each written to disk atomically as soon as it ends."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import sys
@@ -203,7 +204,25 @@ def _check_vocab(batch: dict, model, name: str) -> None:
 
 
 def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
-    """Quantize a copy of the baseline, measure quality and paired speed; never mutates the config."""
+    """Quantize a copy of the baseline, measure quality and paired speed; never mutates the config.
+
+    On a CUDA device the cell also records GPU telemetry, peak GPU memory and energy (runner.gpu).
+    """
+    m, task = plan.experiment.measure, state.loaded.task
+    gpu = None
+    if plan.device.startswith("cuda"):
+        from qbench.runner.gpu import GpuCell
+
+        gpu = GpuCell(plan.device)
+        gpu.begin()  # peak-memory counters reset, NVML snapshot before the cell
+    try:
+        return _run_cell(plan, cell, state, m, task, gpu)
+    finally:
+        if gpu is not None:
+            gpu.close()
+
+
+def _run_cell(plan: Plan, cell: Cell, state: ModelState, m, task: str, gpu) -> dict:
     import torch
 
     from qbench.engine.api import quantize_, unmatched_excludes
@@ -211,7 +230,6 @@ def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
     from qbench.runner.measure import (encoder_quality, generation_rows, lm_rows, lm_speed_rows, lm_stats,
                                        outputs, row, speed_rows)
 
-    m, task = plan.experiment.measure, state.loaded.task
     base = state.loaded.model
     quant = copy.deepcopy(base)
     calibrate, cal_info = _calibration(plan, cell, state)
@@ -236,7 +254,7 @@ def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
              row("weight_bytes", q_bytes, "bytes", method, "quantized")]
     from qbench.metrics.timing import ForeignCpu, RssSampler
 
-    with RssSampler() as rss, ForeignCpu() as foreign:
+    with RssSampler() as rss, ForeignCpu() as foreign, (gpu.timing() if gpu else contextlib.nullcontext()):
         for bs in m.batch_sizes:
             if bs > batch["input_ids"].shape[0]:
                 raise ValueError(f"batch size {bs} exceeds the {batch['input_ids'].shape[0]} evaluation samples")
@@ -245,11 +263,19 @@ def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
                                       plan.device)
             else:
                 rows += speed_rows(base, quant, task, batch, bs, m.seq_len, m.warmup, m.repeats, plan.device)
+            if gpu is not None:
+                from qbench.runner.gpu import cell_energy_rows
+
+                rows += cell_energy_rows(gpu, base, quant, task, batch, bs, m.seq_len, m.decode_tokens)
     rows.append(row("peak_rss_bytes", rss.peak, "bytes", "peak resident set size of the process while "
                     "timing (baseline and quantized models both resident), sampled every 2 ms", "paired"))
     rows.append(row("foreign_cpu_cores", foreign.cores, "cores", "average CPU cores busy with other processes "
                     "while timing (system busy time minus this process's, over wall time); above 0.25 the "
                     "timings are contended", "paired"))
+    gpu_record = None
+    if gpu is not None:
+        gpu_rows, gpu_record = gpu.end(base, quant)
+        rows += gpu_rows
     kernels = sorted({r.kernel for r in records if r.applied})
     for r in rows:
         r.update(cell=cell.id, model=cell.model.display, task=task, scheme=cell.scheme.name,
@@ -264,6 +290,8 @@ def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
         calibration=cal_info,
         evaluation={"dataset": cell.workload.dataset, "n": len(suite.evaluation),
                     "hash": suite.evaluation_hash, "seq_len": m.seq_len})
+    if gpu_record is not None:
+        record["gpu"] = gpu_record
     return record
 
 

@@ -176,7 +176,7 @@ def lm_speed_rows(base_model, quant_model, batch: dict, batch_size: int, seq_len
     ids = batch["input_ids"][:batch_size]
     t = time_prefill_decode(base_model, quant_model, ids, decode_tokens, warmup=warmup, repeats=repeats,
                             device=device)
-    timer = "time.perf_counter" + (" with CUDA synchronization" if device.startswith("cuda") else "")
+    timer = "CUDA events" if device.startswith("cuda") else "time.perf_counter"
     rows = []
     for phase, metric, unit, what, tokens in (
             ("prefill", "latency_ms", "ms", f"prefill: one forward pass over {seq_len} prompt tokens with the KV "

@@ -87,8 +87,15 @@ def make_plan(exp: Experiment, hw: HardwareInfo) -> Plan:
     return Plan(exp, device, dtype, note, tuple(cells), tuple(skipped))
 
 
+# Kernels bound to one device type (kept in step with the kernels' `devices` by a test; no torch here)
+CPU_ONLY_KERNELS = ("int8_int_mm", "int8_weight_only")
+CUDA_ONLY_KERNELS = ("int8_int_mm_cuda", "triton_int8_wo", "triton_int4_wo", "fp8_e4m3_scaled_mm")
+
+
 def _skip_reason(scheme: Scheme, device: str) -> str:
     """Decide up front what cannot run on this device (kernels are checked without torch here)."""
-    if scheme.kernel in ("int8_int_mm", "int8_weight_only") and not device.startswith("cpu"):
+    if scheme.kernel in CPU_ONLY_KERNELS and not device.startswith("cpu"):
         return f"kernel {scheme.kernel} runs on CPU only"
+    if scheme.kernel in CUDA_ONLY_KERNELS and not device.startswith("cuda"):
+        return f"kernel {scheme.kernel} runs on CUDA only"
     return ""

@@ -18,9 +18,10 @@ def check(plan: Plan, source: str | Path, warn: Callable[[str], None]) -> None:
     from qbench.models.loaders import load_skeleton
 
     exp = plan.experiment
+    kernels = []
     for i, s in enumerate(exp.schemes):
         try:
-            select_kernel(weight_spec(s), activation_spec(s), plan.device, s.kernel)
+            kernels.append(select_kernel(weight_spec(s), activation_spec(s), plan.device, s.kernel))
         except KernelUnavailable as e:
             raise ConfigError(str(e), where=f"{source}: schemes[{i}].kernel") from None
     for mi, ref in enumerate(exp.models):
@@ -45,13 +46,16 @@ def check(plan: Plan, source: str | Path, warn: Callable[[str], None]) -> None:
                               "the first tokens of the evaluation samples", where=f"{source}: measure.prompt_tokens")
         kinds = classify(model)
         for i, s in enumerate(exp.schemes):
-            _check_scheme(model, kinds, ref.display, s, f"{source}: schemes[{i}]", warn)
+            _check_scheme(model, kinds, ref.display, s, f"{source}: schemes[{i}]", warn, kernels[i])
 
 
-def _check_scheme(model, kinds, model_name, scheme, where, warn) -> None:
-    from qbench.engine.api import plan_modules, unmatched_excludes
+def _check_scheme(model, kinds, model_name, scheme, where, warn, kernel=None) -> None:
+    from qbench.engine.api import plan_modules, shape_misfits, unmatched_excludes
 
     planned = plan_modules(model, scheme, kinds)
+    misfit = shape_misfits(planned, kernel)
+    if misfit:
+        raise ConfigError(f"{model_name}: {misfit}", where=f"{where}.kernel")
     for pattern in unmatched_excludes(model, scheme.exclude):
         warn(f"{where}.exclude: '{pattern}' matches no quantizable module of {model_name}")
     if not any(p.skip in ("", "group_size") for p in planned):

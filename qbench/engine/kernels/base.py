@@ -16,11 +16,16 @@ class Kernel:
     name = "?"
     backend = "?"          # what does the arithmetic, e.g. "torch._int_mm (oneDNN)"
     emulated = False       # True when integers are turned back into floats before the matmul
+    arithmetic = "integer"  # what a non-emulated kernel multiplies in: "integer", or "fp32" for weight-only
     devices = ("cpu",)     # device types served
 
     def supports(self, w: QuantSpec, a: Optional[QuantSpec], device: str) -> Optional[str]:
         """None when this kernel can run the configuration, else the reason it cannot."""
         raise NotImplementedError
+
+    def shape_reason(self, n: int, k: int) -> Optional[str]:
+        """None when this kernel can hold an (N, K) weight, else why not; checked before any module is swapped."""
+        return None
 
     def prepare(self, weight: torch.Tensor, bias: Optional[torch.Tensor], w: QuantSpec,
                 a: Optional[QuantSpec], act_qparams: Optional[tuple] = None) -> dict[str, Any]:
@@ -38,7 +43,9 @@ class Kernel:
 KERNELS: Registry[Kernel] = Registry("kernel")
 
 # Preference order for `kernel: auto`, fastest first; reference (emulated) serves everything.
-PREFERENCE = ("int8_int_mm", "int4_packed", "int8_weight_only", "reference")
+# CUDA-only kernels come first: on CPU they decline and the CPU order below them is unchanged.
+CUDA_PREFERENCE = ("int8_int_mm_cuda", "triton_int4_wo", "triton_int8_wo")
+PREFERENCE = CUDA_PREFERENCE + ("int8_int_mm", "int4_packed", "int8_weight_only", "reference")
 
 
 def select_kernel(w: QuantSpec, a: Optional[QuantSpec], device: str, forced: str = "auto") -> Kernel:
