@@ -1,0 +1,407 @@
+/* qbench's own CPU kernels, built with the system C compiler on first use (see native.py).
+ *
+ * wo_gemm     weight-only GEMM for int8 codes or two 4-bit codes per byte, fp32 activations and fp32
+ *             accumulation: y[m, n] = sum_g s[n, g] * (sum_{k in g} x[m, k] * c[n, k] + zc[n, g] * xg[m, g]) + b[n]
+ *             where c are the stored codes (int8, or unsigned nibbles 0..15), zc the per-group code offset
+ *             (qmin - zero_point for nibbles, -zero_point for int8) and xg the group sums of x.
+ *             Rows of x are taken 16 at a time, so at M <= 16 every weight byte is read once.
+ * quant_u8    qbench's affine activation quantization (primitives.choose_qparams + quantize), per tensor or
+ *             per row, dynamic or with given qparams, writing codes shifted into uint8 (signed codes + 128).
+ *             Same float32 operations in the same order as the torch code: x / s (IEEE division), round half
+ *             to even, + zero point, clamp.
+ *
+ * The AVX-512 paths need AVX512F and AVX512BW; without them the portable C loops run (same results up to
+ * float summation order in wo_gemm, identical codes in quant_u8).
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define QB_AVX512 1
+#endif
+
+const char *qb_isa(void) {
+#ifdef QB_AVX512
+    return "avx512";
+#else
+    return "portable-c";
+#endif
+}
+
+/* ------------------------------------------------------------------ a tiny fork-join over pthreads */
+
+typedef void (*task_fn)(void *ctx, int64_t lo, int64_t hi);
+typedef struct { task_fn fn; void *ctx; int64_t lo, hi; } span_t;
+
+static void *run_span(void *p) {
+    span_t *s = (span_t *)p;
+    if (s->lo < s->hi) s->fn(s->ctx, s->lo, s->hi);
+    return NULL;
+}
+
+/* Split [0, n) into `threads` contiguous spans aligned to `align`; the caller runs the first one. */
+static void parallel_for(task_fn fn, void *ctx, int64_t n, int threads, int64_t align) {
+    if (threads > 64) threads = 64;
+    if (threads < 1) threads = 1;
+    int64_t units = (n + align - 1) / align;
+    if (units < threads) threads = (int)(units > 0 ? units : 1);
+    span_t spans[64];
+    pthread_t tids[64];
+    int started[64] = {0};
+    for (int t = 0; t < threads; t++) {
+        int64_t lo = units * t / threads * align, hi = units * (t + 1) / threads * align;
+        spans[t] = (span_t){fn, ctx, lo < n ? lo : n, hi < n ? hi : n};
+    }
+    for (int t = 1; t < threads; t++)
+        started[t] = pthread_create(&tids[t], NULL, run_span, &spans[t]) == 0;
+    for (int t = 1; t < threads; t++)
+        if (!started[t]) run_span(&spans[t]);      /* no thread: run it here */
+    run_span(&spans[0]);
+    for (int t = 1; t < threads; t++)
+        if (started[t]) pthread_join(tids[t], NULL);
+}
+
+/* ------------------------------------------------------------------ weight-only GEMM */
+
+typedef struct {
+    int bits;             /* 8: int8 codes (N, L); 4: uint8 bytes (N, L) holding two nibbles */
+    const void *w;
+    const float *x;       /* bits 8: (M, L);  bits 4: even columns (M, L) */
+    const float *xo;      /* bits 4: odd columns (M, L), zero where K is odd */
+    const float *xg;      /* (M, G) group sums of x */
+    const float *s;       /* (N, G) scales */
+    const float *zc;      /* (N, G) code offsets */
+    const float *bias;    /* (N,) or NULL */
+    float *y;             /* (M, N) */
+    int64_t M, N, L, G, gb;   /* L bytes per row, G groups of gb bytes (G * gb == L) */
+} wo_t;
+
+#ifdef QB_AVX512
+/* int8 codes k..k+15 (masked) -> float32, times the group scale when `sv` is given */
+static inline __attribute__((always_inline)) __m512 w8_vec(const int8_t *p, __mmask16 mk) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mk, p)));
+}
+
+/* One weight row n against rows m0..m0+MB of x; MB is a constant after inlining. U independent
+ * accumulators per row of x hide the FMA latency when MB is small.
+ * int4: the 16 possible nibble values of a group, already scaled and offset (s * (c + zc)), sit in one
+ * register and vpermps turns nibbles into dequantized weights. int8: codes are converted and, with more
+ * than one group, scaled per vector; with one group the scale is applied once at the end. */
+static inline __attribute__((always_inline)) void wo_row(const wo_t *a, int64_t n, int64_t m0, const int MB) {
+    enum { U = 4 };
+    const int UU = MB <= 2 ? U : MB <= 4 ? 2 : 1;
+    __m512 acc[16][U];
+#pragma GCC unroll 16
+    for (int i = 0; i < MB; i++)
+#pragma GCC unroll 4
+        for (int u = 0; u < UU; u++) acc[i][u] = _mm512_setzero_ps();
+    float extra[16] = {0};
+    const int64_t L = a->L;
+    const int grouped8 = a->bits == 8 && a->G > 1;
+    const __m512 iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i m15 = _mm512_set1_epi32(15);
+    for (int64_t g = 0; g < a->G; g++) {
+        const float sg = a->s[n * a->G + g], zg = a->zc[n * a->G + g];
+        const __m512 sv = _mm512_set1_ps(sg);
+        const __m512 table = _mm512_mul_ps(_mm512_add_ps(iota, _mm512_set1_ps(zg)), sv);
+        const int64_t k0 = g * a->gb, k1 = k0 + a->gb;
+        int64_t k = k0;
+        if (a->bits == 8) {
+            const int8_t *wr = (const int8_t *)a->w + n * L;
+            for (; k + 16 * UU <= k1; k += 16 * UU) {
+#pragma GCC unroll 4
+                for (int u = 0; u < UU; u++) {
+                    __m512 wv = w8_vec(wr + k + 16 * u, (__mmask16)0xFFFF);
+                    if (grouped8) wv = _mm512_mul_ps(wv, sv);
+#pragma GCC unroll 16
+                    for (int i = 0; i < MB; i++)
+                        acc[i][u] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(a->x + (m0 + i) * L + k + 16 * u), acc[i][u]);
+                }
+            }
+            for (; k < k1; k += 16) {
+                const int64_t left = k1 - k;
+                const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+                __m512 wv = w8_vec(wr + k, mk);
+                if (grouped8) wv = _mm512_mul_ps(wv, sv);
+#pragma GCC unroll 16
+                for (int i = 0; i < MB; i++)
+                    acc[i][0] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(mk, a->x + (m0 + i) * L + k), acc[i][0]);
+            }
+            if (grouped8 || a->G == 1) {
+                const float szc = a->G == 1 ? zg : sg * zg;   /* G == 1: the scale comes at the end */
+                if (szc != 0.0f)
+#pragma GCC unroll 16
+                    for (int i = 0; i < MB; i++) extra[i] += szc * a->xg[(m0 + i) * a->G + g];
+            }
+        } else {
+            const uint8_t *wr = (const uint8_t *)a->w + n * L;
+            for (; k + 16 * UU <= k1; k += 16 * UU) {
+#pragma GCC unroll 4
+                for (int u = 0; u < UU; u++) {
+                    const __m512i bz = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(wr + k + 16 * u)));
+                    const __m512 lo = _mm512_permutexvar_ps(_mm512_and_si512(bz, m15), table);
+                    const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(bz, 4), table);
+#pragma GCC unroll 16
+                    for (int i = 0; i < MB; i++) {
+                        const float *xe = a->x + (m0 + i) * L + k + 16 * u, *xo = a->xo + (m0 + i) * L + k + 16 * u;
+                        acc[i][u] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xe), acc[i][u]);
+                        acc[i][u] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xo), acc[i][u]);
+                    }
+                }
+            }
+            for (; k < k1; k += 16) {
+                const int64_t left = k1 - k;
+                const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+                const __m512i bz = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk, wr + k));
+                /* masked-off lanes load zeros from x, so whatever the table gives them adds nothing */
+                const __m512 lo = _mm512_permutexvar_ps(_mm512_and_si512(bz, m15), table);
+                const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(bz, 4), table);
+#pragma GCC unroll 16
+                for (int i = 0; i < MB; i++) {
+                    const float *xe = a->x + (m0 + i) * L + k, *xo = a->xo + (m0 + i) * L + k;
+                    acc[i][0] = _mm512_fmadd_ps(lo, _mm512_maskz_loadu_ps(mk, xe), acc[i][0]);
+                    acc[i][0] = _mm512_fmadd_ps(hi, _mm512_maskz_loadu_ps(mk, xo), acc[i][0]);
+                }
+            }
+        }
+    }
+    const float b = a->bias ? a->bias[n] : 0.0f;
+    const float s_end = a->bits == 8 && a->G == 1 ? a->s[n] : 1.0f;
+#pragma GCC unroll 16
+    for (int i = 0; i < MB; i++) {
+        __m512 t = acc[i][0];
+#pragma GCC unroll 4
+        for (int u = 1; u < UU; u++) t = _mm512_add_ps(t, acc[i][u]);
+        a->y[(m0 + i) * a->N + n] = s_end * (_mm512_reduce_add_ps(t) + extra[i]) + b;
+    }
+}
+#else
+static void wo_row(const wo_t *a, int64_t n, int64_t m0, const int MB) {
+    const int64_t L = a->L;
+    for (int i = 0; i < MB; i++) {
+        const int64_t m = m0 + i;
+        float tot = 0.0f;
+        for (int64_t g = 0; g < a->G; g++) {
+            const float s = a->s[n * a->G + g];
+            float acc = 0.0f;
+            for (int64_t k = g * a->gb; k < (g + 1) * a->gb; k++) {
+                if (a->bits == 8) {
+                    acc += a->x[m * L + k] * (float)((const int8_t *)a->w)[n * L + k];
+                } else {
+                    const uint8_t byte = ((const uint8_t *)a->w)[n * L + k];
+                    acc += a->x[m * L + k] * (float)(byte & 15) + a->xo[m * L + k] * (float)(byte >> 4);
+                }
+            }
+            tot += s * acc + s * a->zc[n * a->G + g] * a->xg[m * a->G + g];
+        }
+        a->y[m * a->N + n] = tot + (a->bias ? a->bias[n] : 0.0f);
+    }
+}
+#endif
+
+#define WO_CASE(MB) case MB: for (int64_t n = nb; n < ne; n++) wo_row(a, n, m0, MB); break;
+
+static void wo_task(void *ctx, int64_t n_lo, int64_t n_hi) {
+    const wo_t *a = (const wo_t *)ctx;
+    /* a block of weight rows stays in L2 while every 16-row block of x passes over it */
+    int64_t rows = (256 * 1024) / (a->L > 0 ? a->L : 1);
+    if (rows < 1) rows = 1;
+    for (int64_t nb = n_lo; nb < n_hi; nb += rows) {
+        const int64_t ne = nb + rows < n_hi ? nb + rows : n_hi;
+        for (int64_t m0 = 0; m0 < a->M; m0 += 16) {
+            const int mb = (int)(a->M - m0 < 16 ? a->M - m0 : 16);
+            switch (mb) {
+                WO_CASE(1) WO_CASE(2) WO_CASE(3) WO_CASE(4) WO_CASE(5) WO_CASE(6) WO_CASE(7) WO_CASE(8)
+                WO_CASE(9) WO_CASE(10) WO_CASE(11) WO_CASE(12) WO_CASE(13) WO_CASE(14) WO_CASE(15) WO_CASE(16)
+            }
+        }
+    }
+}
+
+int qb_wo_gemm(int bits, const void *w, const float *x, const float *xo, const float *xg, const float *s,
+               const float *zc, const float *bias, float *y, int64_t M, int64_t N, int64_t L, int64_t G,
+               int64_t gb, int threads) {
+    if ((bits != 8 && bits != 4) || G * gb != L || M < 0 || N < 0) return 1;
+    wo_t a = {bits, w, x, xo, xg, s, zc, bias, y, M, N, L, G, gb};
+    parallel_for(wo_task, &a, N, threads, 8);
+    return 0;
+}
+
+typedef struct { const wo_t *a; float *out; int64_t K; } dq_t;
+
+/* out (N, K) float32 = s * (code + zc), the same float operations as primitives.dequantize */
+static void dq_task(void *ctx, int64_t n_lo, int64_t n_hi) {
+    const dq_t *d = (const dq_t *)ctx;
+    const wo_t *a = d->a;
+    for (int64_t n = n_lo; n < n_hi; n++) {
+        float *o = d->out + n * d->K;
+        for (int64_t g = 0; g < a->G; g++) {
+            const float s = a->s[n * a->G + g], zc = a->zc[n * a->G + g];
+            const int64_t k0 = g * a->gb, k1 = k0 + a->gb;
+            if (a->bits == 8) {
+                const int8_t *w = (const int8_t *)a->w + n * a->L;
+                for (int64_t k = k0; k < k1; k++) o[k] = ((float)w[k] + zc) * s;
+            } else {
+                const uint8_t *w = (const uint8_t *)a->w + n * a->L;
+                for (int64_t k = k0; k < k1; k++) {
+                    o[2 * k] = ((float)(w[k] & 15) + zc) * s;
+                    if (2 * k + 1 < d->K) o[2 * k + 1] = ((float)(w[k] >> 4) + zc) * s;
+                }
+            }
+        }
+    }
+}
+
+int qb_wo_dequant(int bits, const void *w, const float *s, const float *zc, float *out, int64_t N, int64_t L,
+                  int64_t G, int64_t gb, int64_t K, int threads) {
+    if ((bits != 8 && bits != 4) || G * gb != L) return 1;
+    wo_t a = {bits, w, NULL, NULL, NULL, s, zc, NULL, NULL, 0, N, L, G, gb};
+    dq_t d = {&a, out, K};
+    parallel_for(dq_task, &d, N, threads, 8);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ activation quantization */
+
+typedef struct {
+    const float *x;
+    uint8_t *out;
+    float *scale;         /* (rows,) per row or (1,) */
+    int32_t *zp;          /* same shape, shifted into the uint8 domain */
+    float *mins, *maxs;   /* per-tensor: partial min/max of each span */
+    int64_t span;         /* per-tensor: elements per span */
+    int64_t M, K;
+    int per_row, symmetric, is_signed, bits, have_qparams;
+} qz_t;
+
+static void qparams(const qz_t *a, float mn, float mx, float *scale, int32_t *zp) {
+    const int qmin = a->is_signed ? -(1 << (a->bits - 1)) : 0;
+    const int qmax = a->is_signed ? (1 << (a->bits - 1)) - 1 : (1 << a->bits) - 1;
+    const float lo = mn < 0.0f ? mn : 0.0f, hi = mx > 0.0f ? mx : 0.0f;
+    float s;
+    int32_t z;
+    if (a->symmetric) {
+        const float amax = -lo > hi ? -lo : hi;
+        const int zv = a->is_signed ? 0 : 1 << (a->bits - 1);
+        s = amax / (float)(qmax - zv);
+        z = zv;
+    } else {
+        s = (hi - lo) / (float)(qmax - qmin);
+        const float safe = s > 0.0f ? s : 1.0f;
+        float zf = nearbyintf((float)qmin - lo / safe);
+        zf = zf < (float)qmin ? (float)qmin : zf > (float)qmax ? (float)qmax : zf;
+        z = (int32_t)zf;
+    }
+    *scale = s > 0.0f ? s : 1.0f;
+    *zp = z + (a->is_signed ? 128 : 0);
+}
+
+static void minmax(const float *x, int64_t n, float *mn, float *mx) {
+    float lo = INFINITY, hi = -INFINITY;
+    int64_t i = 0;
+#ifdef QB_AVX512
+    __m512 vlo = _mm512_set1_ps(INFINITY), vhi = _mm512_set1_ps(-INFINITY);
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(x + i);
+        vlo = _mm512_min_ps(vlo, v);
+        vhi = _mm512_max_ps(vhi, v);
+    }
+    lo = _mm512_reduce_min_ps(vlo);
+    hi = _mm512_reduce_max_ps(vhi);
+#endif
+    for (; i < n; i++) {
+        lo = x[i] < lo ? x[i] : lo;
+        hi = x[i] > hi ? x[i] : hi;
+    }
+    *mn = lo;
+    *mx = hi;
+}
+
+/* codes of x[0:n] with one (scale, zp-in-uint8-domain); the clamp is applied to the shifted codes */
+static void quant_span(const float *x, uint8_t *out, int64_t n, float s, int32_t zp_u, int qmin_u, int qmax_u) {
+    int64_t i = 0;
+    const float z = (float)zp_u;
+#ifdef QB_AVX512
+    const __m512 vs = _mm512_set1_ps(s), vz = _mm512_set1_ps(z);
+    const __m512 vmin = _mm512_set1_ps((float)qmin_u), vmax = _mm512_set1_ps((float)qmax_u);
+    for (; i < n; i += 16) {
+        const int64_t left = n - i;
+        const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(mk, x + i), vs);
+        v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, vz), vmin), vmax);
+        _mm_mask_storeu_epi8(out + i, mk, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+    }
+#endif
+    for (; i < n; i++) {
+        float v = nearbyintf(x[i] / s) + z;
+        v = v < (float)qmin_u ? (float)qmin_u : v > (float)qmax_u ? (float)qmax_u : v;
+        out[i] = (uint8_t)(int)v;
+    }
+}
+
+static void code_range(const qz_t *a, int *qmin_u, int *qmax_u) {
+    const int shift = a->is_signed ? 128 : 0;
+    *qmin_u = (a->is_signed ? -(1 << (a->bits - 1)) : 0) + shift;
+    *qmax_u = (a->is_signed ? (1 << (a->bits - 1)) - 1 : (1 << a->bits) - 1) + shift;
+}
+
+static void qz_rows_task(void *ctx, int64_t lo, int64_t hi) {
+    const qz_t *a = (const qz_t *)ctx;
+    int qmin_u, qmax_u;
+    code_range(a, &qmin_u, &qmax_u);
+    for (int64_t m = lo; m < hi; m++) {
+        const float *xr = a->x + m * a->K;
+        if (!a->have_qparams) {
+            float mn, mx;
+            minmax(xr, a->K, &mn, &mx);
+            qparams(a, mn, mx, &a->scale[m], &a->zp[m]);
+        }
+        quant_span(xr, a->out + m * a->K, a->K, a->scale[m], a->zp[m], qmin_u, qmax_u);
+    }
+}
+
+static void qz_minmax_task(void *ctx, int64_t lo, int64_t hi) {
+    const qz_t *a = (const qz_t *)ctx;
+    minmax(a->x + lo, hi - lo, &a->mins[lo / a->span], &a->maxs[lo / a->span]);
+}
+
+static void qz_flat_task(void *ctx, int64_t lo, int64_t hi) {
+    const qz_t *a = (const qz_t *)ctx;
+    int qmin_u, qmax_u;
+    code_range(a, &qmin_u, &qmax_u);
+    quant_span(a->x + lo, a->out + lo, hi - lo, a->scale[0], a->zp[0], qmin_u, qmax_u);
+}
+
+/* have_qparams: scale[0] / zp[0] (uint8 domain) are given and used for every row (static). */
+int qb_quant_u8(const float *x, uint8_t *out, float *scale, int32_t *zp, int64_t M, int64_t K, int per_row,
+                int symmetric, int is_signed, int bits, int have_qparams, int threads) {
+    if (bits < 2 || bits > 8 || M < 0 || K < 0) return 1;
+    qz_t a = {x, out, scale, zp, NULL, NULL, 1, M, K, per_row, symmetric, is_signed, bits, have_qparams};
+    if (threads < 1) threads = 1;
+    if (threads > 32) threads = 32;
+    if (per_row && !have_qparams) {
+        parallel_for(qz_rows_task, &a, M, threads, 1);
+        return 0;
+    }
+    const int64_t n = M * K;
+    if (!have_qparams) {
+        float mins[64], maxs[64];
+        for (int i = 0; i < 64; i++) { mins[i] = INFINITY; maxs[i] = -INFINITY; }
+        a.span = (n + threads - 1) / threads > 0 ? (n + threads - 1) / threads : 1;
+        a.mins = mins;
+        a.maxs = maxs;
+        parallel_for(qz_minmax_task, &a, n, threads, a.span);
+        float mn = INFINITY, mx = -INFINITY;
+        for (int t = 0; t < threads; t++) {
+            mn = mins[t] < mn ? mins[t] : mn;
+            mx = maxs[t] > mx ? maxs[t] : mx;
+        }
+        qparams(&a, mn, mx, scale, zp);
+    }
+    parallel_for(qz_flat_task, &a, n, threads, 64);
+    return 0;
+}
