@@ -87,8 +87,12 @@ def make_plan(exp: Experiment, hw: HardwareInfo) -> Plan:
     return Plan(exp, device, dtype, note, tuple(cells), tuple(skipped))
 
 
+# kernels whose `devices` are ("cpu",) (engine.kernels), named here so planning needs no torch
+CPU_ONLY_KERNELS = ("int8_onednn", "int8_int_mm", "int8_wo_native", "int4_wo_native", "int8_weight_only")
+
+
 def _skip_reason(scheme: Scheme, device: str) -> str:
     """Decide up front what cannot run on this device (kernels are checked without torch here)."""
-    if scheme.kernel in ("int8_int_mm", "int8_weight_only") and not device.startswith("cpu"):
+    if scheme.kernel in CPU_ONLY_KERNELS and not device.startswith("cpu"):
         return f"kernel {scheme.kernel} runs on CPU only"
     return ""

@@ -6,6 +6,6 @@ supports the configuration and records its name; a forced kernel that cannot run
 from __future__ import annotations
 
 from qbench.engine.kernels.base import Kernel, KERNELS, select_kernel
-from qbench.engine.kernels import cpu, reference  # noqa: F401  (importing registers the kernels)
+from qbench.engine.kernels import cpu, decode, onednn, reference  # noqa: F401  (importing registers the kernels)
 
 __all__ = ["Kernel", "KERNELS", "select_kernel"]

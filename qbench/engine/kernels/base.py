@@ -37,8 +37,10 @@ class Kernel:
 
 KERNELS: Registry[Kernel] = Registry("kernel")
 
-# Preference order for `kernel: auto`, fastest first; reference (emulated) serves everything.
-PREFERENCE = ("int8_int_mm", "int4_packed", "int8_weight_only", "reference")
+# Preference order for `kernel: auto`: exact integer kernels first (fastest first, as measured by
+# benchmarks/gemm.py), then the native weight-only kernels, the emulated ones last; reference serves everything.
+PREFERENCE = ("int8_onednn", "int8_int_mm", "int4_wo_native", "int8_wo_native", "int4_packed", "int8_weight_only",
+              "reference")
 
 
 def select_kernel(w: QuantSpec, a: Optional[QuantSpec], device: str, forced: str = "auto") -> Kernel:
