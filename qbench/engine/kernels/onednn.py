@@ -9,9 +9,9 @@ qbench's quantizer (native C when built, else the torch one; identical codes) an
 (signed codes + 128, zero point with them), because oneDNN's fast path takes uint8 activations.
 - per tensor: oneDNN gets the scale and zero point; nothing is left to do.
 - per token, symmetric: all rows share the zero point, oneDNN gets it with scale 1; the row scales are
-  applied with the bias in one fp32 pass.
+  applied with the bias in one fp32 pass (native C, else torch.addcmul).
 - per token, asymmetric: oneDNN gets one shared zero point z0; the rest, (z_m - z0) * s_w[n] * sum_k w[n, k],
-  is an O(M + N) rank-1 update from precomputed weight row sums, then row scales and bias as above.
+  is a rank-1 correction from precomputed weight row sums, folded into the same single pass.
 Weights: symmetric (the shifted zero point is 0), per tensor or per channel. oneDNN computes u8 x s8
 products exactly only with VNNI (without it, vpmaddubsw saturates at int16), so the kernel needs it.
 """
@@ -102,11 +102,14 @@ class Int8OneDNN(Kernel):
             return y.to(x.dtype)
         z0 = int(az[0]) if state["a"].symmetric else int(torch.round(az.float().mean()))
         y = self._qlinear(state, codes, 1.0, z0, None)                               # s_w[n] * acc[m, n]
-        if not state["a"].symmetric:
-            y.addr_((az - z0).float(), state["c"], alpha=-1)                         # rows whose zp is not z0
+        dz = None if state["a"].symmetric else (az - z0).float()                     # rows whose zp is not z0
+        if native.unavailable() is None:                                             # one fused pass
+            return native.row_epilogue_(y, a_scale.reshape(-1), dz, state["c"], state["bias"]).to(x.dtype)
+        if dz is not None:
+            y.addr_(dz, state["c"], alpha=-1)
         if state["bias"] is None:
             return y.mul_(a_scale).to(x.dtype)
-        return torch.addcmul(state["bias"], y, a_scale, out=y).to(x.dtype)           # rescale + bias, one pass
+        return torch.addcmul(state["bias"], y, a_scale, out=y).to(x.dtype)
 
     @staticmethod
     def _qlinear(state, codes, x_scale, x_zp, bias):

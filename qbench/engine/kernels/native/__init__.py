@@ -73,6 +73,8 @@ def _load() -> tuple[Optional[ctypes.CDLL], str]:
     lib.qb_wo_gemm.argtypes = [_INT, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT]
     lib.qb_wo_dequant.restype = _INT
     lib.qb_wo_dequant.argtypes = [_INT, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT]
+    lib.qb_row_epilogue.restype = _INT
+    lib.qb_row_epilogue.argtypes = [_P, _P, _P, _P, _P, _I64, _I64, _INT]
     lib.qb_quant_u8.restype = _INT
     lib.qb_quant_u8.argtypes = [_P, _P, _P, _P, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _INT]
     return lib, ""
@@ -120,7 +122,7 @@ def wo_gemm(bits: int, w: torch.Tensor, x: torch.Tensor, xo: Optional[torch.Tens
 
 
 def wo_dequant(bits: int, w: torch.Tensor, s: torch.Tensor, zc: torch.Tensor, k: int, groups: int) -> torch.Tensor:
-    """(N, K) float32 weights s * (code + zc) from the stored codes (w as for wo_gemm)."""
+    """(N, K) float32 weights (code + zc) * s from the stored codes (w as for wo_gemm)."""
     n, row = w.shape
     if row % groups or s.shape != (n, groups) or zc.shape != (n, groups) or not w.is_contiguous():
         raise ValueError("native wo_dequant: inconsistent or non-contiguous arguments")
@@ -154,3 +156,18 @@ def quant_u8(x: torch.Tensor, bits: int, signed: bool, symmetric: bool, per_row:
     if rc:
         raise ValueError(f"native quant_u8 rejected its arguments (code {rc})")
     return out, scale, zp
+
+
+def row_epilogue_(y: torch.Tensor, row_scale: torch.Tensor, dz: Optional[torch.Tensor], c: Optional[torch.Tensor],
+                  bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """In place, one pass: y[m, n] = row_scale[m] * (y[m, n] - dz[m] * c[n]) + bias[n] (dz, bias optional).
+    y (M, N), row_scale and dz (M,), c and bias (N,): contiguous float32."""
+    m, n = y.shape
+    for t, size in ((y, m * n), (row_scale, m), (dz, m), (c, n if dz is not None else None), (bias, n)):
+        if t is not None and (t.dtype != torch.float32 or not t.is_contiguous() or (size and t.numel() != size)):
+            raise ValueError("native row_epilogue_: float32 contiguous tensors of matching sizes needed")
+    rc = _lib().qb_row_epilogue(_ptr(y), _ptr(row_scale), _ptr(dz), _ptr(c), _ptr(bias), m, n,
+                                torch.get_num_threads())
+    if rc:
+        raise ValueError(f"native row_epilogue_ rejected its arguments (code {rc})")
+    return y
