@@ -3,8 +3,11 @@
  * wo_gemm     weight-only GEMM for int8 codes or two 4-bit codes per byte, fp32 activations and fp32
  *             accumulation: y[m, n] = sum_g s[n, g] * (sum_{k in g} x[m, k] * c[n, k] + zc[n, g] * xg[m, g]) + b[n]
  *             where c are the stored codes (int8, or unsigned nibbles 0..15), zc the per-group code offset
- *             (qmin - zero_point for nibbles, -zero_point for int8) and xg the group sums of x.
+ *             (qmin - zero_point for nibbles, -zero_point for int8) and xg the group sums of x. For nibbles
+ *             the even and odd columns of x come separately (x, xo), so bytes need no interleaving.
  *             Rows of x are taken 16 at a time, so at M <= 16 every weight byte is read once.
+ * wo_dequant  (N, K) float32 weights (code + zc) * s, for the compute-bound (large M) case.
+ * row_epilogue  y[m, n] = rs[m] * (y[m, n] - dz[m] * c[n]) + b[n] in one pass (per-token W8A8).
  * quant_u8    qbench's affine activation quantization (primitives.choose_qparams + quantize), per tensor or
  *             per row, dynamic or with given qparams, writing codes shifted into uint8 (signed codes + 128).
  *             Same float32 operations in the same order as the torch code: x / s (IEEE division), round half
@@ -80,8 +83,19 @@ typedef struct {
 } wo_t;
 
 #ifdef QB_AVX512
-/* int8 codes k..k+15 (masked) -> float32, times the group scale when `sv` is given */
-static inline __attribute__((always_inline)) __m512 w8_vec(const int8_t *p, __mmask16 mk) {
+/* Weight bytes are streamed from memory once; a single sequential stream per core is bound by memory
+ * latency (about 8 GB/s measured here), so each 64-byte step asks for a line 1 KiB ahead into L1 and one
+ * 4 KiB ahead into L2 (13 GB/s on one core, measured under load). */
+#ifndef QB_PREFETCH
+#define QB_PREFETCH 1024
+#endif
+
+/* int8 codes k..k+15 -> float32 (all 16, or the lanes of a mask) */
+static inline __attribute__((always_inline)) __m512 w8_vec(const int8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+
+static inline __attribute__((always_inline)) __m512 w8_vec_masked(const int8_t *p, __mmask16 mk) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mk, p)));
 }
 
@@ -112,9 +126,13 @@ static inline __attribute__((always_inline)) void wo_row(const wo_t *a, int64_t 
         if (a->bits == 8) {
             const int8_t *wr = (const int8_t *)a->w + n * L;
             for (; k + 16 * UU <= k1; k += 16 * UU) {
+                if ((k & 63) == 0) {
+                    _mm_prefetch((const char *)(wr + k + QB_PREFETCH), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(wr + k + 4 * QB_PREFETCH), _MM_HINT_T1);
+                }
 #pragma GCC unroll 4
                 for (int u = 0; u < UU; u++) {
-                    __m512 wv = w8_vec(wr + k + 16 * u, (__mmask16)0xFFFF);
+                    __m512 wv = w8_vec(wr + k + 16 * u);
                     if (grouped8) wv = _mm512_mul_ps(wv, sv);
 #pragma GCC unroll 16
                     for (int i = 0; i < MB; i++)
@@ -124,7 +142,7 @@ static inline __attribute__((always_inline)) void wo_row(const wo_t *a, int64_t 
             for (; k < k1; k += 16) {
                 const int64_t left = k1 - k;
                 const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-                __m512 wv = w8_vec(wr + k, mk);
+                __m512 wv = w8_vec_masked(wr + k, mk);
                 if (grouped8) wv = _mm512_mul_ps(wv, sv);
 #pragma GCC unroll 16
                 for (int i = 0; i < MB; i++)
@@ -139,6 +157,10 @@ static inline __attribute__((always_inline)) void wo_row(const wo_t *a, int64_t 
         } else {
             const uint8_t *wr = (const uint8_t *)a->w + n * L;
             for (; k + 16 * UU <= k1; k += 16 * UU) {
+                if ((k & 63) == 0) {
+                    _mm_prefetch((const char *)(wr + k + QB_PREFETCH), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(wr + k + 4 * QB_PREFETCH), _MM_HINT_T1);
+                }
 #pragma GCC unroll 4
                 for (int u = 0; u < UU; u++) {
                     const __m512i bz = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(wr + k + 16 * u)));
