@@ -88,6 +88,22 @@ def test_native_quantizer_static_ties_and_outliers(signed):
         assert torch.equal(codes.to(torch.int16), q.data.to(torch.int16) + (128 if signed else 0))
 
 
+@needs_native
+def test_native_quantizer_two_threads():
+    """Large enough to be split across threads (per-tensor: min/max per span, then codes per span)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(301, 1003, generator=torch.Generator().manual_seed(5)) * 2 + 0.5
+        for spec in (QuantSpec(8, False, False, "per_tensor"), QuantSpec(8, True, True, "per_token")):
+            q = quantize(x, spec)
+            codes, s, z = native.quant_u8(x, 8, spec.signed, spec.symmetric, spec.granularity == "per_token")
+            assert torch.equal(codes.to(torch.int16), q.data.to(torch.int16) + (128 if spec.signed else 0))
+            assert torch.equal(s, q.scale.reshape(-1))
+    finally:
+        torch.set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------- int8_onednn (W8A8)
 
 

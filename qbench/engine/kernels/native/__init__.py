@@ -98,6 +98,14 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
+def _threads(work: int) -> int:
+    """torch's intra-op thread count, or 1 where starting a thread costs more than it saves (~10 us)."""
+    return torch.get_num_threads() if work >= SERIAL_WORK else 1
+
+
+SERIAL_WORK = 1 << 17    # elements (multiply-adds, or values quantized) below which one thread runs
+
+
 def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
@@ -115,7 +123,7 @@ def wo_gemm(bits: int, w: torch.Tensor, x: torch.Tensor, xo: Optional[torch.Tens
                          f"scales {tuple(s.shape)} for {groups} groups")
     y = torch.empty(m, n, dtype=torch.float32)
     rc = _lib().qb_wo_gemm(bits, _ptr(w), _ptr(x), _ptr(xo), _ptr(xg), _ptr(s), _ptr(zc), _ptr(bias), _ptr(y),
-                           m, n, row, groups, row // groups, torch.get_num_threads())
+                           m, n, row, groups, row // groups, _threads(m * n * row))
     if rc:
         raise ValueError(f"native wo_gemm rejected its arguments (code {rc})")
     return y
@@ -128,7 +136,7 @@ def wo_dequant(bits: int, w: torch.Tensor, s: torch.Tensor, zc: torch.Tensor, k:
         raise ValueError("native wo_dequant: inconsistent or non-contiguous arguments")
     out = torch.empty(n, k, dtype=torch.float32)
     rc = _lib().qb_wo_dequant(bits, _ptr(w), _ptr(s), _ptr(zc), _ptr(out), n, row, groups, row // groups, k,
-                              torch.get_num_threads())
+                              _threads(n * k))
     if rc:
         raise ValueError(f"native wo_dequant rejected its arguments (code {rc})")
     return out
@@ -152,7 +160,7 @@ def quant_u8(x: torch.Tensor, bits: int, signed: bool, symmetric: bool, per_row:
         scale.copy_(qparams[0].reshape(-1)[:1])
         zp.copy_(qparams[1].reshape(-1)[:1].to(torch.int32) + (128 if signed else 0))
     rc = _lib().qb_quant_u8(_ptr(x), _ptr(out), _ptr(scale), _ptr(zp), m, k, int(per_row and qparams is None),
-                            int(symmetric), int(signed), bits, int(qparams is not None), torch.get_num_threads())
+                            int(symmetric), int(signed), bits, int(qparams is not None), _threads(m * k))
     if rc:
         raise ValueError(f"native quant_u8 rejected its arguments (code {rc})")
     return out, scale, zp
@@ -166,8 +174,7 @@ def row_epilogue_(y: torch.Tensor, row_scale: torch.Tensor, dz: Optional[torch.T
     for t, size in ((y, m * n), (row_scale, m), (dz, m), (c, n if dz is not None else None), (bias, n)):
         if t is not None and (t.dtype != torch.float32 or not t.is_contiguous() or (size and t.numel() != size)):
             raise ValueError("native row_epilogue_: float32 contiguous tensors of matching sizes needed")
-    rc = _lib().qb_row_epilogue(_ptr(y), _ptr(row_scale), _ptr(dz), _ptr(c), _ptr(bias), m, n,
-                                torch.get_num_threads())
+    rc = _lib().qb_row_epilogue(_ptr(y), _ptr(row_scale), _ptr(dz), _ptr(c), _ptr(bias), m, n, _threads(m * n))
     if rc:
         raise ValueError(f"native row_epilogue_ rejected its arguments (code {rc})")
     return y
