@@ -58,9 +58,12 @@ class _NativeWeightOnly(Kernel):
 
 class Int8WeightOnlyNative(_NativeWeightOnly):
     name = "int8_wo_native"
-    backend = ("qbench C kernel: int8 codes -> fp32 in registers, fp32 FMA (AVX-512 where built so), weights "
-               f"read once for M <= {DECODE_MAX_M}; larger M: C dequantize to fp32 per call + torch fp32 matmul")
     bits = 8
+
+    @property
+    def backend(self) -> str:
+        return (f"qbench C kernel ({native.isa()}): int8 codes -> fp32 in registers, fp32 FMA, weights read once "
+                f"for M <= {DECODE_MAX_M}; larger M: C dequantize to fp32 per call + torch fp32 matmul")
 
     def supports(self, w, a, device):
         if w.bits <= 4:
@@ -87,10 +90,13 @@ class Int8WeightOnlyNative(_NativeWeightOnly):
 
 class Int4WeightOnlyNative(_NativeWeightOnly):
     name = "int4_wo_native"
-    backend = ("qbench C kernel: two 4-bit codes per byte -> fp32 through a per-group table of s * (code - z) "
-               f"(AVX-512 vpermps where built so), fp32 FMA, weights read once for M <= {DECODE_MAX_M}; larger M: "
-               "C dequantize to fp32 per call + torch fp32 matmul")
     bits = 4
+
+    @property
+    def backend(self) -> str:
+        return (f"qbench C kernel ({native.isa()}): two 4-bit codes per byte -> fp32 through a per-group table of "
+                f"s * (code - z), fp32 FMA, weights read once for M <= {DECODE_MAX_M}; larger M: C dequantize to "
+                "fp32 per call + torch fp32 matmul")
 
     def supports(self, w, a, device):
         if w.bits > 4:

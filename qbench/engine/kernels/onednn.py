@@ -46,11 +46,10 @@ def _onednn_reason() -> Optional[str]:
 def quantize_u8(x: torch.Tensor, a: QuantSpec, act_qparams: Optional[tuple]):
     """(codes (M, K) uint8, scale (M, 1) or (), zero point (M,) or () int32), codes and zero point + 128 for
     signed specs. The same codes as primitives.quantize."""
-    per_row = a.granularity == "per_token"
+    per_row = a.granularity == "per_token" and act_qparams is None
     if native.unavailable() is None:
         codes, s, z = native.quant_u8(x, a.bits, a.signed, a.symmetric, per_row, act_qparams)
-        return codes, (s.reshape(-1, 1) if per_row and act_qparams is None else s.reshape(())), \
-            (z if per_row and act_qparams is None else z.reshape(()))
+        return (codes, s.reshape(-1, 1), z) if per_row else (codes, s.reshape(()), z.reshape(()))
     scale, zp = act_qparams if act_qparams is not None else choose_qparams(*reduce_minmax(x, a), a)
     q = quantize(x, a, scale, zp)
     shift = 128 if a.signed else 0
@@ -61,9 +60,13 @@ def quantize_u8(x: torch.Tensor, a: QuantSpec, act_qparams: Optional[tuple]):
 
 class Int8OneDNN(Kernel):
     name = "int8_onednn"
-    backend = ("oneDNN qlinear_pointwise (uint8 x int8 -> int32, VNNI; fp32 rescale + bias fused), prepacked "
-               "weight; qbench activation quantizer (native C)")
     devices = ("cpu",)
+
+    @property
+    def backend(self) -> str:
+        quantizer = "native C" if native.unavailable() is None else "torch"
+        return ("oneDNN qlinear_pointwise (uint8 x int8 -> int32, VNNI; fp32 rescale + bias fused) on a weight "
+                f"prepacked once; qbench activation quantizer ({quantizer}), per-token scales applied after")
 
     def supports(self, w, a, device):
         if a is None:
