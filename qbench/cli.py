@@ -175,7 +175,7 @@ def list_(what: str = typer.Argument("kernels", help="kernels, models or dataset
         from qbench.engine.kernels import KERNELS
 
         for name, k in KERNELS.items():
-            typer.echo(f"{name:18s} {'emulated' if k.emulated else 'integer ':8s} "
+            typer.echo(f"{name:18s} {'emulated' if k.emulated else k.arithmetic:8s} "
                        f"{'/'.join(k.devices):9s} {k.backend}")
     elif what == "models":
         from qbench.models.loaders import BUNDLED

@@ -16,6 +16,7 @@ class Kernel:
     name = "?"
     backend = "?"          # what does the arithmetic, e.g. "torch._int_mm (oneDNN)"
     emulated = False       # True when integers are turned back into floats before the matmul
+    arithmetic = "integer"  # what a non-emulated kernel multiplies in: "integer", or "fp32" for weight-only
     devices = ("cpu",)     # device types served
 
     def supports(self, w: QuantSpec, a: Optional[QuantSpec], device: str) -> Optional[str]:

@@ -35,6 +35,7 @@ def _x_group_sums(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 class _NativeWeightOnly(Kernel):
     devices = ("cpu",)
+    arithmetic = "fp32"    # packed codes are read directly; the products are fp32 (activations are float)
     bits = 8
 
     def _common_reason(self, w, a, device):
