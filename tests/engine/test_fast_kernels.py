@@ -241,6 +241,16 @@ def test_weight_only_native_larger_shapes_two_threads():
 
 
 @needs_native
+def test_weight_only_native_dequantizes_in_blocks_of_rows(monkeypatch):
+    """Large weights at large M are dequantized a block of rows at a time; 45 rows in blocks of 8."""
+    from qbench.engine.kernels import decode
+
+    monkeypatch.setattr(decode, "CHUNK_BYTES", 1 << 14)
+    check_weight_only(WO8, QuantSpec(8, False, False, "per_channel"), k=1000, seed=95, ms=(17, 64))
+    check_weight_only(WO4, QuantSpec(4, True, False, "per_group", 128), k=1024, seed=96, ms=(17, 33))
+
+
+@needs_native
 def test_int4_wo_native_keeps_weights_packed():
     w, b, _ = make_problem(1, 256, 64, seed=1)
     state = WO4.prepare(w, b, QuantSpec(4, True, False, "per_group", 32), None)
