@@ -325,3 +325,11 @@ def test_native_unavailable_is_a_reason_not_a_crash(monkeypatch):
     assert WO4.supports(QuantSpec(4, True, True, "per_group", 32), None, "cpu") == "no C compiler (test)"
     assert select_kernel(W8_CH, None, "cpu").name == "int8_weight_only"
     assert select_kernel(QuantSpec(4, True, True, "per_group", 32), None, "cpu").name == "int4_packed"
+
+
+def test_native_build_failure_is_a_reason(monkeypatch, tmp_path):
+    """A compiler that fails (here /bin/false) gives a reason string; nothing raises."""
+    monkeypatch.setenv("CC", "false")
+    monkeypatch.setenv("QBENCH_CACHE", str(tmp_path))
+    lib, why = native._load.__wrapped__()
+    assert lib is None and "native kernels" in why

@@ -38,6 +38,25 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def _build(cc: str, flags: list[str], lib_path: Path) -> str:
+    """Compile into lib_path (atomically); '' on success, else why not."""
+    lib_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib_path.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
+                              timeout=300)
+        if proc.returncode != 0:
+            return f"building qbench's native kernels failed: {proc.stderr.strip()[-500:]}"
+        os.replace(tmp, lib_path)            # atomic: concurrent builders end with one complete file
+        return ""
+    except subprocess.SubprocessError as e:
+        return f"building qbench's native kernels failed: {e}"
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 @lru_cache(maxsize=1)
 def _load() -> tuple[Optional[ctypes.CDLL], str]:
     """(library, "") or (None, why it is unavailable)."""
@@ -54,20 +73,14 @@ def _load() -> tuple[Optional[ctypes.CDLL], str]:
         return None, f"C compiler {cc} does not run: {e}"
     key = hashlib.sha256(src + version.encode() + " ".join(flags).encode() + _cpu_flags().encode()).hexdigest()[:16]
     lib_path = _cache_dir() / f"qbench_cpu_{key}.so"
-    if not lib_path.exists():
-        lib_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib_path.parent)
-        os.close(fd)
-        try:
-            proc = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
-                                  timeout=300)
-            if proc.returncode != 0:
-                return None, f"building qbench's native kernels failed: {proc.stderr.strip()[-500:]}"
-            os.replace(tmp, lib_path)        # atomic: concurrent builders end with one complete file
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    lib = ctypes.CDLL(str(lib_path))
+    try:
+        if not lib_path.exists():
+            why = _build(cc, flags, lib_path)
+            if why:
+                return None, why
+        lib = ctypes.CDLL(str(lib_path))
+    except OSError as e:                     # unwritable cache, failed load: a reason, not a crash
+        return None, f"qbench's native kernels cannot be built or loaded: {e}"
     lib.qb_isa.restype = ctypes.c_char_p
     lib.qb_wo_gemm.restype = _INT
     lib.qb_wo_gemm.argtypes = [_INT, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT]
