@@ -334,10 +334,13 @@ def _row(m, k, n, c: Contender, err: float) -> dict:
 
 
 def annotate(rows: list[dict], ceilings: dict) -> None:
-    """Ratios to fp32 and to the best peer of the same kind; shares of the machine's ceilings."""
-    fp32 = next(r["median_ms"] for r in rows if r["contender"].startswith("fp32"))
+    """Ratios to the faster fp32 baseline (torch, or onnxruntime when installed) and to the best peer of the
+    same kind; shares of the machine's ceilings."""
+    torch_fp32 = next(r["median_ms"] for r in rows if r["contender"].startswith("fp32"))
+    fp32 = min(r["median_ms"] for r in rows if r["kind"] == "baseline" and "fp32" in r["contender"])
     for r in rows:
         r["vs_fp32"] = fp32 / r["median_ms"]
+        r["vs_torch_fp32"] = torch_fp32 / r["median_ms"]
         peers = [p["median_ms"] for p in rows if p["peer"] and p["kind"] == r["kind"]]
         r["vs_best_peer"] = min(peers) / r["median_ms"] if peers and r["kind"] != "baseline" else None
         peak = ceilings["fp32_gflops"] if r["kind"] == "baseline" or r["kind"].startswith("wo") else \
@@ -354,6 +357,34 @@ def asym_overheads(rows: list[dict]) -> list[dict]:
         if a and s:
             out.append({"shape": a["shape"], "m": a["m"], "granularity": gran,
                         "overhead_pct": 100 * (a["median_ms"] / s["median_ms"] - 1)})
+    return out
+
+
+TARGETS = (  # (what, contender, shapes it applies to, field, threshold) from the issue
+    ("W8A8 >= 3x fp32 at M >= 16", "qbench w8a8 dyn per-token asym", lambda r: r["m"] >= 16, "vs_fp32", 3.0),
+    ("W8A8 >= 3x fp32 at M >= 16", "qbench w8a8 dyn per-tensor asym", lambda r: r["m"] >= 16, "vs_fp32", 3.0),
+    ("W8A8 within 1.2x of best peer at M >= 16", "qbench w8a8 dyn per-token asym", lambda r: r["m"] >= 16,
+     "vs_best_peer", 1 / 1.2),
+    ("W8A8 within 1.2x of best peer at M >= 16", "qbench w8a8 dyn per-tensor asym", lambda r: r["m"] >= 16,
+     "vs_best_peer", 1 / 1.2),
+    ("int8 weight-only >= 2.5x fp32 at M = 1", "qbench int8 weight-only", lambda r: r["m"] == 1, "vs_fp32", 2.5),
+    ("int4 g128 weight-only >= 3.5x fp32 at M = 1", "qbench int4 g128 weight-only", lambda r: r["m"] == 1,
+     "vs_fp32", 3.5),
+)
+
+
+def targets(rows: list[dict], overheads: list[dict]) -> list[dict]:
+    out = []
+    for what, contender, applies, key, threshold in TARGETS:
+        for r in rows:
+            if r["contender"] == contender and applies(r) and r.get(key) is not None:
+                out.append({"target": what, "contender": contender, "shape": r["shape"], "value": r[key],
+                            "threshold": threshold, "met": r[key] >= threshold})
+    for o in overheads:
+        if o["m"] >= 128:
+            out.append({"target": "asymmetric activations cost <= 10% at M >= 128",
+                        "contender": f"qbench w8a8 dyn {o['granularity']}", "shape": o["shape"],
+                        "value": o["overhead_pct"], "threshold": 10.0, "met": o["overhead_pct"] <= 10.0})
     return out
 
 
@@ -414,8 +445,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
           f"the {cache / 2**20:.0f} MiB that repeated reads find cached here; L3 reported {l3_bytes() / 2**20:.1f} MiB)")
     print(f"ceilings measured: int8 {ceilings['int8_gops']:.0f} GOPS ({ceilings['int8_source']}), fp32 "
           f"{ceilings['fp32_gflops']:.0f} GFLOP/s, memory read {ceilings['mem_gbs']:.1f} GB/s")
-    print("x fp32 / x peer: speed-up over fp32 and over the best peer (*) of the same kind; %ops: share of the "
-          "int8 (W8A8) or fp32 ceiling; %BW: effective bytes moved / memory bandwidth")
+    print("x fp32 / x peer: speed-up over the faster fp32 baseline (torch or onnxruntime) and over the best peer (*) "
+          "of the same kind; %ops: share of the int8 (W8A8) or fp32 ceiling; %BW: effective bytes moved / memory "
+          "bandwidth; rel.err: |y - y_fp64| / |y_fp64| against the unquantized layer")
     all_rows, overheads = [], []
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
@@ -433,7 +465,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
         print("\nasymmetric vs symmetric activations (qbench int8_onednn, same run):")
         for o in overheads:
             print(f"  {o['shape']:>14s} {o['granularity']:10s} {o['overhead_pct']:+6.1f}%")
-    result = {"machine": machine, "ceilings": ceilings, "rows": all_rows, "asym_overhead": overheads,
+    goals = targets(all_rows, overheads)
+    if goals:
+        print("\ntargets of the issue (ratios from this run; x fp32 is against the faster fp32 baseline):")
+        for t in goals:
+            unit = "%" if t["target"].startswith("asym") else "x"
+            print(f"  {'met' if t['met'] else 'MISSED':6s} {t['target']:47s} {t['contender'][7:]:25s} "
+                  f"{t['shape']:>14s} {t['value']:6.2f}{unit}")
+    result = {"machine": machine, "ceilings": ceilings, "rows": all_rows, "asym_overhead": overheads, "targets": goals,
               "argv": sys.argv[1:] if argv is None else argv}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
