@@ -170,6 +170,8 @@ def quant_u8(x: torch.Tensor, bits: int, signed: bool, symmetric: bool, per_row:
     scale = torch.empty(rows, dtype=torch.float32)
     zp = torch.empty(rows, dtype=torch.int32)
     if qparams is not None:
+        if qparams[0].numel() != 1 or qparams[1].numel() != 1:
+            raise ValueError("native quant_u8: given (static) qparams must be one scale and one zero point")
         scale.copy_(qparams[0].reshape(-1)[:1])
         zp.copy_(qparams[1].reshape(-1)[:1].to(torch.int32) + (128 if signed else 0))
     rc = _lib().qb_quant_u8(_ptr(x), _ptr(out), _ptr(scale), _ptr(zp), m, k, int(per_row and qparams is None),
