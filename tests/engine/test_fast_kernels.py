@@ -190,6 +190,22 @@ def test_int8_onednn_without_native_quantizer_gives_same_outputs(monkeypatch):
         torch.testing.assert_close(y_torch, y_native, rtol=1e-6, atol=1e-6 * float(y_native.abs().max()))
 
 
+@pytest.mark.parametrize("w_spec", [QuantSpec(8, True, True, "per_channel"), QuantSpec(8, False, False, "per_tensor")],
+                         ids=["sym", "asym-uint8"])
+def test_int8_int_mm_native_and_torch_quantizers_agree(monkeypatch, w_spec):
+    """int8_int_mm quantizes with the native quantizer when built, else with torch: identical outputs."""
+    int_mm = KERNELS.get("int8_int_mm")
+    w, b, x = make_problem(23, 200, 40, seed=4)
+    for a_spec in (QuantSpec(8, False, False, "per_token"), QuantSpec(8, True, True, "per_tensor"),
+                   QuantSpec(4, True, False, "per_token")):
+        state = int_mm.prepare(w, b, w_spec, a_spec)
+        y_native = int_mm.forward(state, x)
+        monkeypatch.setattr(native, "unavailable", lambda: "no compiler (test)")
+        y_torch = int_mm.forward(state, x)
+        monkeypatch.undo()
+        assert torch.equal(y_native, y_torch)
+
+
 # ----------------------------------------------------------------------------- weight-only native kernels
 
 
