@@ -425,6 +425,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--budget", type=float, default=20.0, help="seconds of timed rounds per shape, roughly")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--json", default=None, help="also write machine, ceilings and rows as JSON here")
+    ap.add_argument("--rotate-mib", type=int, default=None,
+                    help="memory each contender rotates its weight copies through (default: 4x the cache that "
+                         "repeated reads are measured to find, at least 128 MiB)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, few repeats: a smoke test")
     args = ap.parse_args(argv)
     if args.threads:
@@ -434,6 +437,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     budget = 1.0 if args.quick else args.budget
     cache = effective_cache_bytes(args.quick)
     rotate = 4 * cache if args.quick else max(4 * cache, 128 << 20)   # a busy machine can hide its cache
+    if args.rotate_mib:
+        rotate = args.rotate_mib << 20
     from qbench.engine.kernels import native
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
