@@ -351,32 +351,18 @@ def test_native_build_failure_is_a_reason(monkeypatch, tmp_path):
     assert lib is None and "native kernels" in why
 
 
-def _fork_child_gemm(q, state, x):
-    # only the native kernel runs here: torch's own OpenMP pool is not usable after a fork
-    q.put(float(WO8.forward(state, x).double().sum()))
-
-
 @needs_native
-def test_native_thread_pool_survives_fork_and_many_calls():
-    """The native kernels keep worker threads between calls; a forked child starts its own pool."""
-    import multiprocessing as mp
-
+def test_native_kernels_many_parallel_dispatches():
+    """Dispatch after dispatch across threads (torch's OpenMP runtime, or the native pool): same results."""
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         w, b, x = make_problem(3, 2048, 256, seed=12)
         state = WO8.prepare(w, b, W8_CH, None)
         first = WO8.forward(state, x)
-        for _ in range(200):                                           # dispatch after dispatch
+        for i in range(200):
             assert torch.equal(WO8.forward(state, x), first)
-        ctx = mp.get_context("fork")
-        q = ctx.Queue()
-        p = ctx.Process(target=_fork_child_gemm, args=(q, state, x))
-        p.start()
-        p.join(60)
-        if p.exitcode is None:
-            p.kill()
-        assert p.exitcode == 0
-        assert q.get(timeout=5) == pytest.approx(float(first.double().sum()), rel=1e-6)
+            if i % 50 == 0:
+                torch.nn.functional.linear(x, w)                      # torch's own parallel work in between
     finally:
         torch.set_num_threads(before)

@@ -65,7 +65,7 @@ def _load() -> tuple[Optional[ctypes.CDLL], str]:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         return None, "no C compiler (cc/gcc) on PATH to build qbench's native kernels"
-    flags = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread", "-std=gnu11"]
+    flags = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread", "-std=gnu11", "-fopenmp"]
     src = SOURCE.read_bytes()
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -76,6 +76,10 @@ def _load() -> tuple[Optional[ctypes.CDLL], str]:
     try:
         if not lib_path.exists():
             why = _build(cc, flags, lib_path)
+            if why:                              # no OpenMP for this compiler: the pthread pool runs the spans
+                flags.remove("-fopenmp")
+                lib_path = lib_path.with_name(lib_path.stem + "_noomp.so")
+                why = "" if lib_path.exists() else _build(cc, flags, lib_path)
             if why:
                 return None, why
         lib = ctypes.CDLL(str(lib_path))
