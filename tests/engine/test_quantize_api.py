@@ -145,7 +145,7 @@ def test_conv1d_modules_are_swapped(gpt2):
         r = records[name]
         out_in = CONV1D_SHAPES[name.split(".", 3)[3]]
         assert (r.op, r.requested, r.applied, r.reason) == ("linear", True, True, "")
-        assert r.kernel == "int8_weight_only"
+        assert r.kernel == "int8_wo_native"
         assert r.weights == "int8 sym per_channel" and r.activations == "float"
         # Conv1D stores (in, out); the record and the module report (out, in)
         assert conv.weight.shape == out_in[::-1]
@@ -224,7 +224,7 @@ def test_weight_only_8bit_reference_close_to_float(gpt2_float):
     assert not torch.equal(out, ref)                       # it really is quantized
     # the auto-selected integer kernel computes the same thing
     m_auto = copy.deepcopy(gpt2_float)
-    assert {r.kernel for r in quantize_(m_auto, W8) if r.applied} == {"int8_weight_only"}
+    assert {r.kernel for r in quantize_(m_auto, W8) if r.applied} == {"int8_wo_native"}
     torch.testing.assert_close(logits(m_auto), out, rtol=0, atol=1e-5 * float(out.abs().max()))
 
 
@@ -250,7 +250,7 @@ def test_w8a8_integer_kernel_matches_reference_per_layer(which, gpt2_float, bert
     rec_int = quantize_(m_int, scheme(W8A8, ops=ops))
     applied = [r.name for r in rec_int if r.applied]
     assert len(applied) == (9 if which == "gpt2" else 13)
-    assert {r.kernel for r in rec_int if r.applied} == {"int8_int_mm"}
+    assert {r.kernel for r in rec_int if r.applied} == {"int8_onednn"}
     assert {r.kernel for r in rec_ref if r.applied} == {"reference"}
     assert all(r.activations == "uint8 asym per_tensor dynamic" for r in rec_int if r.applied)
     # identical computation for identical inputs, layer by layer
@@ -277,7 +277,7 @@ def test_w8a8_single_quantized_layer_identical_end_to_end(gpt2_float):
     m_ref, m_int = copy.deepcopy(gpt2_float), copy.deepcopy(gpt2_float)
     quantize_(m_ref, scheme(W8A8, ops=["lm_head"], kernel="reference"))
     recs = by_name(quantize_(m_int, scheme(W8A8, ops=["lm_head"])))
-    assert recs["lm_head"].kernel == "int8_int_mm"
+    assert recs["lm_head"].kernel == "int8_onednn"
     out_ref, out_int = logits(m_ref), logits(m_int)
     assert (out_int - out_ref).abs().max() <= 1e-5 * float(out_ref.abs().max())
     assert not torch.equal(out_ref, logits(gpt2_float))
@@ -308,7 +308,7 @@ def test_static_activations_use_calibrated_ranges(gpt2_float):
     assert len(applied) == 8
     assert all(r.activations.endswith("static") for r in applied)
     assert all(r.activations == "uint8 asym per_tensor static" for r in applied)
-    assert {r.kernel for r in applied} == {"int8_int_mm"}
+    assert {r.kernel for r in applied} == {"int8_onednn"}
 
     # black-box check of the target layer against float64 with the calibrated range:
     # inputs well outside that range are clamped by static qparams (dynamic ones would not clamp)
@@ -358,7 +358,7 @@ def test_bytes_and_sqnr(gpt2_float):
     m8, m4 = copy.deepcopy(gpt2_float), copy.deepcopy(gpt2_float)
     r8, r4 = by_name(quantize_(m8, W8)), by_name(quantize_(m4, W4G16))
     linear = [n for n, r in r8.items() if r.op == "linear"]
-    assert {r4[n].kernel for n in linear} == {"int4_packed"}
+    assert {r4[n].kernel for n in linear} == {"int4_wo_native"}
     for n in linear:
         out, inp = r8[n].shape
         fp32 = (out * inp + out) * 4                      # float32 weight + bias
@@ -469,7 +469,7 @@ def test_embedding_op_bert(bert_float):
     emb = [r for r in recs if r.op == "embedding"]
     assert len(emb) == 3 and all(r.applied for r in emb)
     assert isinstance(model.embeddings.word_embeddings, QuantEmbedding)
-    assert {r.kernel for r in recs if r.op == "linear"} == {"int8_int_mm"}
+    assert {r.kernel for r in recs if r.op == "linear"} == {"int8_onednn"}
     out, ref = hidden(model), hidden(bert_float)
     assert out.shape == ref.shape and torch.isfinite(out).all()
     assert (out - ref).abs().max() <= 0.1 * float(ref.std())
@@ -516,5 +516,5 @@ def test_auto_prefers_packed_int4_for_low_bit_weight_only():
     from qbench.engine.kernels import select_kernel
     from qbench.engine.primitives import QuantSpec
 
-    assert select_kernel(QuantSpec(4, True, True, "per_channel"), None, "cpu").name == "int4_packed"
-    assert select_kernel(QuantSpec(8, True, True, "per_channel"), None, "cpu").name == "int8_weight_only"
+    assert select_kernel(QuantSpec(4, True, True, "per_channel"), None, "cpu").name == "int4_wo_native"
+    assert select_kernel(QuantSpec(8, True, True, "per_channel"), None, "cpu").name == "int8_wo_native"

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from qbench.engine.kernels import native
 from qbench.engine.kernels.base import KERNELS, Kernel
 from qbench.engine.primitives import QuantSpec, choose_qparams, dequantize, quantize, reduce_minmax
 from qbench.engine.tensors import PackedWeight
@@ -72,8 +73,17 @@ class Int8IntMM(Kernel):
 def quantize_to_int8(x: torch.Tensor, a: QuantSpec, act_qparams: Optional[tuple]):
     """Activation codes already shifted into int8, with their scale and (shifted) zero point.
 
-    Same arithmetic as primitives.quantize followed by _to_int8, in fewer passes over x.
+    Same codes as primitives.quantize followed by _to_int8: from qbench's native quantizer when it is built
+    (uint8 codes, then u - 128 as a bit flip), else in fewer torch passes over x.
     """
+    if native.unavailable() is None:
+        per_row = a.granularity == "per_token" and act_qparams is None
+        codes, scale, zp = native.quant_u8(x.float().contiguous(), a.bits, a.signed, a.symmetric, per_row,
+                                           act_qparams)
+        a8 = codes.view(torch.int8).bitwise_xor_(-128)                   # u - 128, same bits as int8
+        if per_row:
+            return a8, scale.reshape(-1, 1), (zp - 128).reshape(-1, 1)
+        return a8, scale.reshape(()), (zp - 128).reshape(())
     x = x.float()
     if act_qparams is not None:
         scale, zp = act_qparams

@@ -1,0 +1,199 @@
+"""qbench's own C kernels (qbench_cpu.c): built once with the system C compiler, loaded with ctypes.
+
+The library is cached under $QBENCH_CACHE (default ~/.cache/qbench)/native, keyed by the source, the
+compiler and the CPU, so a machine builds it once (about a second). Where no compiler is found or the build
+fails, `unavailable()` says why and the kernels that need it decline every configuration.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+SOURCE = Path(__file__).with_name("qbench_cpu.c")
+_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("QBENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "qbench")
+    return Path(root) / "native"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build(cc: str, flags: list[str], lib_path: Path) -> str:
+    """Compile into lib_path (atomically); '' on success, else why not."""
+    lib_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib_path.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
+                              timeout=300)
+        if proc.returncode != 0:
+            return f"building qbench's native kernels failed: {proc.stderr.strip()[-500:]}"
+        os.replace(tmp, lib_path)            # atomic: concurrent builders end with one complete file
+        return ""
+    except subprocess.SubprocessError as e:
+        return f"building qbench's native kernels failed: {e}"
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@lru_cache(maxsize=1)
+def _load() -> tuple[Optional[ctypes.CDLL], str]:
+    """(library, "") or (None, why it is unavailable)."""
+    if platform.system() != "Linux":
+        return None, f"native kernels are built on Linux only, not {platform.system()}"
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return None, "no C compiler (cc/gcc) on PATH to build qbench's native kernels"
+    flags = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread", "-std=gnu11", "-fopenmp"]
+    src = SOURCE.read_bytes()
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"C compiler {cc} does not run: {e}"
+    key = hashlib.sha256(src + version.encode() + " ".join(flags).encode() + _cpu_flags().encode()).hexdigest()[:16]
+    lib_path = _cache_dir() / f"qbench_cpu_{key}.so"
+    try:
+        if not lib_path.exists():
+            why = _build(cc, flags, lib_path)
+            if why:                              # no OpenMP for this compiler: the pthread pool runs the spans
+                flags.remove("-fopenmp")
+                lib_path = lib_path.with_name(lib_path.stem + "_noomp.so")
+                why = "" if lib_path.exists() else _build(cc, flags, lib_path)
+            if why:
+                return None, why
+        lib = ctypes.CDLL(str(lib_path))
+    except OSError as e:                     # unwritable cache, failed load: a reason, not a crash
+        return None, f"qbench's native kernels cannot be built or loaded: {e}"
+    lib.qb_isa.restype = ctypes.c_char_p
+    lib.qb_wo_gemm.restype = _INT
+    lib.qb_wo_gemm.argtypes = [_INT, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT]
+    lib.qb_wo_dequant.restype = _INT
+    lib.qb_wo_dequant.argtypes = [_INT, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT]
+    lib.qb_row_epilogue.restype = _INT
+    lib.qb_row_epilogue.argtypes = [_P, _P, _P, _P, _P, _I64, _I64, _INT]
+    lib.qb_quant_u8.restype = _INT
+    lib.qb_quant_u8.argtypes = [_P, _P, _P, _P, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _INT]
+    return lib, ""
+
+
+def unavailable() -> Optional[str]:
+    """None when the native library is built and loaded, else the reason it is not."""
+    return _load()[1] or None
+
+
+def isa() -> str:
+    """Which code path the library was built with: 'avx512' or 'portable-c'."""
+    lib, why = _load()
+    return lib.qb_isa().decode() if lib is not None else f"unavailable ({why})"
+
+
+def _lib() -> ctypes.CDLL:
+    lib, why = _load()
+    if lib is None:
+        raise RuntimeError(why)
+    return lib
+
+
+def _threads(work: int) -> int:
+    """torch's intra-op thread count, or 1 where starting a thread costs more than it saves (~10 us)."""
+    return torch.get_num_threads() if work >= SERIAL_WORK else 1
+
+
+SERIAL_WORK = 1 << 17    # elements (multiply-adds, or values quantized) below which one thread runs
+
+
+def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def wo_gemm(bits: int, w: torch.Tensor, x: torch.Tensor, xo: Optional[torch.Tensor], xg: torch.Tensor,
+            s: torch.Tensor, zc: torch.Tensor, bias: Optional[torch.Tensor], groups: int) -> torch.Tensor:
+    """Weight-only GEMM (see qbench_cpu.c): w (N, L) int8 or packed uint8, x / xo (M, L) float32,
+    xg (M, G), s and zc (N, G) float32, bias (N,) or None -> (M, N) float32. All contiguous."""
+    m, n, row = x.shape[0], w.shape[0], w.shape[1]
+    for t in (w, x, xo, xg, s, zc, bias):
+        if t is not None and not t.is_contiguous():
+            raise ValueError("native wo_gemm needs contiguous tensors")
+    if x.shape[1] != row or row % groups or s.shape != (n, groups) or zc.shape != (n, groups):
+        raise ValueError(f"native wo_gemm: inconsistent shapes w {tuple(w.shape)}, x {tuple(x.shape)}, "
+                         f"scales {tuple(s.shape)} for {groups} groups")
+    y = torch.empty(m, n, dtype=torch.float32)
+    rc = _lib().qb_wo_gemm(bits, _ptr(w), _ptr(x), _ptr(xo), _ptr(xg), _ptr(s), _ptr(zc), _ptr(bias), _ptr(y),
+                           m, n, row, groups, row // groups, _threads(m * n * row))
+    if rc:
+        raise ValueError(f"native wo_gemm rejected its arguments (code {rc})")
+    return y
+
+
+def wo_dequant(bits: int, w: torch.Tensor, s: torch.Tensor, zc: torch.Tensor, k: int, groups: int) -> torch.Tensor:
+    """(N, K) float32 weights (code + zc) * s from the stored codes (w as for wo_gemm)."""
+    n, row = w.shape
+    if row % groups or s.shape != (n, groups) or zc.shape != (n, groups) or not w.is_contiguous():
+        raise ValueError("native wo_dequant: inconsistent or non-contiguous arguments")
+    out = torch.empty(n, k, dtype=torch.float32)
+    rc = _lib().qb_wo_dequant(bits, _ptr(w), _ptr(s), _ptr(zc), _ptr(out), n, row, groups, row // groups, k,
+                              _threads(n * k))
+    if rc:
+        raise ValueError(f"native wo_dequant rejected its arguments (code {rc})")
+    return out
+
+
+def quant_u8(x: torch.Tensor, bits: int, signed: bool, symmetric: bool, per_row: bool,
+             qparams: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
+    """qbench's quantization of x (M, K) float32 with codes shifted into uint8 (signed + 128).
+
+    Returns (codes uint8 (M, K), scale (M,) or (1,) float32, zero point (M,) or (1,) int32 in the
+    uint8 domain). With `qparams` (per-tensor scale and zero point in the spec's own domain) they are used.
+    """
+    if not x.is_contiguous() or x.dtype != torch.float32 or x.dim() != 2:
+        raise ValueError("native quant_u8 needs a contiguous 2-D float32 tensor")
+    m, k = x.shape
+    out = torch.empty(m, k, dtype=torch.uint8)
+    rows = m if per_row and qparams is None else 1
+    scale = torch.empty(rows, dtype=torch.float32)
+    zp = torch.empty(rows, dtype=torch.int32)
+    if qparams is not None:
+        if qparams[0].numel() != 1 or qparams[1].numel() != 1:
+            raise ValueError("native quant_u8: given (static) qparams must be one scale and one zero point")
+        scale.copy_(qparams[0].reshape(-1)[:1])
+        zp.copy_(qparams[1].reshape(-1)[:1].to(torch.int32) + (128 if signed else 0))
+    rc = _lib().qb_quant_u8(_ptr(x), _ptr(out), _ptr(scale), _ptr(zp), m, k, int(per_row and qparams is None),
+                            int(symmetric), int(signed), bits, int(qparams is not None), _threads(m * k))
+    if rc:
+        raise ValueError(f"native quant_u8 rejected its arguments (code {rc})")
+    return out, scale, zp
+
+
+def row_epilogue_(y: torch.Tensor, row_scale: torch.Tensor, dz: Optional[torch.Tensor], c: Optional[torch.Tensor],
+                  bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """In place, one pass: y[m, n] = row_scale[m] * (y[m, n] - dz[m] * c[n]) + bias[n] (dz, bias optional).
+    y (M, N), row_scale and dz (M,), c and bias (N,): contiguous float32."""
+    m, n = y.shape
+    for t, size in ((y, m * n), (row_scale, m), (dz, m), (c, n if dz is not None else None), (bias, n)):
+        if t is not None and (t.dtype != torch.float32 or not t.is_contiguous() or (size and t.numel() != size)):
+            raise ValueError("native row_epilogue_: float32 contiguous tensors of matching sizes needed")
+    rc = _lib().qb_row_epilogue(_ptr(y), _ptr(row_scale), _ptr(dz), _ptr(c), _ptr(bias), m, n, _threads(m * n))
+    if rc:
+        raise ValueError(f"native row_epilogue_ rejected its arguments (code {rc})")
+    return y

@@ -1,0 +1,53 @@
+"""benchmarks/gemm.py in --quick mode: it runs, prints a table and writes the JSON it promises."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gemm.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("qbench_gemm_benchmark", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod                      # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quick_run_writes_table_and_json(tmp_path, capsys):
+    out = tmp_path / "gemm.json"
+    result = load().main(["--quick", "--json", str(out)])                 # shapes 1x256x320, 24x200x136
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["rows"] == json.loads(json.dumps(result["rows"]))
+    assert {"int8_gops", "fp32_gflops", "mem_gbs"} <= set(data["ceilings"])
+    rows = {r["contender"]: r for r in data["rows"]}
+    assert {"fp32 (torch linear)", "bf16 (torch linear)", "qbench w8a8 dyn per-token asym",
+            "qbench int8 weight-only", "qbench int4 g128 weight-only"} <= set(rows)
+    assert any(r["peer"] for r in data["rows"])
+    for shape in {r["shape"] for r in data["rows"]}:                # ratios are to the faster fp32 baseline
+        fp32 = [r["vs_fp32"] for r in data["rows"] if r["shape"] == shape and "fp32" in r["contender"]
+                and r["kind"] == "baseline"]
+        assert max(fp32) == 1.0
+    for r in data["rows"]:
+        assert r["median_ms"] > 0 and r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
+        assert r["rel_err_vs_fp64"] < 0.2, r["contender"]            # every contender computes the layer
+    assert {o["granularity"] for o in data["asym_overhead"]} == {"per-tensor", "per-token"}
+    assert {t["target"] for t in data["targets"]} >= {"int8 weight-only >= 2.5x fp32 at M = 1",
+                                                      "W8A8 >= 3x fp32 at M >= 16"}
+    assert "(M, K, N) = (24, 200, 136)" in printed and "asymmetric vs symmetric" in printed
+    assert "targets of the issue" in printed
+
+
+def test_bad_shape_is_rejected():
+    mod = load()
+    try:
+        mod.parse_shapes("3x256")
+    except SystemExit as e:
+        assert "MxKxN" in str(e)
+    else:
+        raise AssertionError("a bad shape was accepted")
+    assert mod.parse_shapes("minilm") == [(1024, 384, 384), (1024, 384, 1536), (1024, 1536, 384)]

@@ -1,0 +1,368 @@
+"""The fast CPU kernels (int8_onednn, int8_wo_native, int4_wo_native) and qbench's native quantizer.
+
+Oracles: the codes of primitives.quantize (the native quantizer must give identical ones), exact int64
+accumulations of (q - z) products, float64 matmuls of dequantized weights, and the reference kernel.
+Shapes are random-ish on purpose: M from 1 to 2048, K and N mostly not multiples of 16 or 64.
+"""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from qbench.engine.kernels import KERNELS, native, select_kernel
+from qbench.engine.kernels.decode import DECODE_MAX_M
+from qbench.engine.modules import QuantLinear
+from qbench.engine.primitives import QuantSpec, choose_qparams, quantize
+from qbench.errors import KernelUnavailable
+
+REF = KERNELS.get("reference")
+ONEDNN, WO8, WO4 = (KERNELS.get(n) for n in ("int8_onednn", "int8_wo_native", "int4_wo_native"))
+
+needs_native = pytest.mark.skipif(native.unavailable() is not None, reason=f"native kernels: {native.unavailable()}")
+needs_onednn = pytest.mark.skipif(
+    ONEDNN.supports(QuantSpec(8), QuantSpec(8, False, False), "cpu") is not None,
+    reason=f"{ONEDNN.supports(QuantSpec(8), QuantSpec(8, False, False), 'cpu')}")
+
+
+def make_problem(m: int, k: int, n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * 0.08 + torch.randn(n, 1, generator=g) * 0.03   # row offsets
+    b = torch.randn(n, generator=g) * 0.1
+    x = (torch.randn(m, k, generator=g) + 0.4) * (0.5 + 3 * torch.rand(m, 1, generator=g))  # row scales
+    return w, b, x
+
+
+def rows(p: torch.Tensor) -> torch.Tensor:
+    return p.reshape(-1, 1)
+
+
+def weight64(w, spec) -> torch.Tensor:
+    qw = quantize(w, spec)
+    s, z = qw.scale.double(), qw.zero_point.double()
+    if spec.granularity == "per_group":
+        s, z = s.repeat_interleave(spec.group_size, 1), z.repeat_interleave(spec.group_size, 1)
+    else:
+        s, z = rows(s), rows(z)
+    return (qw.data.double() - z) * s
+
+
+# ----------------------------------------------------------------------------- native quantizer
+
+
+A_SPECS = [QuantSpec(bits, signed, sym, gran) for bits, signed, sym, gran in itertools.product(
+    [8, 6, 4, 2], [True, False], [True, False], ["per_tensor", "per_token"])]
+
+
+@needs_native
+@pytest.mark.parametrize("spec", A_SPECS, ids=[s.describe().replace(" ", "-") for s in A_SPECS])
+def test_native_quantizer_codes_identical(spec):
+    g = torch.Generator().manual_seed(spec.bits * 7 + spec.signed * 3 + spec.symmetric)
+    shift = 128 if spec.signed else 0
+    cases = [torch.randn(m, k, generator=g) * torch.rand(m, 1, generator=g) * 4 + 0.3
+             for m, k in ((1, 7), (5, 100), (33, 200), (3, 1000))]
+    cases.append(torch.zeros(4, 40))                                             # all-zero blocks
+    cases.append(torch.cat([torch.zeros(1, 50), -torch.rand(2, 50, generator=g)]))  # one-signed rows
+    for x in cases:
+        q = quantize(x, spec)
+        codes, s, z = native.quant_u8(x, spec.bits, spec.signed, spec.symmetric, spec.granularity == "per_token")
+        assert torch.equal(codes.to(torch.int16), q.data.to(torch.int16) + shift)
+        assert torch.equal(s, q.scale.reshape(-1)) and torch.equal(z, q.zero_point.reshape(-1) + shift)
+
+
+@needs_native
+@pytest.mark.parametrize("signed", [True, False])
+def test_native_quantizer_static_ties_and_outliers(signed):
+    """Exact half steps (round half to even decides), values far outside the range (clamp), and scales
+    whose reciprocal is inexact: the codes still match primitives.quantize one for one."""
+    spec = QuantSpec(8, signed, False, "per_tensor")
+    for scale in (0.01, 0.1, 1 / 3, 7.3e-3, 2.0 ** -9):
+        s = torch.tensor(scale, dtype=torch.float32)
+        z = torch.tensor(-3 if signed else 131, dtype=torch.int32)
+        halves = (torch.arange(-600, 600, dtype=torch.float32) + 0.5) * s            # ties and near-ties
+        near = torch.cat([torch.nextafter(halves, halves + 1), torch.nextafter(halves, halves - 1)])
+        x = torch.cat([halves, near, torch.tensor([1e9, -1e9, 3e38, -3e38, 1e-40])]).reshape(1, -1)
+        q = quantize(x, spec, s, z)
+        codes, _, _ = native.quant_u8(x.contiguous(), 8, signed, False, False, (s, z))
+        assert torch.equal(codes.to(torch.int16), q.data.to(torch.int16) + (128 if signed else 0))
+
+
+@needs_native
+def test_native_quantizer_two_threads():
+    """Large enough to be split across threads (per-tensor: min/max per span, then codes per span)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(301, 1003, generator=torch.Generator().manual_seed(5)) * 2 + 0.5
+        for spec in (QuantSpec(8, False, False, "per_tensor"), QuantSpec(8, True, True, "per_token")):
+            q = quantize(x, spec)
+            codes, s, z = native.quant_u8(x, 8, spec.signed, spec.symmetric, spec.granularity == "per_token")
+            assert torch.equal(codes.to(torch.int16), q.data.to(torch.int16) + (128 if spec.signed else 0))
+            assert torch.equal(s, q.scale.reshape(-1))
+    finally:
+        torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- int8_onednn (W8A8)
+
+
+W_SYM = [QuantSpec(8, True, True, "per_channel"), QuantSpec(8, True, True, "per_tensor"),
+         QuantSpec(8, False, True, "per_channel"), QuantSpec(7, True, True, "per_channel")]
+ONEDNN_SHAPES = [(1, 24, 8), (2, 100, 50), (7, 200, 129), (16, 384, 300), (17, 1000, 33), (33, 96, 64),
+                 (130, 200, 136), (2048, 72, 40)]
+
+
+def exact_acc(x, a_spec, w, w_spec, act_qparams=None):
+    qa = quantize(x, a_spec, *act_qparams) if act_qparams else quantize(x, a_spec)
+    qw = quantize(w, w_spec)
+    acc = (qa.data.long() - rows(qa.zero_point.long())) @ (qw.data.long() - rows(qw.zero_point.long())).t()
+    return acc, rows(qa.scale.double()), rows(qw.scale.double()).t()
+
+
+def check_onednn(m, k, n, w_spec, a_spec, seed, act_qparams=None, x=None):
+    w, b, x0 = make_problem(m, k, n, seed)
+    x = x0 if x is None else x
+    exact, a_s, w_s = exact_acc(x, a_spec, w, w_spec, act_qparams)
+    assert int(exact.abs().max()) < 2 ** 20
+    # the integer products: output / scales recovers the exact int64 accumulation to float32 rounding
+    y_nb = ONEDNN.forward(ONEDNN.prepare(w, None, w_spec, a_spec, act_qparams), x)
+    acc = y_nb.double() / (a_s * w_s)
+    assert (acc - exact.double()).abs().max() < 0.25 + 4e-7 * float(exact.abs().max())
+    # rescale and bias against float64, and against the reference kernel
+    y = ONEDNN.forward(ONEDNN.prepare(w, b, w_spec, a_spec, act_qparams), x)
+    assert y.shape == (m, n) and y.dtype == torch.float32
+    y64 = exact.double() * a_s * w_s + b.double()
+    out_scale = float(y64.abs().max())
+    assert (y.double() - y64).abs().max() <= 1e-5 * out_scale
+    y_ref = REF.forward(REF.prepare(w, b, w_spec, a_spec, act_qparams), x)
+    assert (y.double() - y_ref.double()).abs().max() <= 1e-5 * out_scale
+    return y
+
+
+ONEDNN_COMBOS = list(itertools.product(range(len(W_SYM)), range(len(A_SPECS))))
+
+
+@needs_onednn
+@pytest.mark.parametrize("wi", range(len(W_SYM)), ids=[s.describe().replace(" ", "-") for s in W_SYM])
+def test_int8_onednn_exact_and_matches_reference(wi):
+    for ai, a_spec in enumerate(A_SPECS):
+        m, k, n = ONEDNN_SHAPES[(wi * 5 + ai) % len(ONEDNN_SHAPES)]
+        if m * k * n > 20_000_000:
+            continue
+        check_onednn(m, k, n, W_SYM[wi], a_spec, seed=wi * 100 + ai)
+
+
+@needs_onednn
+@pytest.mark.parametrize("a_spec", [QuantSpec(8, False, False, "per_token"), QuantSpec(8, True, True, "per_tensor")],
+                         ids=["token-asym", "tensor-sym"])
+def test_int8_onednn_all_shapes(a_spec):
+    for i, (m, k, n) in enumerate(ONEDNN_SHAPES):
+        check_onednn(m, k, n, W_SYM[0], a_spec, seed=500 + i)
+
+
+@needs_onednn
+@pytest.mark.parametrize("a_spec", [QuantSpec(8, False, False), QuantSpec(8, True, False), QuantSpec(8, True, True)],
+                         ids=["uint8-asym", "int8-asym", "int8-sym"])
+def test_int8_onednn_static_activations(a_spec):
+    m, k, n = 17, 100, 50
+    g = torch.Generator().manual_seed(11)
+    calib = torch.randn(64, k, generator=g) + 0.4
+    qp = choose_qparams(calib.min(), calib.max(), a_spec)
+    x = (torch.randn(m, k, generator=g) + 0.4) * 1.5                     # partly outside: those clamp
+    y = check_onednn(m, k, n, W_SYM[0], a_spec, seed=7, act_qparams=qp, x=x)
+    w, b, _ = make_problem(m, k, n, 7)
+    y_dyn = ONEDNN.forward(ONEDNN.prepare(w, b, W_SYM[0], a_spec), x)
+    assert not torch.allclose(y, y_dyn, rtol=0, atol=1e-6)               # the static qparams are used
+
+
+@needs_onednn
+def test_int8_onednn_without_native_quantizer_gives_same_outputs(monkeypatch):
+    """Where the C library cannot be built, the torch quantizer and epilogue run: same codes, same outputs."""
+    w, b, x = make_problem(19, 200, 40, seed=3)
+    for a_spec in (QuantSpec(8, False, False, "per_token"), QuantSpec(8, True, True, "per_token"),
+                   QuantSpec(8, False, False, "per_tensor")):
+        state = ONEDNN.prepare(w, b, W_SYM[0], a_spec)
+        y_native = ONEDNN.forward(state, x)
+        monkeypatch.setattr(native, "unavailable", lambda: "no compiler (test)")
+        y_torch = ONEDNN.forward(state, x)
+        monkeypatch.undo()
+        torch.testing.assert_close(y_torch, y_native, rtol=1e-6, atol=1e-6 * float(y_native.abs().max()))
+
+
+@pytest.mark.parametrize("w_spec", [QuantSpec(8, True, True, "per_channel"), QuantSpec(8, False, False, "per_tensor")],
+                         ids=["sym", "asym-uint8"])
+def test_int8_int_mm_native_and_torch_quantizers_agree(monkeypatch, w_spec):
+    """int8_int_mm quantizes with the native quantizer when built, else with torch: identical outputs."""
+    int_mm = KERNELS.get("int8_int_mm")
+    w, b, x = make_problem(23, 200, 40, seed=4)
+    for a_spec in (QuantSpec(8, False, False, "per_token"), QuantSpec(8, True, True, "per_tensor"),
+                   QuantSpec(4, True, False, "per_token")):
+        state = int_mm.prepare(w, b, w_spec, a_spec)
+        y_native = int_mm.forward(state, x)
+        monkeypatch.setattr(native, "unavailable", lambda: "no compiler (test)")
+        y_torch = int_mm.forward(state, x)
+        monkeypatch.undo()
+        assert torch.equal(y_native, y_torch)
+
+
+# ----------------------------------------------------------------------------- weight-only native kernels
+
+
+WO8_SPECS = [QuantSpec(8, signed, sym, gran, gs) for signed, sym, (gran, gs) in itertools.product(
+    [True, False], [True, False], [("per_tensor", None), ("per_channel", None), ("per_group", 20)])]
+WO4_SPECS = [QuantSpec(bits, signed, sym, gran, gs) for bits, signed, sym, (gran, gs) in itertools.product(
+    [4, 3, 2], [True, False], [True, False], [("per_group", 128), ("per_group", 6), ("per_channel", None)])]
+WO_MS = (1, 2, 5, 16, 17, 40)
+
+
+def check_weight_only(kernel, w_spec, k, seed, ms=WO_MS, n=45):
+    for i, m in enumerate(ms):
+        w, b, x = make_problem(m, k, n, seed + i)
+        bias = b if i % 2 == 0 else None
+        y = kernel.forward(kernel.prepare(w, bias, w_spec, None), x)
+        y64 = x.double() @ weight64(w, w_spec).t() + (0 if bias is None else bias.double())
+        y_ref = REF.forward(REF.prepare(w, bias, w_spec, None), x)
+        out_scale = float(y64.abs().max())
+        assert y.shape == (m, n) and y.dtype == torch.float32
+        assert (y.double() - y64).abs().max() <= 1e-5 * out_scale, (m, k)
+        assert (y.double() - y_ref.double()).abs().max() <= 1e-5 * out_scale, (m, k)
+
+
+@needs_native
+@pytest.mark.parametrize("w_spec", WO8_SPECS, ids=[s.describe().replace(" ", "-") for s in WO8_SPECS])
+def test_int8_wo_native_against_float64(w_spec):
+    check_weight_only(WO8, w_spec, k=100 if w_spec.group_size else 131, seed=40)
+
+
+@needs_native
+@pytest.mark.parametrize("w_spec", WO4_SPECS, ids=[s.describe().replace(" ", "-") for s in WO4_SPECS])
+def test_int4_wo_native_against_float64(w_spec):
+    k = {128: 384, 6: 102, None: 99}[w_spec.group_size]              # per_channel: odd K (padded nibble)
+    check_weight_only(WO4, w_spec, k=k, seed=60)
+
+
+@needs_native
+def test_weight_only_native_larger_shapes_two_threads():
+    """Both paths (M <= 16: the C GEMM; above: C dequantize + matmul) on bigger layers, split over threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        check_weight_only(WO4, QuantSpec(4, False, False, "per_group", 128), k=1536, seed=80,
+                          ms=(1, DECODE_MAX_M, DECODE_MAX_M + 1, 300), n=389)
+        check_weight_only(WO8, QuantSpec(8, True, True, "per_channel"), k=1000, seed=90,
+                          ms=(1, 9, DECODE_MAX_M + 1, 2048), n=77)
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_native
+def test_weight_only_native_dequantizes_in_blocks_of_rows(monkeypatch):
+    """Large weights at large M are dequantized a block of rows at a time; 45 rows in blocks of 8."""
+    from qbench.engine.kernels import decode
+
+    monkeypatch.setattr(decode, "CHUNK_BYTES", 1 << 14)
+    check_weight_only(WO8, QuantSpec(8, False, False, "per_channel"), k=1000, seed=95, ms=(17, 64))
+    check_weight_only(WO4, QuantSpec(4, True, False, "per_group", 128), k=1024, seed=96, ms=(17, 33))
+
+
+@needs_native
+def test_int4_wo_native_keeps_weights_packed():
+    w, b, _ = make_problem(1, 256, 64, seed=1)
+    state = WO4.prepare(w, b, QuantSpec(4, True, False, "per_group", 32), None)
+    assert state["codes"].dtype == torch.uint8 and state["codes"].shape == (64, 128)
+
+
+# ----------------------------------------------------------------------------- dtypes, selection, refusals
+
+
+@pytest.mark.parametrize("name,w_spec,a_spec", [
+    ("int8_onednn", QuantSpec(8, True, True, "per_channel"), QuantSpec(8, False, False, "per_token")),
+    ("int8_wo_native", QuantSpec(8, True, False, "per_channel"), None),
+    ("int4_wo_native", QuantSpec(4, True, True, "per_group", 32), None),
+])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs(name, w_spec, a_spec, dtype):
+    kernel = KERNELS.get(name)
+    if kernel.supports(w_spec, a_spec, "cpu"):
+        pytest.skip(kernel.supports(w_spec, a_spec, "cpu"))
+    w, b, x = make_problem(5, 64, 24, seed=9)
+    layer = QuantLinear(w, b, kernel, w_spec, a_spec)
+    y32 = layer(x)
+    y = layer(x.to(dtype))
+    assert y.dtype == dtype and y.shape == (5, 24)
+    torch.testing.assert_close(y.float(), y32, rtol=0.05, atol=0.05 * float(y32.abs().max()))
+
+
+W8_CH, A8 = QuantSpec(8, True, True, "per_channel"), QuantSpec(8, False, False)
+
+
+@pytest.mark.parametrize("name,w_spec,a_spec,match", [
+    ("int8_onednn", QuantSpec(8, True, False, "per_channel"), A8, "asymmetric weights"),
+    ("int8_onednn", QuantSpec(8, True, True, "per_group", 32), A8, "per_group"),
+    ("int8_onednn", W8_CH, None, "needs quantized activations"),
+    ("int8_wo_native", W8_CH, A8, "activations"),
+    ("int8_wo_native", QuantSpec(4, True, True, "per_channel"), None, "two per byte"),
+    ("int4_wo_native", W8_CH, None, "at most 4-bit"),
+    ("int4_wo_native", QuantSpec(4, True, True, "per_group", 7), None, "even group_size"),
+])
+def test_forced_fast_kernels_refuse_what_they_cannot_run(name, w_spec, a_spec, match):
+    with pytest.raises(KernelUnavailable, match=match):
+        select_kernel(w_spec, a_spec, "cpu", name)
+
+
+@pytest.mark.parametrize("name", ["int8_onednn", "int8_wo_native", "int4_wo_native"])
+def test_fast_kernels_are_cpu_only(name):
+    with pytest.raises(KernelUnavailable, match="cuda"):
+        select_kernel(QuantSpec(4, True, True, "per_group", 32) if name == "int4_wo_native" else W8_CH,
+                      A8 if name == "int8_onednn" else None, "cuda", name)
+
+
+@needs_native
+def test_unsupported_shapes_raise():
+    w = torch.randn(16, 100)
+    with pytest.raises(ValueError, match="group_size"):
+        WO4.prepare(w, None, QuantSpec(4, True, True, "per_group", 32), None)     # 32 does not divide 100
+    with pytest.raises(ValueError, match="group_size"):
+        WO8.prepare(w, None, QuantSpec(8, True, True, "per_group", 30), None)
+    state = WO8.prepare(w, None, W8_CH, None)
+    with pytest.raises(ValueError, match="inconsistent"):
+        native.wo_gemm(8, state["codes"], torch.randn(2, 99), None, torch.randn(2, 1), state["s"], state["zc"],
+                       None, 1)
+    with pytest.raises(ValueError, match="inconsistent"):                          # K mismatch, C path
+        WO8.forward(state, torch.randn(2, 99))
+    with pytest.raises(RuntimeError):                                              # K mismatch, matmul path
+        WO8.forward(state, torch.randn(DECODE_MAX_M + 1, 99))
+
+
+def test_native_unavailable_is_a_reason_not_a_crash(monkeypatch):
+    monkeypatch.setattr(native, "unavailable", lambda: "no C compiler (test)")
+    assert WO8.supports(W8_CH, None, "cpu") == "no C compiler (test)"
+    assert WO4.supports(QuantSpec(4, True, True, "per_group", 32), None, "cpu") == "no C compiler (test)"
+    assert select_kernel(W8_CH, None, "cpu").name == "int8_weight_only"
+    assert select_kernel(QuantSpec(4, True, True, "per_group", 32), None, "cpu").name == "int4_packed"
+
+
+def test_native_build_failure_is_a_reason(monkeypatch, tmp_path):
+    """A compiler that fails (here /bin/false) gives a reason string; nothing raises."""
+    monkeypatch.setenv("CC", "false")
+    monkeypatch.setenv("QBENCH_CACHE", str(tmp_path))
+    lib, why = native._load.__wrapped__()
+    assert lib is None and "native kernels" in why
+
+
+@needs_native
+def test_native_kernels_many_parallel_dispatches():
+    """Dispatch after dispatch across threads (torch's OpenMP runtime, or the native pool): same results."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        w, b, x = make_problem(3, 2048, 256, seed=12)
+        state = WO8.prepare(w, b, W8_CH, None)
+        first = WO8.forward(state, x)
+        for i in range(200):
+            assert torch.equal(WO8.forward(state, x), first)
+            if i % 50 == 0:
+                torch.nn.functional.linear(x, w)                      # torch's own parallel work in between
+    finally:
+        torch.set_num_threads(before)
