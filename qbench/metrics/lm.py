@@ -15,10 +15,11 @@ import json
 import math
 import os
 import time
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+
+from qbench.cache import cache_dir
 
 # SyntaxError messages that mean "the input ended too early", not "the input is wrong"
 _INCOMPLETE = ("was never closed", "unexpected eof", "expected an indented block", "unterminated triple-quoted",
@@ -82,15 +83,6 @@ def per_sequence(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- the reference cache
-def cache_dir() -> Path:
-    """Where baseline references live: $QBENCH_CACHE_DIR, else $XDG_CACHE_HOME/qbench, else ~/.cache/qbench."""
-    env = os.environ.get("QBENCH_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "qbench"
-
-
 def model_fingerprint(model, tokenizer) -> str:
     """sha256 over the model's parameters and buffers (names, dtypes, shapes, bytes) and the tokenizer vocab."""
     h = hashlib.sha256()

@@ -264,7 +264,6 @@ def test_cpu_selection_is_unchanged(monkeypatch):
     assert not set(picked) & set(base.CUDA_PREFERENCE)
     monkeypatch.setattr(base, "PREFERENCE", tuple(n for n in base.PREFERENCE if n not in base.CUDA_PREFERENCE))
     assert picked == [select_kernel(w, a, "cpu").name for w, a in configs]
-    assert picked[3] == "reference"
 
 
 def test_cuda_kernels_come_before_the_emulated_ones():

@@ -346,7 +346,7 @@ def test_native_unavailable_is_a_reason_not_a_crash(monkeypatch):
 def test_native_build_failure_is_a_reason(monkeypatch, tmp_path):
     """A compiler that fails (here /bin/false) gives a reason string; nothing raises."""
     monkeypatch.setenv("CC", "false")
-    monkeypatch.setenv("QBENCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("QBENCH_CACHE_DIR", str(tmp_path))
     lib, why = native._load.__wrapped__()
     assert lib is None and "native kernels" in why
 

@@ -1,6 +1,6 @@
 """qbench's own C kernels (qbench_cpu.c): built once with the system C compiler, loaded with ctypes.
 
-The library is cached under $QBENCH_CACHE (default ~/.cache/qbench)/native, keyed by the source, the
+The library is cached under qbench.cache.cache_dir() ($QBENCH_CACHE_DIR, default ~/.cache/qbench)/native, keyed by the source, the
 compiler and the CPU, so a machine builds it once (about a second). Where no compiler is found or the build
 fails, `unavailable()` says why and the kernels that need it decline every configuration.
 """
@@ -24,8 +24,9 @@ _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("QBENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "qbench")
-    return Path(root) / "native"
+    from qbench.cache import cache_dir
+
+    return cache_dir() / "native"
 
 
 def _cpu_flags() -> str:
