@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from qbench.report.fmt import (CONTENDED, DASH, GLOSSARY, MIN_EVAL, NOISE_LIMIT, PRIMARY, SIZE_METRICS, Index,
-                               _overlap, fmt, mib, num, sig, table, with_ci)
+                               fmt, mib, num, sig, table, with_ci)
 from qbench.report.gates import gates_failed, gates_verdict, status_text
 
 def summary(ix: Index, order: dict, cells: list) -> list:
@@ -41,14 +41,12 @@ def summary(ix: Index, order: dict, cells: list) -> list:
             qual = [(w, r) for w, r in qual if r and num(r["value"]) is not None]
             for w, r in qual:
                 parts.append(f"{w} {label} {fmt(r['value'], metric)}")
-            if len(qual) >= 2:
-                worse_high = metric == "log_ppl_ratio"
-                ranked = sorted(qual, key=lambda q: num(q[1]["value"]), reverse=worse_high)
-                (worst, wr), (best, br) = ranked[0], ranked[-1]
-                if _overlap(wr, br) or num(wr["value"]) == num(br["value"]):
-                    tail = f" — {worst} vs {best}: not distinguishable at this sample size"
-                else:
-                    tail = f" — {worst} degrades more"
+            if len(qual) >= 2:  # the same test as the contrast section: the difference's interval
+                (wa, ra), (wb, rb) = qual[0], qual[1]
+                worse = next(f for mt, _, f in CONTRAST.get(task, ()) if mt == metric)
+                verdict = _verdict(wa, wb, ra, rb, worse)[1]
+                tail = (f" — {verdict}" if "degrades more" in verdict
+                        else f" — {wa} vs {wb}: not distinguishable at this sample size")
             if not parts:
                 why = "; ".join(f"{c.get('workload')}: {c.get('status')} ({c.get('reason') or 'no reason'})"
                                 for c in mine if c.get("status") != "ok")
@@ -77,21 +75,8 @@ def contrast(ix: Index, order: dict, cells: list) -> dict | None:
                 ra, rb = ix.get(m, s, a, metric), ix.get(m, s, b, metric)
                 if not (ra and rb) or None in (num(ra["value"]), num(rb["value"])):
                     continue
-                da, db = worse(num(ra["value"])), worse(num(rb["value"]))
-                diff, half = db - da, None
-                cis = [(num(r.get("ci_low")), num(r.get("ci_high"))) for r in (ra, rb)]
-                if all(None not in ci for ci in cis):
-                    se = [(hi - lo) / (2 * Z95) for lo, hi in cis]
-                    half = Z95 * (se[0] ** 2 + se[1] ** 2) ** 0.5
                 shown = [_degr(worse, r) for r in (ra, rb)]
-                diff_s = sig(diff) + (f" [{sig(diff - half)}, {sig(diff + half)}]" if half is not None else "")
-                if half is None:
-                    verdict = "no interval"
-                elif abs(diff) <= half:
-                    verdict = "not distinguishable"
-                else:
-                    more, less, dm, dl = (b, a, db, da) if diff > 0 else (a, b, da, db)
-                    verdict = f"{more} degrades more" + (f" ({dm / dl:.1f}x {less})" if dl > 0 else "")
+                diff_s, verdict = _verdict(a, b, ra, rb, worse)
                 rows.append({"cells": [m, s, label, shown[0], shown[1], diff_s, verdict],
                              "flag": "degrades more" in verdict})
     if not rows:
@@ -103,6 +88,23 @@ def contrast(ix: Index, order: dict, cells: list) -> dict | None:
                     "A workload degrades more only when that interval excludes 0.",
             "table": table(["Model", "Scheme", "Degradation", a, b, f"{b} − {a} [95% CI]", "Verdict"], rows,
                            "lllrrrl")}
+
+
+def _verdict(a: str, b: str, ra: dict, rb: dict, worse) -> tuple[str, str]:
+    """(b − a degradation difference [95% CI] as text, verdict): which workload degrades more, if any."""
+    da, db = worse(num(ra["value"])), worse(num(rb["value"]))
+    diff, half = db - da, None
+    cis = [(num(r.get("ci_low")), num(r.get("ci_high"))) for r in (ra, rb)]
+    if all(None not in ci for ci in cis):
+        se = [(hi - lo) / (2 * Z95) for lo, hi in cis]
+        half = Z95 * (se[0] ** 2 + se[1] ** 2) ** 0.5
+    diff_s = sig(diff) + (f" [{sig(diff - half)}, {sig(diff + half)}]" if half is not None else "")
+    if half is None:
+        return diff_s, "no interval"
+    if abs(diff) <= half:
+        return diff_s, "not distinguishable"
+    more, less, dm, dl = (b, a, db, da) if diff > 0 else (a, b, da, db)
+    return diff_s, f"{more} degrades more" + (f" ({dm / dl:.1f}x {less})" if dl > 0 else "")
 
 
 def _degr(worse, r) -> str:

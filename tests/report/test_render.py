@@ -74,9 +74,9 @@ def test_md_quality_side_by_side(card):
     md = card["md"]
     assert "| Model | Scheme | Metric | text | code |" in md
     assert "| minilm | w8a8-dyn | cosine_mean | 0.9981 [0.9976, 0.9985] | 0.9952 [0.9943, 0.9960] |" in md
-    assert "text cosine 0.9981, code cosine 0.9952 — code degrades more." in md
+    assert "text cosine 0.9981, code cosine 0.9952 — code degrades more (2.5x text)." in md
     # w4-g32: CIs overlap, so no workload is named as worse
-    assert "code cosine 0.9838 — code vs text: not distinguishable at this sample size." in md
+    assert "code cosine 0.9838 — text vs code: not distinguishable at this sample size." in md
 
 
 def test_md_quant_map_flags_mismatch(card):
@@ -185,7 +185,7 @@ def test_causal_lm_higher_log_ppl_ratio_degrades_more(run):
         edit_json(p, to_causal)
     render_card(run)
     md = (run / "card.md").read_text(encoding="utf-8")
-    assert "text log-PPL ratio 0.998, code log-PPL ratio 0.995 — text degrades more." in md
+    assert "text log-PPL ratio 0.998, code log-PPL ratio 0.995 — text degrades more (1.0x code)." in md
 
 
 def test_no_torch_import(run):
