@@ -207,9 +207,11 @@ def test_noise_floor_and_reference_reuse_across_runs(tiny_models, tmp_path):
     for outcome in (first, second):
         f = load_results(outcome.run_dir).frame()
         value = lambda m: f[f.metric == m].value  # noqa: E731
-        assert (value("kl_mean") == 0).all() and (value("kl_max") == 0).all()
-        assert (value("top1_agreement") == 1).all() and (value("log_ppl_ratio") == 0).all()
-        assert (value("gen_exact_match") == 1).all() and (value("p_top_change") == 0).all()
+        # a copy of a model can round differently in the last bit (memory alignment picks the SIMD path),
+        # so the floor is zero up to float64 noise; identical logits give exactly 0 (tests/metrics/test_lm.py)
+        assert (value("kl_mean").abs() < 1e-10).all() and (value("kl_max").abs() < 1e-9).all()
+        assert (value("top1_agreement") == 1).all() and (value("log_ppl_ratio").abs() < 1e-9).all()
+        assert (value("gen_exact_match") == 1).all() and (value("p_top_change").abs() < 1e-9).all()
     caches = [json.loads((o.run_dir / "meta.json").read_text())["models"]["gpt2"]["lm_reference"]
               for o in (first, second)]
     assert caches[1]["builtin:text"]["key"] == caches[0]["builtin:text"]["key"]
