@@ -16,6 +16,7 @@ from qbench.engine.kernels.decode import DECODE_MAX_M
 from qbench.engine.modules import QuantLinear
 from qbench.engine.primitives import QuantSpec, choose_qparams, quantize
 from qbench.errors import KernelUnavailable
+from tests.engine.test_kernels import make_problem, rows, weight64
 
 REF = KERNELS.get("reference")
 ONEDNN, WO8, WO4 = (KERNELS.get(n) for n in ("int8_onednn", "int8_wo_native", "int4_wo_native"))
@@ -24,28 +25,6 @@ needs_native = pytest.mark.skipif(native.unavailable() is not None, reason=f"nat
 needs_onednn = pytest.mark.skipif(
     ONEDNN.supports(QuantSpec(8), QuantSpec(8, False, False), "cpu") is not None,
     reason=f"{ONEDNN.supports(QuantSpec(8), QuantSpec(8, False, False), 'cpu')}")
-
-
-def make_problem(m: int, k: int, n: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, k, generator=g) * 0.08 + torch.randn(n, 1, generator=g) * 0.03   # row offsets
-    b = torch.randn(n, generator=g) * 0.1
-    x = (torch.randn(m, k, generator=g) + 0.4) * (0.5 + 3 * torch.rand(m, 1, generator=g))  # row scales
-    return w, b, x
-
-
-def rows(p: torch.Tensor) -> torch.Tensor:
-    return p.reshape(-1, 1)
-
-
-def weight64(w, spec) -> torch.Tensor:
-    qw = quantize(w, spec)
-    s, z = qw.scale.double(), qw.zero_point.double()
-    if spec.granularity == "per_group":
-        s, z = s.repeat_interleave(spec.group_size, 1), z.repeat_interleave(spec.group_size, 1)
-    else:
-        s, z = rows(s), rows(z)
-    return (qw.data.double() - z) * s
 
 
 # ----------------------------------------------------------------------------- native quantizer
