@@ -6,9 +6,10 @@ Snapshots are plain JSON-ready dicts so a cell record can carry them as they are
 """
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Callable, Optional
+
+from qbench.metrics.timing import PeriodicSampler
 
 # NVML clock event ("throttle") reasons: bit -> name (nvmlClocksEventReason* / nvmlClocksThrottleReason*)
 THROTTLE_REASONS = (
@@ -148,19 +149,18 @@ class Nvml:
         }
 
 
-class ThrottleSampler:
+class ThrottleSampler(PeriodicSampler):
     """Polls one GPU's throttle reasons, temperature and SM clock every `interval` s while a block runs.
 
     Reasons are instantaneous in NVML, so a before/after snapshot alone misses throttling in between.
     """
 
     def __init__(self, nvml: Nvml, handle, interval: float = 0.05):
-        self.nvml, self.handle, self.interval = nvml, handle, interval
+        self.nvml, self.handle = nvml, handle
         self.mask, self.samples = 0, 0
         self.max_temperature_c: Optional[int] = None
         self.min_sm_clock_mhz: Optional[int] = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(interval)
 
     def sample(self) -> None:
         nv, h = self.nvml.nv, self.handle
@@ -174,20 +174,6 @@ class ThrottleSampler:
             self.max_temperature_c = max(temp, self.max_temperature_c or temp)
         if clock is not None:
             self.min_sm_clock_mhz = min(clock, self.min_sm_clock_mhz or clock)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "ThrottleSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
 
     def summary(self) -> dict:
         reasons = decode_throttle(self.mask)

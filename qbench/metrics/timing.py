@@ -51,30 +51,46 @@ def _cuda_timer(device: str) -> Callable[[Callable[[], object]], float]:
     return timer
 
 
-class RssSampler:
-    """Peak resident set size of this process, sampled every `interval` seconds in a thread."""
+class PeriodicSampler:
+    """Calls `sample()` every `interval` seconds in a thread while a `with` block runs, and once more at its end.
 
-    def __init__(self, interval: float = 0.002):
-        import psutil
+    Subclasses set their state before calling `__init__` and implement `sample()`.
+    """
 
-        self._proc = psutil.Process()
+    def __init__(self, interval: float):
         self.interval = interval
-        self.peak = self._proc.memory_info().rss
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self.sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self):
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self.sample()
+
+
+class RssSampler(PeriodicSampler):
+    """Peak resident set size of this process, sampled every `interval` seconds in a thread."""
+
+    def __init__(self, interval: float = 0.002):
+        import psutil
+
+        self._proc = psutil.Process()
+        self.peak = self._proc.memory_info().rss
+        super().__init__(interval)
+
+    def sample(self) -> None:
         self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
