@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import math
 import os
 import time
 from typing import Callable, Optional
@@ -213,9 +212,3 @@ def time_prefill_decode(base, quant, ids: torch.Tensor, decode_tokens: int, *, w
             res[f"prefill_{name}"].append(p)
             res[f"decode_{name}"].append(d / max(1, decode_tokens))
     return res
-
-
-def percentile(x, q: float) -> float:
-    import numpy as np
-
-    return float(np.quantile(np.asarray(x, dtype=float), q)) if len(x) else math.nan

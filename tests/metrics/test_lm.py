@@ -9,8 +9,8 @@ import torch
 
 from qbench.metrics.lm import (cat_refs, load_or_compute, model_fingerprint, prefix_match, python_prefix_ok,
                                reference_topk, slice_ref, token_stats)
-from qbench.metrics.quality import lm_token_stats
 from qbench.runner.measure import generation_rows, lm_rows
+from tests.metrics.test_quality import lm_token_stats
 
 
 def _logits_from_probs(probs):

@@ -5,8 +5,38 @@ import math
 
 import torch
 
-from qbench.metrics.quality import (cosine_per_sample, lm_token_stats, mean_pool, nearest_neighbours,
-                                    nn_agreement)
+from qbench.metrics.quality import cosine_per_sample, mean_pool, nearest_neighbours, nn_agreement
+
+
+def lm_token_stats(base_logits: torch.Tensor, quant_logits: torch.Tensor, input_ids: torch.Tensor,
+                   mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Full-logit float64 oracle of next-token statistics, per sequence (qbench.metrics.lm works on a top-k
+    reference; with k = vocabulary it must agree with this).
+
+    base_logits, quant_logits: (B, T, V) for positions predicting input_ids[:, 1:].
+    Returns nll_base (B,), nll_quant (B,) mean negative log-likelihood per sequence; kl (B,) mean
+    KL(p_base || p_quant) per sequence; top1 (B,) share of positions with the same argmax;
+    kl_tokens (n,) KL per scored token; n_tokens (B,).
+    """
+    lb = torch.log_softmax(base_logits[:, :-1].double(), dim=-1)      # (B, T-1, V)
+    lq = torch.log_softmax(quant_logits[:, :-1].double(), dim=-1)
+    target = input_ids[:, 1:]
+    valid = (mask[:, 1:] * mask[:, :-1]).bool()                          # (B, T-1)
+    n = valid.sum(dim=1).clamp(min=1).double()
+    nll_b = -lb.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    nll_q = -lq.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    kl = (lb.exp() * (lb - lq)).sum(dim=-1).clamp(min=0)               # (B, T-1)
+    top1 = (lb.argmax(-1) == lq.argmax(-1)).double()
+    v = valid.double()
+    return {
+        "nll_base": (nll_b * v).sum(1) / n,
+        "nll_quant": (nll_q * v).sum(1) / n,
+        "kl": (kl * v).sum(1) / n,
+        "top1": (top1 * v).sum(1) / n,
+        "kl_tokens": kl[valid],
+        "n_tokens": valid.sum(dim=1),
+    }
+
 
 
 def test_mean_pool_ignores_padding_and_normalizes():
