@@ -176,38 +176,50 @@ def chunk_code(source: str, tree: ast.Module, min_chars: int, max_chars: int) ->
 
 
 # ---------------------------------------------------------------- builtin corpora
-def _stdlib_files() -> list[tuple[str, Path]]:
-    """The deterministic stdlib subset: (relative posix path, absolute path)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+def python_files(root: Path, skip_dirs: set[str], max_bytes: int) -> list[tuple[str, Path]]:
+    """Sorted (relative posix path, absolute path) of the .py files under root up to max_bytes, not
+    descending into skip_dirs nor into names with a "-" (not packages, e.g. config-3.11-x86_64-linux-gnu)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        # "-" in a name: not a package (e.g. config-3.11-x86_64-linux-gnu)
-        dirnames[:] = [d for d in dirnames if d not in _EXCLUDED_DIRS and "-" not in d]
+        dirnames[:] = [d for d in dirnames if d not in skip_dirs and "-" not in d]
         for fn in filenames:
             path = Path(dirpath, fn)
-            if fn.endswith(".py") and path.is_file() and path.stat().st_size <= MAX_FILE_BYTES:
+            if fn.endswith(".py") and path.is_file() and path.stat().st_size <= max_bytes:
                 found.append((path.relative_to(root).as_posix(), path))
+    return sorted(found)
+
+
+def _stdlib_files() -> list[tuple[str, Path]]:
+    """The deterministic stdlib subset: (relative posix path, absolute path)."""
+    found = python_files(Path(sysconfig.get_paths()["stdlib"]), _EXCLUDED_DIRS, MAX_FILE_BYTES)
     found.sort(key=lambda item: (hashlib.sha256(item[0].encode()).hexdigest(), item[0]))
     return sorted(found[:STDLIB_FILE_LIMIT])
 
 
+def read_python(path: Path) -> tuple[str, ast.Module] | None:
+    """(source, syntax tree) of a Python file read with its declared encoding; None if it does not parse."""
+    try:
+        with tokenize.open(path) as fh:
+            source = fh.read()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return source, ast.parse(source)
+    except (SyntaxError, ValueError, UnicodeDecodeError, OSError):
+        return None
+
+
 def _parsed_stdlib() -> Iterator[tuple[str, str, ast.Module]]:
     for rel, path in _stdlib_files():
-        try:
-            with tokenize.open(path) as fh:
-                source = fh.read()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                tree = ast.parse(source)
-        except (SyntaxError, ValueError, UnicodeDecodeError, OSError):
-            continue
-        yield rel, source, tree
+        parsed = read_python(path)
+        if parsed is not None:
+            yield rel, *parsed
 
 
-def _docstrings(tree: ast.Module) -> str:
+def docstrings(tree: ast.Module, min_chars: int = 1) -> str:
+    """The module's, classes' and functions' docstrings of at least min_chars, blank-line separated."""
     kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
     docs = (ast.get_docstring(n, clean=True) for n in ast.walk(tree) if isinstance(n, kinds))
-    return "\n\n".join(d for d in docs if d)
+    return "\n\n".join(d for d in docs if d and len(d) >= min_chars)
 
 
 def _builtin_chunks(spec: str, min_chars: int, max_chars: int) -> list[tuple[str, str]]:
@@ -224,7 +236,7 @@ def _builtin_chunks(spec: str, min_chars: int, max_chars: int) -> list[tuple[str
         if spec == "builtin:code":
             out += [(f"stdlib:{rel}", c) for c in chunk_code(source, tree, min_chars, max_chars)]
         else:
-            chunks = chunk_text(_docstrings(tree), min_chars, max_chars, prose_only=True)
+            chunks = chunk_text(docstrings(tree), min_chars, max_chars, prose_only=True)
             out += [(f"docstring:{rel}", c) for c in chunks]
     return out
 

@@ -20,18 +20,15 @@ held-out perplexities, versions) and a model card ``README.md``. A checkpoint is
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
 import importlib.metadata
 import json
 import math
-import os
 import platform
 import random
 import sys
 import sysconfig
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,36 +75,6 @@ class Doc:
 
 
 # ---------------------------------------------------------------- corpus
-def _py_files(root: Path, max_bytes: int) -> list[tuple[str, Path]]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and "-" not in d)
-        for fn in sorted(filenames):
-            p = Path(dirpath, fn)
-            if fn.endswith(".py") and p.is_file() and p.stat().st_size <= max_bytes:
-                out.append((p.relative_to(root).as_posix(), p))
-    return sorted(out)
-
-
-def _read_py(path: Path) -> tuple[str, ast.Module] | None:
-    import tokenize
-
-    try:
-        with tokenize.open(path) as fh:
-            src = fh.read()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return src, ast.parse(src)
-    except (SyntaxError, ValueError, UnicodeDecodeError, OSError):
-        return None
-
-
-def _docstrings(tree: ast.Module) -> str:
-    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-    docs = (ast.get_docstring(n, clean=True) for n in ast.walk(tree) if isinstance(n, kinds))
-    return "\n\n".join(d for d in docs if d and len(d) >= 80)
-
-
 def heldout_sources() -> set[str]:
     """Source ids of every file the built-in suites may draw from (calibration and evaluation)."""
     from qbench.datasets.suites import _stdlib_files
@@ -117,27 +84,28 @@ def heldout_sources() -> set[str]:
 
 def corpus(cfg: Config) -> list[Doc]:
     """Training documents, sorted by (kind, source); never a file of the built-in suites."""
-    from qbench.datasets.suites import _stdlib_files
+    from qbench.datasets.suites import _stdlib_files, docstrings, python_files, read_python
 
     docs: list[Doc] = []
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     excluded = {rel for rel, _ in _stdlib_files()}
-    roots = [("stdlib", stdlib, [rel for rel, _ in _py_files(stdlib, cfg.max_file_bytes) if rel not in excluded])]
+    roots = [("stdlib", stdlib, [rel for rel, _ in python_files(stdlib, SKIP_DIRS, cfg.max_file_bytes)
+                                 if rel not in excluded])]
     for pkg in PACKAGES:
         spec = importlib.util.find_spec(pkg)
         if spec is None or not spec.submodule_search_locations:
             continue
         root = Path(list(spec.submodule_search_locations)[0])
-        roots.append((pkg, root, [rel for rel, _ in _py_files(root, cfg.max_file_bytes)]))
+        roots.append((pkg, root, [rel for rel, _ in python_files(root, SKIP_DIRS, cfg.max_file_bytes)]))
     for name, root, rels in roots:
         for rel in rels:
-            parsed = _read_py(root / rel)
+            parsed = read_python(root / rel)
             if parsed is None:
                 continue
             src, tree = parsed
             source = f"{name}:{rel}"
             docs.append(Doc(source, "code", src))
-            prose = _docstrings(tree)
+            prose = docstrings(tree, min_chars=80)
             if prose:
                 docs.append(Doc(source + "#docstrings", "text", prose))
     for pkg in PACKAGES:
