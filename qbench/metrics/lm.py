@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import torch
 
 from qbench.cache import cache_dir
+from qbench.metrics.timing import time_interleaved
 
 # SyntaxError messages that mean "the input ended too early", not "the input is wrong"
 _INCOMPLETE = ("was never closed", "unexpected eof", "expected an indented block", "unterminated triple-quoted",
@@ -201,14 +202,9 @@ def time_prefill_decode(base, quant, ids: torch.Tensor, decode_tokens: int, *, w
         sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
     else:
         sync = lambda: None  # noqa: E731
-    for _ in range(warmup):
-        prefill_decode(base, ids, decode_tokens, sync)
-        prefill_decode(quant, ids, decode_tokens, sync)
-    res = {"prefill_base": [], "prefill_quant": [], "decode_base": [], "decode_quant": []}
-    for i in range(repeats):
-        order = (("base", base), ("quant", quant)) if i % 2 == 0 else (("quant", quant), ("base", base))
-        for name, m in order:
-            p, d = prefill_decode(m, ids, decode_tokens, sync, cuda_events=cuda)
-            res[f"prefill_{name}"].append(p)
-            res[f"decode_{name}"].append(d / max(1, decode_tokens))
-    return res
+    a, b = time_interleaved(lambda: prefill_decode(base, ids, decode_tokens, sync, cuda_events=cuda),
+                            lambda: prefill_decode(quant, ids, decode_tokens, sync, cuda_events=cuda),
+                            warmup=warmup, repeats=repeats, timer=lambda fn: fn())
+    per_token = max(1, decode_tokens)
+    return {"prefill_base": [p for p, _ in a], "prefill_quant": [p for p, _ in b],
+            "decode_base": [d / per_token for _, d in a], "decode_quant": [d / per_token for _, d in b]}

@@ -7,16 +7,19 @@ from typing import Callable, Optional
 
 
 def time_interleaved(fa: Callable[[], object], fb: Callable[[], object], *, warmup: int, repeats: int,
-                     device: str = "cpu", on_repeat: Optional[Callable[[], None]] = None
-                     ) -> tuple[list[float], list[float]]:
-    """Milliseconds of `repeats` calls of fa and fb, alternating A,B then B,A so neither always goes first.
+                     device: str = "cpu", on_repeat: Optional[Callable[[], None]] = None,
+                     timer: Optional[Callable[[Callable[[], object]], object]] = None) -> tuple[list, list]:
+    """Measurements of `repeats` calls of fa and fb, alternating A,B then B,A so neither always goes first.
 
-    Pair i of the two lists was measured back to back, so machine noise is shared within a pair.
+    Each call is measured by `timer` (default: its milliseconds, by perf_counter on CPU and CUDA events on
+    GPU; a function that times itself can pass ``timer=lambda fn: fn()``). Pair i of the two lists was
+    measured back to back, so machine noise is shared within a pair.
     """
     for _ in range(warmup):
         fa()
         fb()
-    timer = _cuda_timer(device) if device.startswith("cuda") else _cpu_timer
+    if timer is None:
+        timer = _cuda_timer(device) if device.startswith("cuda") else _cpu_timer
     a_ms, b_ms = [], []
     for i in range(repeats):
         if i % 2 == 0:
