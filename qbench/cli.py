@@ -197,6 +197,24 @@ def list_(what: str = typer.Argument("kernels", help="kernels, models or dataset
                           "use kernels, models or datasets")
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Speed benchmarks that print ratios measured side by side in one run.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("gemm", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+                   add_help_option=False)
+def bench_gemm(ctx: typer.Context):
+    """GEMM benchmark: qbench's int8/int4 kernels against fp32, bf16 and the best CPU peers (--help for options)."""
+    from qbench.bench.gemm import main as gemm_main
+
+    try:
+        gemm_main(list(ctx.args), prog="qbench bench gemm")
+    except SystemExit as e:               # argparse: --help exits 0, bad options exit 2; a message: bad input
+        if isinstance(e.code, str):
+            _err(e.code)
+        raise typer.Exit(e.code if isinstance(e.code, int) else 2)
+
+
 def main() -> None:
     app()
 
