@@ -47,7 +47,8 @@ class QuantLinear(nn.Module):
     @property
     def weight_nbytes(self) -> int:
         """Bytes this layer keeps for its weight (codes, scales, zero points, bias and sums)."""
-        return _state_bytes(self.state)
+        opaque = self.kernel.state_nbytes(self.state)
+        return _state_bytes(self.state) if opaque is None else opaque
 
     def extra_repr(self) -> str:
         act = self.a_spec.describe() if self.a_spec else "float"

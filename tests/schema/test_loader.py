@@ -90,7 +90,7 @@ def test_shipped_experiment_round_trips(path):
 def test_default_experiment_contents():
     exp = load_experiment(DEFAULT)
     assert [s.name for s in exp.schemes] == ["w8a8-per-channel", "w8a8-static", "w8-per-channel", "w4-per-group",
-                                             "w4-per-tensor"]
+                                             "w4-per-tensor", "torch-ao-dynamic"]
     assert [m.id for m in exp.models] == ["minilm", "reflm"]
     assert [w.name for w in exp.workloads] == ["text", "code"]
     assert exp.baseline.dtype == "fp16"

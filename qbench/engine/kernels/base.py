@@ -35,6 +35,11 @@ class Kernel:
         """x (M, K) float -> (M, N) float in x's dtype."""
         raise NotImplementedError
 
+    def state_nbytes(self, state: dict[str, Any]) -> Optional[int]:
+        """Bytes the prepared state keeps, where its tensors cannot be summed (an opaque library object);
+        None: count the state's tensors."""
+        return None
+
     def _device_reason(self, device: str) -> Optional[str]:
         kind = device.split(":")[0]
         return None if kind in self.devices else f"{self.name} runs on {', '.join(self.devices)}, not {kind}"
