@@ -3,14 +3,15 @@
     qbench bench gemm [--shapes 1x4096x4096,minilm] [--repeats 30] [--json out.json] [--quick]
     python benchmarks/gemm.py [same options]
 
-For each (M, K, N) every contender is timed interleaved (round-robin over contenders, repeat after repeat)
-so machine noise hits all of them alike. Each contender holds enough copies of its weight to rotate
-through more memory than the last-level cache, so memory-bound (decode) shapes are not flattered by
-cache-resident repeats. The table prints medians with p10-p90, GOPS, effective GB/s, the ratio to fp32
-and to the best peer of the same kind measured in this run, the share of this machine's ceilings (an int8
-GEMM rate and a memory bandwidth, both measured here first), the relative error against fp32, and the
-overhead of asymmetric over symmetric activations. Peers: torch.ao dynamic int8 Linear (fbgemm and
-oneDNN), PyTorch's bf16-activation weight-only primitives, and onnxruntime / torchao when installed.
+For each (M, K, N) every contender is timed interleaved (every round runs each contender once, in a fresh
+seeded random order), so machine noise and the state a predecessor leaves hit all of them alike. Each
+contender holds enough copies of its weight to rotate through more memory than the last-level cache, so
+memory-bound (decode) shapes are not flattered by cache-resident repeats. The table prints medians with
+p10-p90, GOPS, effective GB/s, the ratio to fp32 and to the best peer of the same kind measured in this run,
+the share of this machine's ceilings (an int8 GEMM rate and a memory bandwidth, both measured here first),
+the relative error against fp32, and the overhead of asymmetric over symmetric activations. Peers: torch.ao
+dynamic int8 Linear (fbgemm and oneDNN), PyTorch's bf16-activation weight-only primitives, and onnxruntime /
+torchao when installed.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -51,8 +53,9 @@ def bench_shape(m: int, k: int, n: int, repeats: int, warmup: int, prepared: tup
             last[c.label] = time.perf_counter() - t0
         errs[c.label] = float((c.calls[0](x).double() - y_ref).norm() / y_ref.norm())
     rounds = max(5, min(repeats, int(budget_s / max(sum(last.values()), 1e-9))))
-    for i in range(rounds):
-        for c in cs:
+    order = random.Random(f"{m}x{k}x{n}")            # a fresh contender order each round (seeded): what ran
+    for i in range(rounds):                           # just before a call (its cache and thread state) is no bias
+        for c in order.sample(cs, len(cs)):
             f = c.calls[i % len(c.calls)]
             t0 = time.perf_counter()
             f(x)
