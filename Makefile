@@ -31,7 +31,7 @@ browser:
 
 
 bench: setup
-	$(PY) benchmarks/gemm.py
+	$(VENV)/bin/qbench bench gemm
 
 clean:
 	rm -rf $(VENV) .pytest_cache
