@@ -6,13 +6,16 @@ Shapes are random-ish on purpose: M from 1 to 2048, K and N mostly not multiples
 """
 from __future__ import annotations
 
+import ctypes
 import itertools
+import os
+import shutil
 
 import pytest
 import torch
 
 from qbench.engine.kernels import KERNELS, native, select_kernel
-from qbench.engine.kernels.decode import DECODE_MAX_M
+from qbench.engine.kernels.decode import DECODE_MAX_M, pack_nibble_blocks, unpack_nibble_blocks
 from qbench.engine.modules import QuantLinear
 from qbench.engine.primitives import QuantSpec, choose_qparams, quantize
 from qbench.errors import KernelUnavailable
@@ -192,7 +195,7 @@ WO8_SPECS = [QuantSpec(8, signed, sym, gran, gs) for signed, sym, (gran, gs) in 
     [True, False], [True, False], [("per_tensor", None), ("per_channel", None), ("per_group", 20)])]
 WO4_SPECS = [QuantSpec(bits, signed, sym, gran, gs) for bits, signed, sym, (gran, gs) in itertools.product(
     [4, 3, 2], [True, False], [True, False], [("per_group", 128), ("per_group", 6), ("per_channel", None)])]
-WO_MS = (1, 2, 5, 16, 17, 40)
+WO_MS = (1, 2, 3, 5, 16, 17, 40)
 
 
 def check_weight_only(kernel, w_spec, k, seed, ms=WO_MS, n=45):
@@ -247,9 +250,113 @@ def test_weight_only_native_dequantizes_in_blocks_of_rows(monkeypatch):
 
 @needs_native
 def test_int4_wo_native_keeps_weights_packed():
-    w, b, _ = make_problem(1, 256, 64, seed=1)
-    state = WO4.prepare(w, b, QuantSpec(4, True, False, "per_group", 32), None)
-    assert state["codes"].dtype == torch.uint8 and state["codes"].shape == (64, 128)
+    """Two codes per byte; a row's last K % 128 columns in a short block of 16, 32 or 64 bytes."""
+    for k, row_bytes in ((256, 128), (64, 32), (32, 16), (200, 128), (300, 160), (99, 64)):
+        w, b, _ = make_problem(1, k, 64, seed=1)
+        state = WO4.prepare(w, b, QuantSpec(4, True, False, "per_channel"), None)
+        assert state["codes"].dtype == torch.uint8 and state["codes"].shape == (64, row_bytes), k
+
+
+# ----------------------------------------------------------------------------- int4_wo_native's nibble layout
+
+
+NIBBLE_SPECS = [QuantSpec(4, False, False, "per_group", gs) for gs in (16, 32, 48, 64, 128, 256)] + [
+    QuantSpec(4, True, True, "per_channel"), QuantSpec(3, False, False, "per_group", 24),
+    QuantSpec(4, True, False, "per_group", 7), QuantSpec(2, True, True, "per_group", 2)]
+NIBBLE_K = {16: 400, 32: 352, 48: 432, 64: 320, 128: 640, 256: 768, None: 300, 24: 264, 7: 91, 2: 130}
+
+
+@pytest.mark.parametrize("k", [300, 200, 160, 99, 17, 256])
+def test_nibble_blocks_layout(k):
+    """Column 128 b + 16 j + d sits in bits 4j..4j+3 of little-endian word d of block b: 4-byte words in
+    the full blocks, and in the short block for the last K % 128 columns the fewest bytes that hold its
+    sub-blocks' nibbles; code 0 past column K. The byte arithmetic is spelled out apart from the packer."""
+    g = torch.Generator().manual_seed(k)
+    n, full = 3, k // 128
+    subs = -(-(k % 128) // 16)
+    unit = 0 if subs == 0 else 1 if subs <= 2 else 2 if subs <= 4 else 4
+    codes = torch.randint(0, 16, (n, k), generator=g)
+    packed = pack_nibble_blocks(codes)
+    assert packed.dtype == torch.uint8 and packed.shape == (n, 64 * full + 16 * unit)
+    for row in range(n):
+        for col in range(128 * full + 16 * subs):
+            b, j, d = col // 128, col % 128 // 16, col % 16
+            size = 4 if b < full else unit
+            word = sum(int(packed[row, 64 * b + size * d + i]) << (8 * i) for i in range(size))
+            assert (word >> (4 * j)) & 15 == (int(codes[row, col]) if col < k else 0), (row, col)
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (5, 99), (2, 128), (3, 129), (4, 300), (2, 160), (7, 1024), (2, 4097)])
+def test_nibble_blocks_round_trip(n, k):
+    codes = torch.randint(0, 16, (n, k), generator=torch.Generator().manual_seed(n * k))
+    packed = pack_nibble_blocks(codes)
+    assert packed.shape == (n, native.nibble_row_bytes(k))
+    assert torch.equal(unpack_nibble_blocks(packed, k).long(), codes)
+
+
+def test_nibble_blocks_refuse_wide_codes():
+    with pytest.raises(ValueError, match="0..15"):
+        pack_nibble_blocks(torch.tensor([[3, 16]]))
+    with pytest.raises(ValueError, match="blocks of 128"):
+        unpack_nibble_blocks(torch.zeros(2, 100, dtype=torch.uint8), 200)
+
+
+@needs_native
+@pytest.mark.parametrize("w_spec", NIBBLE_SPECS, ids=[s.describe().replace(" ", "-") for s in NIBBLE_SPECS])
+def test_int4_wo_native_state_round_trips(w_spec):
+    """prepare() keeps exactly the codes of primitives.quantize (as nibbles q - qmin), for K not a multiple
+    of 128 and every group size the kernel handles differently."""
+    k = NIBBLE_K[w_spec.group_size]
+    w, b, _ = make_problem(1, k, 37, seed=k)
+    state = WO4.prepare(w, b, w_spec, None)
+    q = quantize(w, w_spec)
+    assert torch.equal(unpack_nibble_blocks(state["codes"], k).long(), q.data.long() - w_spec.qmin)
+
+
+@needs_native
+@pytest.mark.parametrize("w_spec", NIBBLE_SPECS, ids=[s.describe().replace(" ", "-") for s in NIBBLE_SPECS])
+def test_int4_wo_native_group_sizes_against_float64(w_spec):
+    """Every table schedule of the kernel (one table per block, per 64, 32 or 16 columns, per-lane groups)
+    at every tile shape (M = 1..4 rows of x per pass, 1, 2 or 4 weight rows per tile plus leftovers: N = 45),
+    and the dequantize path (M > 16)."""
+    check_weight_only(WO4, w_spec, k=NIBBLE_K[w_spec.group_size], seed=70, ms=(1, 2, 3, 4, 5, 16, 17, 40))
+
+
+@needs_native
+def test_int4_wo_native_dequantizes_exactly():
+    """The M > 16 path's fp32 weights are primitives.dequantize's, bit for bit (same float operations)."""
+    from qbench.engine.primitives import dequantize
+
+    for w_spec in NIBBLE_SPECS:
+        k = NIBBLE_K[w_spec.group_size]
+        w, b, _ = make_problem(1, k, 21, seed=k + 1)
+        state = WO4.prepare(w, b, w_spec, None)
+        assert torch.equal(WO4._dequant(state, 0, 21), dequantize(quantize(w, w_spec))), w_spec
+
+
+def _portable_library(tmp_path):
+    """qbench_cpu.c built without AVX-512 (its portable C loops), or None where this compiler cannot."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    lib_path = tmp_path / "qbench_cpu_portable.so"
+    if not cc or native._build(cc, [*native.FLAGS, "-mno-avx512f"], lib_path):
+        return None
+    lib = ctypes.CDLL(str(lib_path))
+    native.declare(lib)
+    return lib
+
+
+@needs_native
+def test_portable_c_kernels_against_float64(monkeypatch, tmp_path):
+    """The loops that run on CPUs without AVX-512 read the same layouts and give the same results."""
+    lib = _portable_library(tmp_path)
+    if lib is None:
+        pytest.skip("this compiler cannot build without AVX-512 (-mno-avx512f)")
+    assert lib.qb_isa().decode().startswith("portable-c")
+    monkeypatch.setattr(native, "_load", lambda: (lib, ""))
+    for i, w_spec in enumerate(NIBBLE_SPECS):
+        check_weight_only(WO4, w_spec, k=NIBBLE_K[w_spec.group_size], seed=75 + i, ms=(1, 3, 4, 17))
+    check_weight_only(WO8, QuantSpec(8, False, False, "per_group", 20), k=100, seed=78, ms=(1, 5, 17))
+    check_weight_only(WO8, QuantSpec(8, True, True, "per_channel"), k=131, seed=79, ms=(2, 17))
 
 
 # ----------------------------------------------------------------------------- dtypes, selection, refusals
@@ -283,7 +390,7 @@ W8_CH, A8 = QuantSpec(8, True, True, "per_channel"), QuantSpec(8, False, False)
     ("int8_wo_native", W8_CH, A8, "activations"),
     ("int8_wo_native", QuantSpec(4, True, True, "per_channel"), None, "two per byte"),
     ("int4_wo_native", W8_CH, None, "at most 4-bit"),
-    ("int4_wo_native", QuantSpec(4, True, True, "per_group", 7), None, "even group_size"),
+    ("int4_wo_native", QuantSpec(4, True, True, "per_group", 32), A8, "activations"),
 ])
 def test_forced_fast_kernels_refuse_what_they_cannot_run(name, w_spec, a_spec, match):
     with pytest.raises(KernelUnavailable, match=match):
@@ -306,12 +413,24 @@ def test_unsupported_shapes_raise():
         WO8.prepare(w, None, QuantSpec(8, True, True, "per_group", 30), None)
     state = WO8.prepare(w, None, W8_CH, None)
     with pytest.raises(ValueError, match="inconsistent"):
-        native.wo_gemm(8, state["codes"], torch.randn(2, 99), None, torch.randn(2, 1), state["s"], state["zc"],
-                       None, 1)
+        native.wo8_gemm(state["codes"], torch.randn(2, 99), torch.randn(2, 1), state["s"], state["zc"], None, 1)
     with pytest.raises(ValueError, match="inconsistent"):                          # K mismatch, C path
         WO8.forward(state, torch.randn(2, 99))
     with pytest.raises(RuntimeError):                                              # K mismatch, matmul path
         WO8.forward(state, torch.randn(DECODE_MAX_M + 1, 99))
+    for k in (100, 256):                                   # x padded to 128 columns by the kernel, or not
+        state = WO4.prepare(torch.randn(16, k), None, QuantSpec(4, True, True, "per_group", 4), None)
+        with pytest.raises(ValueError, match="inconsistent"):                      # K mismatch, C path
+            WO4.forward(state, torch.randn(2, k - 4))
+        with pytest.raises(RuntimeError):                                          # K mismatch, matmul path
+            WO4.forward(state, torch.randn(DECODE_MAX_M + 1, k - 4))
+    state = WO4.prepare(torch.randn(16, 250), None, QuantSpec(4, True, True, "per_group", 5), None)
+    with pytest.raises(ValueError, match="inconsistent"):                          # x not padded to Kp
+        native.wo4_gemm(state["codes"], torch.randn(1, 250), state["s"], state["zc"], None, 250, 50)
+    with pytest.raises(ValueError, match="contiguous"):
+        native.wo4_gemm(state["codes"], torch.randn(1, 512)[:, ::2], state["s"], state["zc"], None, 250, 50)
+    with pytest.raises(ValueError, match="float32"):
+        native.wo4_gemm(state["codes"], torch.randn(1, 256).double(), state["s"], state["zc"], None, 250, 50)
 
 
 def test_native_unavailable_is_a_reason_not_a_crash(monkeypatch):

@@ -223,7 +223,7 @@ A8 = QuantSpec(8, False, False)
     (QuantSpec(8, True, False, "per_tensor"), None, "int8_wo_native"),
     (QuantSpec(4, True, True, "per_group", 32), None, "int4_wo_native"),
     (QuantSpec(2, False, False, "per_group", 8), None, "int4_wo_native"),
-    (QuantSpec(4, True, True, "per_group", 7), None, "int4_packed"),
+    (QuantSpec(4, True, True, "per_group", 7), None, "int4_wo_native"),
     (QuantSpec(6, True, True, "per_group", 32), A8, "reference"),
     (QuantSpec(8, True, True, "per_group", 32), None, "int8_wo_native"),
     (QuantSpec(4, True, True, "per_group", 32), A8, "reference"),

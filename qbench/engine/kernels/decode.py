@@ -1,13 +1,21 @@
 """Weight-only kernels for decode-sized inputs, on qbench's native C kernels (native/qbench_cpu.c).
 
 int8_wo_native  int8 codes (5- to 8-bit specs, shifted into int8), per-tensor / per-channel / per-group scales
-int4_wo_native  <= 4-bit codes two per byte (engine.tensors.pack_int4 layout), per-channel or per-group
+int4_wo_native  <= 4-bit codes two per byte in a layout of its own (pack_nibble_blocks), any granularity
 
 For M <= DECODE_MAX_M the C kernel reads every packed weight byte once, turns it into float32 in registers
 (int4: a 16-entry table of s * (code - z) per group) and accumulates fp32 FMAs with float32 activations.
 Larger M is compute-bound: the weight is dequantized per call to float32 (one C pass, the same
 arithmetic as primitives.dequantize), a cache-sized block of rows at a time, and multiplied by torch's
 fp32 matmul.
+
+int4_wo_native's layout (pack_nibble_blocks; engine.tensors.pack_int4's stays for the other kernels): a row
+of K codes is blocks of 128 columns in 64 bytes, read as 16 little-endian 32-bit words, bits 4j..4j+3 of
+word d of block b holding column 128 b + 16 j + d; the last K % 128 columns, if any, form a short block
+of 16 words of 1, 2 or 4 bytes (as few as hold its ceil((K % 128) / 16) nibbles per word), code 0 past K.
+Word-wise shifts by 4j put the codes of 16 consecutive columns in the low nibbles of the 16 words, which
+is all the kernel's table lookup (vpermps) reads: no masking or widening, and the matching 16 activations
+are contiguous (qbench_cpu.c). Storage: half a byte per weight, plus under 32 bytes per row in a short block.
 """
 from __future__ import annotations
 
@@ -16,7 +24,6 @@ import torch
 from qbench.engine.kernels import native
 from qbench.engine.kernels.base import KERNELS, Kernel
 from qbench.engine.primitives import quantize
-from qbench.engine.tensors import pack_int4
 
 DECODE_MAX_M = 16
 CHUNK_BYTES = 4 << 20    # fp32 block dequantized at a time at larger M (measured best of 1, 4, 16 MiB here)
@@ -35,6 +42,43 @@ def _x_group_sums(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.reshape(m, groups, k // groups).sum(-1) if groups > 1 else x.sum(1, keepdim=True)
 
 
+def _nibble_words(u: torch.Tensor, per_word: int) -> torch.Tensor:
+    """(N, B * 16 * per_word) codes -> (N, B * 8 * per_word) bytes: B blocks of 16 little-endian words of
+    per_word nibbles, nibble j of word d = column 16 j + d of its block."""
+    n = u.shape[0]
+    u = u.reshape(n, -1, per_word, 16)                                    # [n, block, j, d]
+    byte = u[:, :, 0::2] | (u[:, :, 1::2] << 4)                           # [n, block, j // 2, d]
+    return byte.transpose(2, 3).reshape(n, -1)                            # byte j // 2 of word d
+
+
+def pack_nibble_blocks(codes: torch.Tensor) -> torch.Tensor:
+    """(N, K) unsigned codes 0..15 -> (N, native.nibble_row_bytes(K)) uint8 in int4_wo_native's layout
+    (module docstring): full blocks of 128 columns, then a short block for the last K % 128 columns with
+    words of native.nibble_tail_unit(K) bytes, code 0 past column K."""
+    n, k = codes.shape
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) > 15):
+        raise ValueError("nibble codes must lie in 0..15")
+    u = codes.to(torch.uint8)
+    full, unit = 128 * (k // 128), native.nibble_tail_unit(k)
+    parts = [_nibble_words(u[:, :full], 8)]
+    if unit:
+        parts.append(_nibble_words(torch.nn.functional.pad(u[:, full:], (0, full + 32 * unit - k)), 2 * unit))
+    return torch.cat(parts, 1).contiguous()
+
+
+def unpack_nibble_blocks(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """Inverse of pack_nibble_blocks: (N, native.nibble_row_bytes(K)) uint8 -> (N, K) uint8 codes 0..15."""
+    n, full, unit = packed.shape[0], 64 * (k // 128), native.nibble_tail_unit(k)
+    if packed.shape != (n, native.nibble_row_bytes(k)):
+        raise ValueError(f"{tuple(packed.shape)} bytes do not hold rows of {k} nibbles in blocks of 128")
+    cols = []
+    for part, per_word in ((packed[:, :full], 8), (packed[:, full:], 2 * unit)):
+        if per_word:
+            byte = part.reshape(n, -1, 16, per_word // 2).transpose(2, 3)  # [n, block, j // 2, d]
+            cols.append(torch.stack((byte & 15, byte >> 4), dim=3).reshape(n, -1))  # [n, block, j // 2, j % 2, d]
+    return torch.cat(cols, 1)[:, :k]
+
+
 class _NativeWeightOnly(Kernel):
     devices = ("cpu",)
     arithmetic = "fp32"    # packed codes are read directly; the products are fp32 (activations are float)
@@ -49,25 +93,33 @@ class _NativeWeightOnly(Kernel):
         return self._device_reason(device)
 
     def forward(self, state, x):
-        xf = x.float().contiguous()
-        if xf.shape[0] > DECODE_MAX_M:
-            return self._dequant_matmul(state, xf).to(x.dtype)
-        return self._gemm(state, xf).to(x.dtype)
+        # float32 contiguous x, the usual case, makes no conversion calls: a decode-sized call takes a fraction
+        # of a millisecond, and torch calls cost tens of microseconds when the caches are cold (measured for
+        # int4 at 1 x 4096 x 4096, weights rotated past the cache: 0.46 -> 0.42 ms; 0.57 -> 0.52 ms right
+        # after a 64 MiB write)
+        xf = x if x.dtype == torch.float32 and x.is_contiguous() else x.float().contiguous()
+        y = self._gemm(state, xf) if xf.shape[0] <= DECODE_MAX_M else self._dequant_matmul(state, xf)
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def _dequant_matmul(self, state, xf):
         """Compute-bound M: dequantize to fp32 and let torch's matmul run. A weight larger than CHUNK_BYTES is
         dequantized a block of rows at a time into a cache-sized buffer: (rows, K) @ x^T -> rows of y^T."""
-        codes, s, zc, k, g, b = (state[key] for key in ("codes", "s", "zc", "k", "groups", "bias"))
-        n = codes.shape[0]
+        n, k, b = state["s"].shape[0], state["k"], state["bias"]
         if n * k * 4 <= CHUNK_BYTES:
-            return torch.nn.functional.linear(xf, native.wo_dequant(self.bits, codes, s, zc, k, g), b)
+            return torch.nn.functional.linear(xf, self._dequant(state, 0, n), b)
         rows = max(8, CHUNK_BYTES // (4 * k))
         yt = torch.empty(n, xf.shape[0])                                    # (N, M)
         for r0 in range(0, n, rows):
-            w = native.wo_dequant(self.bits, codes[r0:r0 + rows], s[r0:r0 + rows], zc[r0:r0 + rows], k, g)
-            torch.mm(w, xf.t(), out=yt[r0:r0 + rows])
+            torch.mm(self._dequant(state, r0, min(n, r0 + rows)), xf.t(), out=yt[r0:r0 + rows])
         y = yt.t().contiguous()
         return y if b is None else y.add_(b)
+
+    def _dequant(self, state, r0: int, r1: int) -> torch.Tensor:
+        """(r1 - r0, K) float32: rows r0..r1 of the weight, dequantized."""
+        raise NotImplementedError
+
+    def _gemm(self, state, xf: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
 class Int8WeightOnlyNative(_NativeWeightOnly):
@@ -98,8 +150,11 @@ class Int8WeightOnlyNative(_NativeWeightOnly):
 
     def _gemm(self, state, xf):
         g = state["groups"]
-        return native.wo_gemm(8, state["codes"], xf, None, _x_group_sums(xf, g).contiguous(), state["s"],
-                              state["zc"], state["bias"], g)
+        return native.wo8_gemm(state["codes"], xf, _x_group_sums(xf, g).contiguous(), state["s"], state["zc"],
+                               state["bias"], g)
+
+    def _dequant(self, state, r0, r1):
+        return native.wo8_dequant(state["codes"][r0:r1], state["s"][r0:r1], state["zc"][r0:r1], state["groups"])
 
 
 class Int4WeightOnlyNative(_NativeWeightOnly):
@@ -108,15 +163,13 @@ class Int4WeightOnlyNative(_NativeWeightOnly):
 
     @property
     def backend(self) -> str:
-        return (f"qbench C kernel ({native.isa()}): two 4-bit codes per byte -> fp32 through a per-group table of "
-                f"s * (code - z), fp32 FMA, weights read once for M <= {DECODE_MAX_M}; larger M: C dequantize to "
-                "fp32 per call + torch fp32 matmul")
+        return (f"qbench C kernel ({native.isa()}): two 4-bit codes per byte in blocks of 128 columns -> fp32 through "
+                f"a per-group table of s * (code - z), fp32 FMA, weights read once for M <= {DECODE_MAX_M}; larger M: "
+                "C dequantize to fp32 per call + torch fp32 matmul")
 
     def supports(self, w, a, device):
         if w.bits > 4:
             return f"holds at most 4-bit weights, scheme has {w.bits}"
-        if w.granularity == "per_group" and w.group_size % 2:
-            return f"per_group needs an even group_size (two codes per byte), got {w.group_size}"
         return self._common_reason(w, a, device)
 
     def prepare(self, weight, bias, w, a, act_qparams=None):
@@ -124,19 +177,21 @@ class Int4WeightOnlyNative(_NativeWeightOnly):
         if w.granularity == "per_group" and k % w.group_size:
             raise ValueError(f"group_size {w.group_size} does not divide {k} columns")
         q = quantize(weight, w)
-        packed = pack_int4(q.data, w)                                       # (N, ceil(K/2)) uint8
-        s = _per_group(q.scale, n)
-        zc = float(w.qmin) - _per_group(q.zero_point, n)                    # nibble c = q - qmin
-        return {"codes": packed, "s": s, "zc": zc.contiguous(), "groups": s.shape[1], "k": k,
+        codes = pack_nibble_blocks(q.data.to(torch.int16) - w.qmin)      # (N, row bytes) uint8, nibble c = q - qmin
+        s = _per_group(q.scale, n)                                          # (N, G)
+        zc = float(w.qmin) - _per_group(q.zero_point, n)                    # (N, G): w = s * (c + zc)
+        return {"codes": codes, "s": s, "zc": zc.contiguous(), "groups": s.shape[1], "k": k,
                 "bias": None if bias is None else bias.float().contiguous(), "spec": w}
 
     def _gemm(self, state, xf):
-        k, g = state["k"], state["groups"]
-        xg = _x_group_sums(xf, g).contiguous()
-        if k % 2:
-            xf = torch.nn.functional.pad(xf, (0, 1))                        # the padded nibble is code 0
-        xe, xo = xf[:, 0::2].contiguous(), xf[:, 1::2].contiguous()         # (M, ceil(K/2)) each
-        return native.wo_gemm(4, state["codes"], xe, xo, xg, state["s"], state["zc"], state["bias"], g)
+        k = state["k"]
+        if xf.shape[1] == k and k % 16:
+            xf = torch.nn.functional.pad(xf, (0, native.padded_columns(k) - k))   # padded columns: code 0, x 0
+        return native.wo4_gemm(state["codes"], xf, state["s"], state["zc"], state["bias"], k, state["groups"])
+
+    def _dequant(self, state, r0, r1):
+        return native.wo4_dequant(state["codes"][r0:r1], state["s"][r0:r1], state["zc"][r0:r1], state["k"],
+                                  state["groups"])
 
 
 for _k in (Int8WeightOnlyNative(), Int4WeightOnlyNative()):

@@ -21,6 +21,7 @@ import torch
 
 SOURCE = Path(__file__).with_name("qbench_cpu.c")
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-pthread", "-std=gnu11", "-fopenmp")
 
 
 def _cache_dir() -> Path:
@@ -66,7 +67,7 @@ def _load() -> tuple[Optional[ctypes.CDLL], str]:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         return None, "no C compiler (cc/gcc) on PATH to build qbench's native kernels"
-    flags = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread", "-std=gnu11", "-fopenmp"]
+    flags = list(FLAGS)
     src = SOURCE.read_bytes()
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -86,16 +87,25 @@ def _load() -> tuple[Optional[ctypes.CDLL], str]:
         lib = ctypes.CDLL(str(lib_path))
     except OSError as e:                     # unwritable cache, failed load: a reason, not a crash
         return None, f"qbench's native kernels cannot be built or loaded: {e}"
+    declare(lib)
+    return lib, ""
+
+
+def declare(lib: ctypes.CDLL) -> None:
+    """Set the C signatures of the library's entry points."""
     lib.qb_isa.restype = ctypes.c_char_p
-    lib.qb_wo_gemm.restype = _INT
-    lib.qb_wo_gemm.argtypes = [_INT, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT]
-    lib.qb_wo_dequant.restype = _INT
-    lib.qb_wo_dequant.argtypes = [_INT, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT]
+    lib.qb_wo8_gemm.restype = _INT
+    lib.qb_wo8_gemm.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT]
+    lib.qb_wo8_dequant.restype = _INT
+    lib.qb_wo8_dequant.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, _INT]
+    lib.qb_wo4_gemm.restype = _INT
+    lib.qb_wo4_gemm.argtypes = [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT]
+    lib.qb_wo4_dequant.restype = _INT
+    lib.qb_wo4_dequant.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, _INT]
     lib.qb_row_epilogue.restype = _INT
     lib.qb_row_epilogue.argtypes = [_P, _P, _P, _P, _P, _I64, _I64, _INT]
     lib.qb_quant_u8.restype = _INT
     lib.qb_quant_u8.argtypes = [_P, _P, _P, _P, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _INT]
-    return lib, ""
 
 
 def unavailable() -> Optional[str]:
@@ -128,35 +138,89 @@ def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
 
-def wo_gemm(bits: int, w: torch.Tensor, x: torch.Tensor, xo: Optional[torch.Tensor], xg: torch.Tensor,
-            s: torch.Tensor, zc: torch.Tensor, bias: Optional[torch.Tensor], groups: int) -> torch.Tensor:
-    """Weight-only GEMM (see qbench_cpu.c): w (N, L) int8 or packed uint8, x / xo (M, L) float32,
-    xg (M, G), s and zc (N, G) float32, bias (N,) or None -> (M, N) float32. All contiguous."""
-    m, n, row = x.shape[0], w.shape[0], w.shape[1]
-    for t in (w, x, xo, xg, s, zc, bias):
-        if t is not None and not t.is_contiguous():
-            raise ValueError("native wo_gemm needs contiguous tensors")
-    if x.shape[1] != row or row % groups or s.shape != (n, groups) or zc.shape != (n, groups):
-        raise ValueError(f"native wo_gemm: inconsistent shapes w {tuple(w.shape)}, x {tuple(x.shape)}, "
-                         f"scales {tuple(s.shape)} for {groups} groups")
+def _check_wo_args(what: str, w: torch.Tensor, w_dtype: torch.dtype, row_bytes: int, s: torch.Tensor,
+                   zc: torch.Tensor, k: int, groups: int, *floats: Optional[torch.Tensor]) -> None:
+    """Raise ValueError unless w is (N, row_bytes) of w_dtype, s and zc (N, groups), K splits into the groups,
+    and s, zc and every given tensor of `floats` are float32; all contiguous."""
+    n = w.shape[0]
+    for t in (w, s, zc, *floats):
+        if t is not None and (not t.is_contiguous() or t.dtype != (w_dtype if t is w else torch.float32)):
+            raise ValueError(f"native {what} needs contiguous tensors: w {w_dtype}, the others float32")
+    if k < 1 or groups < 1 or k % groups or w.shape[1] != row_bytes or s.shape != (n, groups) or zc.shape != (n, groups):
+        raise ValueError(f"native {what}: inconsistent shapes w {tuple(w.shape)}, scales {tuple(s.shape)} for "
+                         f"{k} columns in {groups} groups")
+
+
+def wo8_gemm(w: torch.Tensor, x: torch.Tensor, xg: torch.Tensor, s: torch.Tensor, zc: torch.Tensor,
+             bias: Optional[torch.Tensor], groups: int) -> torch.Tensor:
+    """int8 weight-only GEMM (see qbench_cpu.c): w (N, K) int8 codes, x (M, K) float32, xg (M, G) group sums
+    of x, s and zc (N, G) float32 (w = s * (code + zc)), bias (N,) or None -> (M, N) float32."""
+    m, n, k = x.shape[0], w.shape[0], x.shape[1]
+    _check_wo_args("wo8_gemm", w, torch.int8, k, s, zc, k, groups, x, xg, bias)
+    if xg.shape != (m, groups) or (bias is not None and bias.shape != (n,)):
+        raise ValueError(f"native wo8_gemm: inconsistent shapes xg {tuple(xg.shape)} or bias for ({m}, {n})")
     y = torch.empty(m, n, dtype=torch.float32)
-    rc = _lib().qb_wo_gemm(bits, _ptr(w), _ptr(x), _ptr(xo), _ptr(xg), _ptr(s), _ptr(zc), _ptr(bias), _ptr(y),
-                           m, n, row, groups, row // groups, _threads(m * n * row))
+    rc = _lib().qb_wo8_gemm(_ptr(w), _ptr(x), _ptr(xg), _ptr(s), _ptr(zc), _ptr(bias), _ptr(y), m, n, k, groups,
+                            _threads(m * n * k))
     if rc:
-        raise ValueError(f"native wo_gemm rejected its arguments (code {rc})")
+        raise ValueError(f"native wo8_gemm rejected its arguments (code {rc})")
     return y
 
 
-def wo_dequant(bits: int, w: torch.Tensor, s: torch.Tensor, zc: torch.Tensor, k: int, groups: int) -> torch.Tensor:
-    """(N, K) float32 weights (code + zc) * s from the stored codes (w as for wo_gemm)."""
-    n, row = w.shape
-    if row % groups or s.shape != (n, groups) or zc.shape != (n, groups) or not w.is_contiguous():
-        raise ValueError("native wo_dequant: inconsistent or non-contiguous arguments")
+def wo8_dequant(w: torch.Tensor, s: torch.Tensor, zc: torch.Tensor, groups: int) -> torch.Tensor:
+    """(N, K) float32 weights (code + zc) * s from int8 codes w (N, K)."""
+    n, k = w.shape
+    _check_wo_args("wo8_dequant", w, torch.int8, k, s, zc, k, groups)
     out = torch.empty(n, k, dtype=torch.float32)
-    rc = _lib().qb_wo_dequant(bits, _ptr(w), _ptr(s), _ptr(zc), _ptr(out), n, row, groups, row // groups, k,
-                              _threads(n * k))
+    rc = _lib().qb_wo8_dequant(_ptr(w), _ptr(s), _ptr(zc), _ptr(out), n, k, groups, _threads(n * k))
     if rc:
-        raise ValueError(f"native wo_dequant rejected its arguments (code {rc})")
+        raise ValueError(f"native wo8_dequant rejected its arguments (code {rc})")
+    return out
+
+
+def padded_columns(k: int) -> int:
+    """Columns of x that wo4_gemm reads: K rounded up to a multiple of 16 (one 16-column sub-block)."""
+    return -(-k // 16) * 16
+
+
+def nibble_tail_unit(k: int) -> int:
+    """Bytes per word of the short block that ends a row of K codes in the blocked nibble layout (0: none):
+    the fewest of 1, 2, 4 that hold one nibble per 16-column sub-block of the last K % 128 columns."""
+    subs = -(-(k % 128) // 16)
+    return 0 if subs == 0 else 1 if subs <= 2 else 2 if subs <= 4 else 4
+
+
+def nibble_row_bytes(k: int) -> int:
+    """Bytes per row of K codes in the blocked nibble layout: 64 per 128 columns, 16 words for the rest."""
+    return 64 * (k // 128) + 16 * nibble_tail_unit(k)
+
+
+def wo4_gemm(w: torch.Tensor, x: torch.Tensor, s: torch.Tensor, zc: torch.Tensor, bias: Optional[torch.Tensor],
+             k: int, groups: int) -> torch.Tensor:
+    """4-bit weight-only GEMM (see qbench_cpu.c): w (N, nibble_row_bytes(K)) uint8 in the blocked nibble layout
+    (decode.pack_nibble_blocks), x (M, padded_columns(K)) float32 with zeros past column K, s and zc (N, G)
+    float32 (w = s * (code + zc)), bias (N,) or None -> (M, N) float32."""
+    m, n, kp = x.shape[0], w.shape[0], padded_columns(k)
+    _check_wo_args("wo4_gemm", w, torch.uint8, nibble_row_bytes(k), s, zc, k, groups, x, bias)
+    if x.shape[1] != kp or (bias is not None and bias.shape != (n,)):
+        raise ValueError(f"native wo4_gemm: inconsistent shapes x {tuple(x.shape)} for {k} columns (padded to {kp}) "
+                         f"or bias for {n} rows")
+    y = torch.empty(m, n, dtype=torch.float32)
+    rc = _lib().qb_wo4_gemm(_ptr(w), _ptr(x), _ptr(s), _ptr(zc), _ptr(bias), _ptr(y), m, n, k, groups,
+                            _threads(m * n * k))
+    if rc:
+        raise ValueError(f"native wo4_gemm rejected its arguments (code {rc})")
+    return y
+
+
+def wo4_dequant(w: torch.Tensor, s: torch.Tensor, zc: torch.Tensor, k: int, groups: int) -> torch.Tensor:
+    """(N, K) float32 weights (code + zc) * s from the blocked nibble layout w (N, nibble_row_bytes(K)) uint8."""
+    n = w.shape[0]
+    _check_wo_args("wo4_dequant", w, torch.uint8, nibble_row_bytes(k), s, zc, k, groups)
+    out = torch.empty(n, k, dtype=torch.float32)
+    rc = _lib().qb_wo4_dequant(_ptr(w), _ptr(s), _ptr(zc), _ptr(out), n, k, groups, _threads(n * k))
+    if rc:
+        raise ValueError(f"native wo4_dequant rejected its arguments (code {rc})")
     return out
 
 
