@@ -464,3 +464,17 @@ def test_native_kernels_many_parallel_dispatches():
                 torch.nn.functional.linear(x, w)                      # torch's own parallel work in between
     finally:
         torch.set_num_threads(before)
+
+
+def test_center_zero_points_matches_torch_round_of_the_mean():
+    from qbench.engine.kernels import native
+
+    g = torch.Generator().manual_seed(11)
+    cases = [torch.randint(0, 256, (m,), generator=g, dtype=torch.int32) for m in (1, 2, 7, 1000)]
+    cases += [torch.tensor([3, 4], dtype=torch.int32), torch.tensor([4, 5], dtype=torch.int32)]   # ties: to even
+    for zp in cases:
+        z0, dz = native.center_zero_points(zp)
+        assert z0 == int(torch.round(zp.float().mean()))
+        assert torch.equal(dz, (zp - z0).float())
+    assert native.center_zero_points(torch.tensor([3, 4], dtype=torch.int32))[0] == 4
+    assert native.center_zero_points(torch.tensor([4, 5], dtype=torch.int32))[0] == 4

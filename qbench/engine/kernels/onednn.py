@@ -103,10 +103,16 @@ class Int8OneDNN(Kernel):
         if a_scale.dim() == 0:                                                       # per tensor
             y = self._qlinear(state, codes, float(a_scale), int(az), state["bias"])
             return y.to(x.dtype)
-        z0 = int(az[0]) if state["a"].symmetric else int(torch.round(az.float().mean()))
+        fast = native.unavailable() is None
+        if state["a"].symmetric:                                                     # one zero point for all rows
+            z0, dz = int(az[0]), None
+        elif fast:
+            z0, dz = native.center_zero_points(az)                                   # z0 = round(mean), dz = az - z0
+        else:
+            z0 = int(torch.round(az.float().mean()))
+            dz = (az - z0).float()
         y = self._qlinear(state, codes, 1.0, z0, None)                               # s_w[n] * acc[m, n]
-        dz = None if state["a"].symmetric else (az - z0).float()                     # rows whose zp is not z0
-        if native.unavailable() is None:                                             # one fused pass
+        if fast:                                                                     # one fused pass
             return native.row_epilogue_(y, a_scale.reshape(-1), dz, state["c"], state["bias"]).to(x.dtype)
         if dz is not None:
             y.addr_(dz, state["c"], alpha=-1)

@@ -106,6 +106,8 @@ def declare(lib: ctypes.CDLL) -> None:
     lib.qb_row_epilogue.argtypes = [_P, _P, _P, _P, _P, _I64, _I64, _INT]
     lib.qb_quant_u8.restype = _INT
     lib.qb_quant_u8.argtypes = [_P, _P, _P, _P, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _INT]
+    lib.qb_center_zp.restype = ctypes.c_int32
+    lib.qb_center_zp.argtypes = [_P, _I64, _P]
 
 
 def unavailable() -> Optional[str]:
@@ -248,6 +250,15 @@ def quant_u8(x: torch.Tensor, bits: int, signed: bool, symmetric: bool, per_row:
     if rc:
         raise ValueError(f"native quant_u8 rejected its arguments (code {rc})")
     return out, scale, zp
+
+
+def center_zero_points(zp: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """(z0, dz) for per-row zero points zp (M,) int32: z0 = round(mean(zp)) (as torch.round of the float32
+    mean), dz = (zp - z0) as float32 (M,). One C call instead of a handful of small torch ops per layer."""
+    if zp.dtype != torch.int32 or not zp.is_contiguous() or zp.dim() != 1:
+        raise ValueError("native center_zero_points needs a contiguous 1-D int32 tensor")
+    dz = torch.empty(zp.shape[0], dtype=torch.float32)
+    return int(_lib().qb_center_zp(_ptr(zp), zp.shape[0], _ptr(dz))), dz
 
 
 def row_epilogue_(y: torch.Tensor, row_scale: torch.Tensor, dz: Optional[torch.Tensor], c: Optional[torch.Tensor],

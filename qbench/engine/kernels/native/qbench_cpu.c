@@ -829,6 +829,17 @@ int qb_quant_u8(const float *x, uint8_t *out, float *scale, int32_t *zp, int64_t
     return 0;
 }
 
+/* One shared zero point for per-row zero points zp[0:M]: z0 = round(mean) (float32 mean, ties to even, as
+ * torch.round(zp.float().mean()) gives), and dz[m] = zp[m] - z0 for the rank-1 correction. Returns z0. */
+int32_t qb_center_zp(const int32_t *zp, int64_t M, float *dz) {
+    if (M <= 0) return 0;
+    int64_t sum = 0;
+    for (int64_t m = 0; m < M; m++) sum += zp[m];
+    const int32_t z0 = (int32_t)nearbyintf((float)sum / (float)M);
+    for (int64_t m = 0; m < M; m++) dz[m] = (float)(zp[m] - z0);
+    return z0;
+}
+
 /* ------------------------------------------------------------------ per-row epilogue */
 
 typedef struct { float *y; const float *rs, *dz, *c, *bias; int64_t M, N; } ep_t;
