@@ -9,9 +9,10 @@ contender holds enough copies of its weight to rotate through more memory than t
 memory-bound (decode) shapes are not flattered by cache-resident repeats. The table prints medians with
 p10-p90, GOPS, effective GB/s, the ratio to fp32 and to the best peer of the same kind measured in this run,
 the share of this machine's ceilings (an int8 GEMM rate and a memory bandwidth, both measured here first),
-the relative error against fp32, and the overhead of asymmetric over symmetric activations. Peers: torch.ao
-dynamic int8 Linear (fbgemm and oneDNN), PyTorch's bf16-activation weight-only primitives, and onnxruntime /
-torchao when installed.
+the relative error against fp32, and the overhead of asymmetric over symmetric activations (the two run
+back to back in every round; the median of their per-round ratios). Raw per-round times go into the JSON.
+Peers: torch.ao dynamic int8 Linear (fbgemm and oneDNN), PyTorch's bf16-activation weight-only primitives,
+and onnxruntime / torchao when installed.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import sys
 import time
@@ -53,14 +55,25 @@ def bench_shape(m: int, k: int, n: int, repeats: int, warmup: int, prepared: tup
             last[c.label] = time.perf_counter() - t0
         errs[c.label] = float((c.calls[0](x).double() - y_ref).norm() / y_ref.norm())
     rounds = max(5, min(repeats, int(budget_s / max(sum(last.values()), 1e-9))))
-    order = random.Random(f"{m}x{k}x{n}")            # a fresh contender order each round (seeded): what ran
-    for i in range(rounds):                           # just before a call (its cache and thread state) is no bias
-        for c in order.sample(cs, len(cs)):
-            f = c.calls[i % len(c.calls)]
-            t0 = time.perf_counter()
-            f(x)
-            c.times.append((time.perf_counter() - t0) * 1e3)
+    order = random.Random(f"{m}x{k}x{n}")            # a fresh order each round (seeded), so what ran just before
+    units = twin_units(cs)                            # a call (its cache and thread state) biases no one
+    for i in range(rounds):
+        for unit in order.sample(units, len(units)):
+            for c in order.sample(unit, len(unit)):
+                f = c.calls[i % len(c.calls)]
+                t0 = time.perf_counter()
+                f(x)
+                c.times.append((time.perf_counter() - t0) * 1e3)
     return [_row(m, k, n, c, errs[c.label]) for c in cs]
+
+
+def twin_units(cs: list[Contender]) -> list[list[Contender]]:
+    """Contenders that differ only in asymmetric vs symmetric activations run back to back (in a random order
+    of the two), so their per-round ratio compares them under the same machine state."""
+    units: dict[str, list[Contender]] = {}
+    for c in cs:
+        units.setdefault(re.sub(r" (asym|sym)$", "", c.label), []).append(c)
+    return list(units.values())
 
 
 def _row(m, k, n, c: Contender, err: float) -> dict:
@@ -70,7 +83,7 @@ def _row(m, k, n, c: Contender, err: float) -> dict:
     return {"shape": f"{m}x{k}x{n}", "m": m, "k": k, "n": n, "contender": c.label, "kind": c.kind, "peer": c.peer,
             "note": c.note, "median_ms": med, "p10_ms": q[0], "p90_ms": q[-1], "repeats": len(c.times),
             "weight_copies": len(c.calls), "gops": 2 * m * k * n / med / 1e6, "gbs": moved / med / 1e6,
-            "rel_err_vs_fp64": err}
+            "rel_err_vs_fp64": err, "times_ms": list(c.times)}
 
 
 def annotate(rows: list[dict], ceilings: dict) -> None:
@@ -94,9 +107,9 @@ def asym_overheads(rows: list[dict]) -> list[dict]:
     by = {r["contender"]: r for r in rows}
     for gran in ("per-tensor", "per-token"):
         a, s = by.get(f"qbench w8a8 dyn {gran} asym"), by.get(f"qbench w8a8 dyn {gran} sym")
-        if a and s:
-            out.append({"shape": a["shape"], "m": a["m"], "granularity": gran,
-                        "overhead_pct": 100 * (a["median_ms"] / s["median_ms"] - 1)})
+        if a and s:                                   # median of the per-round ratios of the back-to-back twins
+            ratio = statistics.median(ta / ts for ta, ts in zip(a["times_ms"], s["times_ms"]))
+            out.append({"shape": a["shape"], "m": a["m"], "granularity": gran, "overhead_pct": 100 * (ratio - 1)})
     return out
 
 

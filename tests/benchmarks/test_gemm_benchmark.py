@@ -68,3 +68,16 @@ def test_cli_command_runs_the_benchmark(tmp_path):
 def test_script_is_the_same_program():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "--rotate-mib" in proc.stdout and "benchmarks/gemm.py" in proc.stdout
+
+
+def test_asym_and_sym_twins_run_back_to_back_and_are_compared_per_round():
+    from qbench.bench.peers import Contender
+
+    labels = ["fp32 (torch linear)", "qbench w8a8 dyn per-tensor asym", "qbench w8a8 dyn per-tensor sym",
+              "qbench w8a8 dyn per-token asym", "qbench w8a8 dyn per-token sym", "qbench int8 weight-only"]
+    units = gemm.twin_units([Contender(lab, "w8a8", False, [], 1.0) for lab in labels])
+    assert [[c.label for c in u] for u in units] == [[labels[0]], labels[1:3], labels[3:5], [labels[5]]]
+    rows = [{"contender": "qbench w8a8 dyn per-token asym", "shape": "8x8x8", "m": 8, "times_ms": [1.1, 2.4, 3.0]},
+            {"contender": "qbench w8a8 dyn per-token sym", "shape": "8x8x8", "m": 8, "times_ms": [1.0, 2.0, 3.0]}]
+    (o,) = gemm.asym_overheads(rows)                  # per-round ratios 1.1, 1.2, 1.0: median 1.1
+    assert o["granularity"] == "per-token" and abs(o["overhead_pct"] - 10.0) < 1e-9
