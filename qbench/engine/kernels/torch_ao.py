@@ -20,13 +20,14 @@ the two are the same, which tests/engine/test_torch_ao_kernel.py checks output f
 from __future__ import annotations
 
 import warnings
+
 import torch
 
 from qbench.engine.kernels.base import KERNELS, Kernel
 from qbench.engine.primitives import QuantSpec
 
 ACTIVATIONS = QuantSpec(7, False, False, "per_tensor")       # quint8 with reduce_range: codes 0..127
-WEIGHTS = {"per_tensor": QuantSpec(8, True, True, "per_tensor"), "per_channel": QuantSpec(8, True, True, "per_channel")}
+WEIGHTS = {g: QuantSpec(8, True, True, g) for g in ("per_tensor", "per_channel")}   # int8 symmetric (qint8)
 
 
 class TorchAODynamic(Kernel):
