@@ -197,7 +197,8 @@ def list_(what: str = typer.Argument("kernels", help="kernels, models or dataset
                           "use kernels, models or datasets")
 
 
-bench_app = typer.Typer(no_args_is_help=True, help="Speed benchmarks that print ratios measured side by side in one run.")
+bench_app = typer.Typer(no_args_is_help=True,
+                        help="Speed benchmarks that print ratios measured side by side in one run.")
 app.add_typer(bench_app, name="bench")
 
 

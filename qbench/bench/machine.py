@@ -1,4 +1,5 @@
-"""What this machine can do, measured: the cache a repeated read finds, the int8 and fp32 GEMM rates, memory bandwidth."""
+"""What this machine can do, measured: the cache a repeated read finds, the int8 and fp32 GEMM rates and the
+memory bandwidth."""
 from __future__ import annotations
 
 import math
