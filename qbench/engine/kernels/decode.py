@@ -114,6 +114,20 @@ class _NativeWeightOnly(Kernel):
         y = yt.t().contiguous()
         return y if b is None else y.add_(b)
 
+    @staticmethod
+    def _quantized(weight: torch.Tensor, w):
+        """(codes QTensor, N, K) of the weight, after checking that a group size divides the columns."""
+        n, k = weight.shape
+        if w.granularity == "per_group" and k % w.group_size:
+            raise ValueError(f"group_size {w.group_size} does not divide {k} columns")
+        return quantize(weight, w), n, k
+
+    @staticmethod
+    def _state(codes, s, zc, k: int, bias) -> dict:
+        """The prepared state both kernels keep: codes, (N, G) scales and code offsets, K, fp32 bias."""
+        return {"codes": codes, "s": s, "zc": zc.contiguous(), "groups": s.shape[1], "k": k,
+                "bias": None if bias is None else bias.float().contiguous()}
+
     def _dequant(self, state, r0: int, r1: int) -> torch.Tensor:
         """(r1 - r0, K) float32: rows r0..r1 of the weight, dequantized."""
         raise NotImplementedError
@@ -137,16 +151,12 @@ class Int8WeightOnlyNative(_NativeWeightOnly):
         return self._common_reason(w, a, device)
 
     def prepare(self, weight, bias, w, a, act_qparams=None):
-        n, k = weight.shape
-        q = quantize(weight, w)
-        if w.granularity == "per_group" and k % w.group_size:
-            raise ValueError(f"group_size {w.group_size} does not divide {k} columns")
+        q, n, k = self._quantized(weight, w)
         shift = 0 if w.signed else 128                                     # unsigned codes -> int8
         codes = (q.data.to(torch.int16) - shift).to(torch.int8).contiguous()   # (N, K)
         s = _per_group(q.scale, n)                                          # (N, G)
         zc = -(_per_group(q.zero_point, n) - shift)                         # (N, G): w = s * (code + zc)
-        return {"codes": codes, "s": s, "zc": zc.contiguous(), "groups": s.shape[1], "k": k,
-                "bias": None if bias is None else bias.float().contiguous()}
+        return self._state(codes, s, zc, k, bias)
 
     def _gemm(self, state, xf):
         g = state["groups"]
@@ -173,15 +183,11 @@ class Int4WeightOnlyNative(_NativeWeightOnly):
         return self._common_reason(w, a, device)
 
     def prepare(self, weight, bias, w, a, act_qparams=None):
-        n, k = weight.shape
-        if w.granularity == "per_group" and k % w.group_size:
-            raise ValueError(f"group_size {w.group_size} does not divide {k} columns")
-        q = quantize(weight, w)
+        q, n, k = self._quantized(weight, w)
         codes = pack_nibble_blocks(q.data.to(torch.int16) - w.qmin)      # (N, row bytes) uint8, nibble c = q - qmin
         s = _per_group(q.scale, n)                                          # (N, G)
         zc = float(w.qmin) - _per_group(q.zero_point, n)                    # (N, G): w = s * (c + zc)
-        return {"codes": codes, "s": s, "zc": zc.contiguous(), "groups": s.shape[1], "k": k,
-                "bias": None if bias is None else bias.float().contiguous(), "spec": w}
+        return self._state(codes, s, zc, k, bias)
 
     def _gemm(self, state, xf):
         k = state["k"]
