@@ -19,7 +19,7 @@ from qbench.engine.kernels.decode import DECODE_MAX_M, pack_nibble_blocks, unpac
 from qbench.engine.modules import QuantLinear
 from qbench.engine.primitives import QuantSpec, choose_qparams, quantize
 from qbench.errors import KernelUnavailable
-from tests.engine.test_kernels import make_problem, rows, weight64
+from tests.engine.test_kernels import exact_acc, make_problem, weight64
 
 REF = KERNELS.get("reference")
 ONEDNN, WO8, WO4 = (KERNELS.get(n) for n in ("int8_onednn", "int8_wo_native", "int4_wo_native"))
@@ -93,13 +93,6 @@ W_SYM = [QuantSpec(8, True, True, "per_channel"), QuantSpec(8, True, True, "per_
          QuantSpec(8, False, True, "per_channel"), QuantSpec(7, True, True, "per_channel")]
 ONEDNN_SHAPES = [(1, 24, 8), (2, 100, 50), (7, 200, 129), (16, 384, 300), (17, 1000, 33), (33, 96, 64),
                  (130, 200, 136), (2048, 72, 40)]
-
-
-def exact_acc(x, a_spec, w, w_spec, act_qparams=None):
-    qa = quantize(x, a_spec, *act_qparams) if act_qparams else quantize(x, a_spec)
-    qw = quantize(w, w_spec)
-    acc = (qa.data.long() - rows(qa.zero_point.long())) @ (qw.data.long() - rows(qw.zero_point.long())).t()
-    return acc, rows(qa.scale.double()), rows(qw.scale.double()).t()
 
 
 def check_onednn(m, k, n, w_spec, a_spec, seed, act_qparams=None, x=None):

@@ -73,14 +73,6 @@ def gpt2_float():
     return model
 
 
-@pytest.fixture(scope="module")
-def bert_float():
-    torch.manual_seed(1)
-    cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=128, vocab_size=300)
-    return transformers.BertModel(cfg).eval()
-
-
 @pytest.fixture
 def gpt2(gpt2_float):
     return copy.deepcopy(gpt2_float)

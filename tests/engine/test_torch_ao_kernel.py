@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 import torch
-import transformers
 
 from qbench.engine.api import quantize_
 from qbench.engine.kernels import KERNELS, select_kernel
@@ -20,14 +19,6 @@ A7 = {"bits": 7, "signed": False, "symmetric": False, "granularity": "per_tensor
 def scheme(granularity="per_tensor", **act):
     return {"name": "ao", "weights": {"bits": 8, "signed": True, "symmetric": True, "granularity": granularity},
             "activations": {**A7, **act}, "ops": ["linear"], "kernel": "torch_ao_dynamic"}
-
-
-@pytest.fixture(scope="module")
-def bert_float():
-    torch.manual_seed(3)
-    cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=128, vocab_size=300)
-    return transformers.BertModel(cfg).eval()
 
 
 def torch_quantize_dynamic(model, qconfig_spec):
