@@ -34,7 +34,6 @@ class Contender:
     times: list = field(default_factory=list)
 
 
-
 def qbench_contender(label, kind, kernel_name, ws, b, w_spec, a_spec, static=False) -> Optional[Contender]:
     kern = KERNELS.get(kernel_name)
     reason = kern.supports(w_spec, a_spec, "cpu")
@@ -50,29 +49,30 @@ def qbench_contender(label, kind, kernel_name, ws, b, w_spec, a_spec, static=Fal
 
 
 def torch_ao_contenders(ws, b) -> list[Contender]:
+    """PyTorch's quantize_dynamic Linear on each quantized engine, through the same torch_ao_dynamic kernel that
+    runs it as a scheme in cards; the user's quantized engine is restored afterwards."""
+    kern = KERNELS.get("torch_ao_dynamic")
+    w_spec, a_spec = QuantSpec(8, True, True, "per_tensor"), QuantSpec(7, False, False, "per_tensor")
     out = []
     n, k = ws[0].shape
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    before = torch.backends.quantized.engine
+    try:
         for engine in ("fbgemm", "onednn"):
             if engine not in torch.backends.quantized.supported_engines:
                 continue
-            torch.backends.quantized.engine = engine
-            mods = []
-            for w in ws:
-                lin = torch.nn.Linear(k, n)
-                lin.weight.data, lin.bias.data = w, b
-                mods.append(torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear},
-                                                                   dtype=torch.qint8)[0])
+            torch.backends.quantized.engine = engine             # the weights are packed for this engine
+            states = [kern.prepare(w, b, w_spec, a_spec) for w in ws]
             out.append(Contender(f"torch.ao dynamic int8 ({engine})", "w8a8", True,
-                                 [lambda x, m=m, e=engine: _with_engine(e, m, x) for m in mods], n * k,
-                                 note="per-tensor weights" if engine == "onednn" else "7-bit activations"))
+                                 [lambda x, s=s, e=engine: _with_engine(e, kern, s, x) for s in states], n * k,
+                                 note="per-tensor weights, 7-bit activations"))
+    finally:
+        torch.backends.quantized.engine = before
     return out
 
 
-def _with_engine(engine, mod, x):
+def _with_engine(engine, kern, state, x):
     torch.backends.quantized.engine = engine
-    return mod(x)
+    return kern.forward(state, x)
 
 
 def torch_weight_only_peers(ws, b) -> list[Contender]:
