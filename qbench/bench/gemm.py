@@ -169,8 +169,6 @@ def parse_shapes(spec: str) -> list[tuple[int, int, int]]:
     return shapes
 
 
-
-
 def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> dict:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default=None, help=f"comma-separated MxKxN, 'minilm' for {MINILM}; "

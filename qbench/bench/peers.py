@@ -22,7 +22,6 @@ A_TENSOR_ASYM, A_TENSOR_SYM = QuantSpec(8, False, False, "per_tensor"), QuantSpe
 A_TOKEN_ASYM, A_TOKEN_SYM = QuantSpec(8, False, False, "per_token"), QuantSpec(8, True, True, "per_token")
 
 
-
 @dataclass
 class Contender:
     label: str
