@@ -108,7 +108,23 @@ def load_model(ref: ModelRef, dtype: str = "fp32", device: str = "cpu") -> Loade
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     model.to(device).eval()
+    _own_memory(model)
     return LoadedModel(model, tok, task, source, origin, context_length(model.config))
+
+
+def _own_memory(model) -> None:
+    """Copy every parameter and buffer out of the weight file's mapping into memory torch allocates.
+
+    Loaded tensors can be views of the file at unaligned offsets, while any copy of the model (the one a
+    scheme quantizes) is 64-byte aligned; matmul kernels pick their SIMD paths by alignment, so the baseline
+    and an unchanged copy would round differently in the last bit and time differently. After this the
+    baseline and its copies run the same code. Tied weights stay tied (one Parameter object each).
+    """
+    import torch
+
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            t.data = t.data.clone()
 
 
 def load_skeleton(ref: ModelRef):

@@ -44,3 +44,19 @@ def test_pickle_weights_refused_unless_allowed(tiny_models, tmp_path):
         load_model(ModelRef(id=f"hf:{d}"))
     loaded = load_model(ModelRef(id=f"hf:{d}", allow_pickle=True))
     assert loaded.task == "causal_lm"
+
+
+def test_loaded_weights_own_aligned_memory_so_a_copy_computes_bit_identically(tiny_models):
+    """Weights are copied out of the file mapping: a deepcopy of the model (what a scheme that quantizes
+    nothing runs) then gives exactly the baseline's logits, and tied weights stay tied."""
+    import copy
+
+    import torch
+
+    loaded = load_model(ModelRef(id=f"hf:{tiny_models['gpt2']}"))
+    model = loaded.model
+    assert all(t.data_ptr() % 64 == 0 for t in [*model.parameters(), *model.buffers()])
+    assert model.lm_head.weight is model.transformer.wte.weight
+    ids = torch.randint(0, model.config.vocab_size, (4, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, copy.deepcopy(model)(ids).logits)
