@@ -216,9 +216,9 @@ A8 = QuantSpec(8, False, False)
 
 
 @pytest.mark.parametrize("w_spec,a_spec,expected", [
-    (W8_CH, A8, "int8_onednn"),
-    (QuantSpec(8, False, True, "per_tensor"), QuantSpec(8, True, True, "per_token"), "int8_onednn"),
-    (QuantSpec(8, False, False, "per_channel"), QuantSpec(8, True, True, "per_token"), "int8_int_mm"),
+    (W8_CH, A8, "int8_native"),
+    (QuantSpec(8, False, True, "per_tensor"), QuantSpec(8, True, True, "per_token"), "int8_native"),
+    (QuantSpec(8, False, False, "per_channel"), QuantSpec(8, True, True, "per_token"), "int8_native"),
     (W8_CH, None, "int8_wo_native"),
     (QuantSpec(8, True, False, "per_tensor"), None, "int8_wo_native"),
     (QuantSpec(4, True, True, "per_group", 32), None, "int4_wo_native"),
@@ -264,6 +264,6 @@ def test_forced_unknown_kernel_has_did_you_mean_hint():
 
 
 def test_registry_lists_all_kernels():
-    assert {"reference", "int8_int_mm", "int8_weight_only", "int4_packed", "int8_onednn", "int8_wo_native",
-            "int4_wo_native"} <= set(KERNELS)
+    assert {"reference", "int8_int_mm", "int8_weight_only", "int4_packed", "int8_onednn", "int8_native",
+            "int8_wo_native", "int4_wo_native"} <= set(KERNELS)
     assert KERNELS.get("reference").emulated and not KERNELS.get("int8_int_mm").emulated

@@ -242,7 +242,7 @@ def test_w8a8_integer_kernel_matches_reference_per_layer(which, gpt2_float, bert
     rec_int = quantize_(m_int, scheme(W8A8, ops=ops))
     applied = [r.name for r in rec_int if r.applied]
     assert len(applied) == (9 if which == "gpt2" else 13)
-    assert {r.kernel for r in rec_int if r.applied} == {"int8_onednn"}
+    assert {r.kernel for r in rec_int if r.applied} == {"int8_native"}
     assert {r.kernel for r in rec_ref if r.applied} == {"reference"}
     assert all(r.activations == "uint8 asym per_tensor dynamic" for r in rec_int if r.applied)
     # identical computation for identical inputs, layer by layer
@@ -269,7 +269,7 @@ def test_w8a8_single_quantized_layer_identical_end_to_end(gpt2_float):
     m_ref, m_int = copy.deepcopy(gpt2_float), copy.deepcopy(gpt2_float)
     quantize_(m_ref, scheme(W8A8, ops=["lm_head"], kernel="reference"))
     recs = by_name(quantize_(m_int, scheme(W8A8, ops=["lm_head"])))
-    assert recs["lm_head"].kernel == "int8_onednn"
+    assert recs["lm_head"].kernel == "int8_native"
     out_ref, out_int = logits(m_ref), logits(m_int)
     assert (out_int - out_ref).abs().max() <= 1e-5 * float(out_ref.abs().max())
     assert not torch.equal(out_ref, logits(gpt2_float))
@@ -300,7 +300,7 @@ def test_static_activations_use_calibrated_ranges(gpt2_float):
     assert len(applied) == 8
     assert all(r.activations.endswith("static") for r in applied)
     assert all(r.activations == "uint8 asym per_tensor static" for r in applied)
-    assert {r.kernel for r in applied} == {"int8_onednn"}
+    assert {r.kernel for r in applied} == {"int8_native"}
 
     # black-box check of the target layer against float64 with the calibrated range:
     # inputs well outside that range are clamped by static qparams (dynamic ones would not clamp)
@@ -461,7 +461,7 @@ def test_embedding_op_bert(bert_float):
     emb = [r for r in recs if r.op == "embedding"]
     assert len(emb) == 3 and all(r.applied for r in emb)
     assert isinstance(model.embeddings.word_embeddings, QuantEmbedding)
-    assert {r.kernel for r in recs if r.op == "linear"} == {"int8_onednn"}
+    assert {r.kernel for r in recs if r.op == "linear"} == {"int8_native"}
     out, ref = hidden(model), hidden(bert_float)
     assert out.shape == ref.shape and torch.isfinite(out).all()
     assert (out - ref).abs().max() <= 0.1 * float(ref.std())

@@ -82,7 +82,7 @@ def test_rows_carry_measurements_for_each_task(tiny_run):
                                                            values="value", aggfunc="first")
     assert (wb["quantized"] < wb["baseline"]).all()
     # kernels recorded on every row
-    assert set(frame[frame.scheme == "w8a8"].kernel) == {"int8_onednn"}
+    assert set(frame[frame.scheme == "w8a8"].kernel) == {"int8_native"}
     assert set(frame[frame.scheme == "w4g16"].kernel) == {"int4_wo_native"}
 
 

@@ -6,6 +6,6 @@ supports the configuration and records its name; a forced kernel that cannot run
 from __future__ import annotations
 
 from qbench.engine.kernels.base import Kernel, KERNELS, select_kernel
-from qbench.engine.kernels import cpu, cuda, decode, onednn, reference, torch_ao, triton_wo  # noqa: F401  (importing registers them)
+from qbench.engine.kernels import cpu, cuda, decode, fused, onednn, reference, torch_ao, triton_wo  # noqa: F401  (importing registers them)
 
 __all__ = ["Kernel", "KERNELS", "select_kernel"]

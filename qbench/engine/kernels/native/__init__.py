@@ -108,6 +108,10 @@ def declare(lib: ctypes.CDLL) -> None:
     lib.qb_quant_u8.argtypes = [_P, _P, _P, _P, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _INT]
     lib.qb_center_zp.restype = ctypes.c_int32
     lib.qb_center_zp.argtypes = [_P, _I64, _P]
+    lib.qb_w8a8_isa.restype = ctypes.c_char_p
+    lib.qb_w8a8_gemm.restype = _INT
+    lib.qb_w8a8_gemm.argtypes = [_P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _INT, _INT, _INT, _INT, _INT,
+                                 ctypes.c_float, ctypes.c_int32, _INT]
 
 
 def unavailable() -> Optional[str]:
