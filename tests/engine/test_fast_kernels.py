@@ -70,6 +70,29 @@ def test_native_quantizer_static_ties_and_outliers(signed):
         assert torch.equal(codes.to(torch.int16), q.data.to(torch.int16) + (128 if signed else 0))
 
 
+
+@needs_native
+@pytest.mark.parametrize("bits", [8, 6])
+def test_native_quantizer_non_finite_inputs(bits):
+    """NaN gets the lowest code and +-inf clamp, in both AVX-512 code paths: 64 codes a step (full 8-bit
+    range) and 16 lanes (narrower codes, and the end of a row)."""
+    s, z = torch.tensor(0.05), torch.tensor(7, dtype=torch.int32)
+    x = torch.randn(1, 150, generator=torch.Generator().manual_seed(2))
+    bad = {3: float("nan"), 70: float("nan"), 135: float("nan"), 149: float("nan"), 10: float("inf"),
+           140: float("-inf"), 20: -1e30, 146: 1e30}
+    for col, v in bad.items():
+        x[0, col] = v
+    for signed in (True, False):
+        codes, _, _ = native.quant_u8(x, bits, signed, False, False, (s, z))
+        qmin_u = (-(1 << (bits - 1)) + 128) if signed else 0
+        qmax_u = qmin_u + (1 << bits) - 1
+        for col, v in bad.items():
+            expect = qmin_u if v != v or v < 0 else qmax_u
+            assert int(codes[0, col]) == expect, (signed, col, v)
+        finite = torch.isfinite(x) & (x.abs() < 1e29)
+        q = quantize(x, QuantSpec(bits, signed, False, "per_tensor"), s, z)
+        assert torch.equal(codes[finite].to(torch.int16), q.data[finite].to(torch.int16) + (128 if signed else 0))
+
 @needs_native
 def test_native_quantizer_two_threads():
     """Large enough to be split across threads (per-tensor: min/max per span, then codes per span)."""

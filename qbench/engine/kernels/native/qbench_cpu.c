@@ -725,7 +725,9 @@ static void minmax(const float *x, int64_t n, float *mn, float *mx) {
  * t = x * (1 / s) is used: it is within 2^-23 relative of x / s. If t * (1 - 2^-21) and t * (1 + 2^-21)
  * round to the same integer, no half-integer lies near x / s and that integer is round(x / s); the few
  * lanes where they differ are divided exactly. The codes are therefore identical to the torch quantizer's.
- * t is first clamped to one step beyond the code range so that float -> int32 conversion cannot overflow. */
+ * t is first clamped to [qmin_u - zp_u, qmax_u - zp_u]: integer bounds, so rounding the clamped t gives the
+ * clamped code (rounding is monotone and keeps integers), no float -> int32 conversion can overflow, and no
+ * integer clamp is needed after adding the zero point. */
 static void quant_span(const float *x, uint8_t *out, int64_t n, float s, int32_t zp_u, int qmin_u, int qmax_u) {
     int64_t i = 0;
     const float z = (float)zp_u;
@@ -734,9 +736,33 @@ static void quant_span(const float *x, uint8_t *out, int64_t n, float s, int32_t
 #ifdef QB_AVX512
 #define QB_RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
     const __m512 vs = _mm512_set1_ps(s), vinv = _mm512_set1_ps(inv);
-    const __m512 tlo = _mm512_set1_ps((float)(qmin_u - zp_u - 1)), thi = _mm512_set1_ps((float)(qmax_u - zp_u + 1));
+    const __m512 tlo = _mm512_set1_ps((float)(qmin_u - zp_u)), thi = _mm512_set1_ps((float)(qmax_u - zp_u));
     const __m512 up = _mm512_set1_ps(1.0f + 1.0f / (1 << 21)), dn = _mm512_set1_ps(1.0f - 1.0f / (1 << 21));
-    const __m512i vz = _mm512_set1_epi32(zp_u), vmin = _mm512_set1_epi32(qmin_u), vmax = _mm512_set1_epi32(qmax_u);
+    const __m512i vz = _mm512_set1_epi32(zp_u);
+    if (fast && qmin_u == 0 && qmax_u == 255) {
+        /* the full uint8 range, 64 codes a step: the saturating packs (int32 -> int16 -> uint8) clamp at 0, so
+         * t needs no lower clamp (far below, or NaN, cvt gives INT_MIN, which saturates to 0 as the clamp
+         * would; vminps returns its second operand for a NaN, so t comes second); the packs interleave
+         * 128-bit lanes, one permutation restores the order */
+        const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        for (; i + 64 <= n; i += 64) {
+            __m512i r[4];
+            for (int v = 0; v < 4; v++) {
+                const __m512 xv = _mm512_loadu_ps(x + i + 16 * v);
+                const __m512 t = _mm512_min_ps(thi, _mm512_mul_ps(xv, vinv));      /* NaN stays NaN */
+                r[v] = _mm512_cvt_roundps_epi32(_mm512_mul_ps(t, up), QB_RNE);
+                const __m512i r2 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(t, dn), QB_RNE);
+                const __mmask16 odd = _mm512_cmpneq_epi32_mask(r[v], r2);
+                if (odd) {
+                    const __m512 e = _mm512_min_ps(thi, _mm512_div_ps(xv, vs));
+                    r[v] = _mm512_mask_mov_epi32(r[v], odd, _mm512_cvt_roundps_epi32(e, QB_RNE));
+                }
+                r[v] = _mm512_add_epi32(r[v], vz);
+            }
+            const __m512i b = _mm512_packus_epi16(_mm512_packs_epi32(r[0], r[1]), _mm512_packs_epi32(r[2], r[3]));
+            _mm512_storeu_si512(out + i, _mm512_permutexvar_epi32(order, b));
+        }
+    }
     for (; i < n; i += 16) {
         const int64_t left = n - i;
         const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
@@ -754,8 +780,7 @@ static void quant_span(const float *x, uint8_t *out, int64_t n, float s, int32_t
         } else {
             r = _mm512_cvt_roundps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_div_ps(xv, vs), tlo), thi), QB_RNE);
         }
-        r = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(r, vz), vmin), vmax);
-        _mm_mask_storeu_epi8(out + i, mk, _mm512_cvtepi32_epi8(r));
+        _mm_mask_storeu_epi8(out + i, mk, _mm512_cvtepi32_epi8(_mm512_add_epi32(r, vz)));
     }
 #endif
     (void)fast;
@@ -914,6 +939,7 @@ const char *qb_w8a8_isa(void) {
 #define W8_MR 6
 #define W8_MB 48
 #define W8_MAX_K 32768
+#define W8_PANEL_ROWS_BYTES (1 << 20)
 
 typedef struct {
     const float *x;
@@ -1038,8 +1064,19 @@ static void w8a8_tile(const w8a8_t *g, const uint8_t *a, int64_t m0, int64_t p, 
 /* rows a[0:rows] starting at y row m0, panels [p0, p1) */
 static void w8a8_block(const w8a8_t *g, const uint8_t *a, int64_t m0, int64_t rows, int64_t p0, int64_t p1,
                        const float *sa, const int32_t *za, const int32_t *rt) {
+    const int64_t pbytes = g->kp * W8_NR, tiles = (rows + W8_MR - 1) / W8_MR;
+    const int64_t share = (pbytes / 64 + tiles - 1) / tiles * 64;     /* of the next panel, per tile */
     for (int64_t p = p0; p < p1; p++)
         for (int64_t i = 0; i < rows; i += W8_MR) {
+#ifdef QB_AVX512
+            /* a panel that comes from memory stalls its first tile: each tile asks for its share of the
+             * next panel into L2 (measured: 128 x 4096 x 4096 with weights rotated past the cache) */
+            if (p + 1 < p1) {
+                const char *next = (const char *)(g->wp + (p + 1) * pbytes);
+                const int64_t lo = i / W8_MR * share, hi = lo + share < pbytes ? lo + share : pbytes;
+                for (int64_t off = lo; off < hi; off += 64) _mm_prefetch(next + off, _MM_HINT_T1);
+            }
+#endif
             const uint8_t *ai = a + i * g->kp;
             const float *s = sa + i;
             const int32_t *z = za + i, *t = rt + i;
@@ -1115,7 +1152,11 @@ int qb_w8a8_gemm(const float *x, const int8_t *wp, const int32_t *csum, const in
         }
         qparams(&g.q, mn, mx, &g.scale0, &g.zp0);
     }
-    g.by_panels = M < (int64_t)threads * 4 * W8_MR && g.npan >= threads;
+    /* by panels when the rows are few, or when the weight outweighs the rows (N >= threads * M): each thread
+     * then quantizes all rows (cheap next to its panels) and every weight byte is read once, instead of once
+     * per row block and thread; capped so the rows' codes stay in L2 */
+    g.by_panels = g.npan >= threads && (M < (int64_t)threads * 4 * W8_MR ||
+                                        (N >= (int64_t)threads * M && M * g.kp <= W8_PANEL_ROWS_BYTES));
     if (g.by_panels) parallel_for(w8a8_task, &g, g.npan, threads, 1);
     else parallel_for(w8a8_task, &g, M, threads, W8_MR);
     return atomic_load(&oom) ? 2 : 0;
