@@ -220,7 +220,7 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> dict:
             all_rows += rows
             overheads += asym_overheads(rows)
     if overheads:
-        print("\nasymmetric vs symmetric activations (qbench int8_onednn, same run):")
+        print("\nasymmetric vs symmetric activations (qbench int8_native, same run):")
         for o in overheads:
             print(f"  {o['shape']:>14s} {o['granularity']:10s} {o['overhead_pct']:+6.1f}%")
     goals = targets(all_rows, overheads)

@@ -179,11 +179,12 @@ def contenders(k: int, n: int, rotate_bytes: int, tmpdir: Path, max_copies: int 
                      [lambda x, w=w: torch.nn.functional.linear(x.bfloat16(), w, bb).float() for w in wb], 2 * n * k)]
     w8s, w4s = take(n * k), take(n * k / 2)
     for c in (
-        qbench_contender("w8a8 dyn per-tensor asym", "w8a8", "int8_onednn", w8s, b, W8, A_TENSOR_ASYM),
-        qbench_contender("w8a8 dyn per-tensor sym", "w8a8", "int8_onednn", w8s, b, W8, A_TENSOR_SYM),
-        qbench_contender("w8a8 dyn per-token asym", "w8a8", "int8_onednn", w8s, b, W8, A_TOKEN_ASYM),
-        qbench_contender("w8a8 dyn per-token sym", "w8a8", "int8_onednn", w8s, b, W8, A_TOKEN_SYM),
-        qbench_contender("w8a8 static per-tensor asym", "w8a8", "int8_onednn", w8s, b, W8, A_TENSOR_ASYM, True),
+        qbench_contender("w8a8 dyn per-tensor asym", "w8a8", "int8_native", w8s, b, W8, A_TENSOR_ASYM),
+        qbench_contender("w8a8 dyn per-tensor sym", "w8a8", "int8_native", w8s, b, W8, A_TENSOR_SYM),
+        qbench_contender("w8a8 dyn per-token asym", "w8a8", "int8_native", w8s, b, W8, A_TOKEN_ASYM),
+        qbench_contender("w8a8 dyn per-token sym", "w8a8", "int8_native", w8s, b, W8, A_TOKEN_SYM),
+        qbench_contender("w8a8 static per-tensor asym", "w8a8", "int8_native", w8s, b, W8, A_TENSOR_ASYM, True),
+        qbench_contender("w8a8 oneDNN per-token asym", "w8a8", "int8_onednn", w8s, b, W8, A_TOKEN_ASYM),
         qbench_contender("w8a8 _int_mm per-token asym", "w8a8", "int8_int_mm", w8s, b, W8, A_TOKEN_ASYM),
         qbench_contender("int8 weight-only", "wo8", "int8_wo_native", w8s, b, W8, None),
         qbench_contender("int8 weight-only (dequant+matmul)", "wo8", "int8_weight_only", w8s, b, W8, None),
