@@ -45,6 +45,18 @@ class Kernel:
         return None if kind in self.devices else f"{self.name} runs on {', '.join(self.devices)}, not {kind}"
 
 
+def integer_matmul_reason(w: QuantSpec, a: Optional[QuantSpec]) -> Optional[str]:
+    """Why a W8A8 kernel that factors the scales out of one integer matmul (per-tensor or per-token
+    activations, per-tensor or per-channel weights) cannot run this configuration; None when it can."""
+    if a is None:
+        return "needs quantized activations (weight-only schemes use other kernels)"
+    if a.granularity not in ("per_tensor", "per_token"):
+        return f"activations must be per_tensor or per_token, not {a.granularity}"
+    if w.granularity not in ("per_tensor", "per_channel"):
+        return "per_group weight scales do not factor out of an integer matmul"
+    return None
+
+
 KERNELS: Registry[Kernel] = Registry("kernel")
 
 # Preference order for `kernel: auto`: CUDA-only kernels first (on CPU they decline, so the CPU order below is

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from qbench.engine.kernels import native
-from qbench.engine.kernels.base import KERNELS, Kernel
+from qbench.engine.kernels.base import KERNELS, Kernel, integer_matmul_reason
 from qbench.engine.primitives import quantize
 
 PANEL = 64          # weight columns per panel of the packed layout
@@ -88,13 +88,7 @@ class Int8Native(Kernel):
 
     @staticmethod
     def _config_reason(w, a):
-        if a is None:
-            return "needs quantized activations (weight-only schemes use other kernels)"
-        if a.granularity not in ("per_tensor", "per_token"):
-            return f"activations must be per_tensor or per_token, not {a.granularity}"
-        if w.granularity not in ("per_tensor", "per_channel"):
-            return "per_group weight scales do not factor out of an integer matmul"
-        return native.unavailable()
+        return integer_matmul_reason(w, a) or native.unavailable()
 
     def shape_reason(self, n, k):
         return f"K = {k} > {MAX_K}: the int32 sums could overflow" if k > MAX_K else None

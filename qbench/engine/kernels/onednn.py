@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 
 from qbench.engine.kernels import native
-from qbench.engine.kernels.base import KERNELS, Kernel
+from qbench.engine.kernels.base import KERNELS, Kernel, integer_matmul_reason
 from qbench.engine.primitives import QuantSpec, choose_qparams, quantize, reduce_minmax
 
 
@@ -69,14 +69,11 @@ class Int8OneDNN(Kernel):
                 f"prepacked once; qbench activation quantizer ({quantizer}), per-token scales applied after")
 
     def supports(self, w, a, device):
-        if a is None:
-            return "needs quantized activations (weight-only schemes use other kernels)"
-        if a.granularity not in ("per_tensor", "per_token"):
-            return f"activations must be per_tensor or per_token, not {a.granularity}"
-        if w.granularity not in ("per_tensor", "per_channel"):
-            return "per_group weight scales do not factor out of an integer matmul"
+        reason = integer_matmul_reason(w, a)
+        if reason:
+            return reason
         if not w.symmetric:
-            return "oneDNN takes weight zero points of 0: asymmetric weights run on int8_int_mm"
+            return "oneDNN takes weight zero points of 0: asymmetric weights run on int8_native or int8_int_mm"
         return _onednn_reason() or self._device_reason(device)
 
     def prepare(self, weight, bias, w, a, act_qparams=None):
