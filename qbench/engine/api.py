@@ -88,8 +88,9 @@ def quantize_(model: nn.Module, scheme: Scheme | dict, *, device: str = "cpu",
     kinds = classify(model)
     # choose the kernel once, before touching the model, so an impossible request leaves it unchanged
     linear_ops = any(op != "embedding" and op in scheme.ops for op in kinds.values())
-    kernel = select_kernel(w, a, device, scheme.kernel) if linear_ops else None
     plan = plan_modules(model, scheme, kinds)
+    shapes = tuple({p.shape for p in plan if not p.skip and p.op != "embedding"})
+    kernel = select_kernel(w, a, device, scheme.kernel, shapes) if linear_ops else None
     misfits = shape_misfits(plan, kernel)
     if misfits:
         raise KernelUnavailable(misfits)

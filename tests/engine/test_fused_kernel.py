@@ -173,3 +173,25 @@ def test_portable_c_w8a8_is_exact(monkeypatch, tmp_path):
     assert "VNNI" in FUSED.supports(W8, A_TOKEN, "cpu")                   # auto never picks the slow loop
     for i, (m, k, n) in enumerate([(1, 5, 3), (7, 37, 70), (50, 130, 65)]):
         check(m, k, n, W_SPECS[(3 * i + 1) % len(W_SPECS)], A_SPECS[(5 * i) % len(A_SPECS)], seed=i)
+
+
+@needs_fused
+def test_auto_passes_over_int8_native_for_rows_too_long():
+    """quantize_ with kernel auto: a linear with K > MAX_K goes to the next kernel that holds it (recorded), and
+    a forced int8_native is refused before any module changes, naming the misfit."""
+    from qbench.engine.api import quantize_
+    from qbench.engine.modules import QuantLinear
+    from qbench.errors import KernelUnavailable
+
+    scheme = {"name": "w8a8", "weights": {"bits": 8, "granularity": "per_channel"},
+              "activations": {"bits": 8, "signed": False, "symmetric": False, "granularity": "per_token"}}
+    model = torch.nn.Sequential(torch.nn.Linear(MAX_K + 1, 8), torch.nn.Linear(8, 4))
+    records = quantize_(model, scheme)
+    assert {r.kernel for r in records if r.applied} == {"int8_onednn"}
+    assert isinstance(model[0], QuantLinear)
+    untouched = torch.nn.Sequential(torch.nn.Linear(MAX_K + 1, 8), torch.nn.Linear(8, 4))
+    with pytest.raises(KernelUnavailable, match=f"{MAX_K + 1}"):
+        quantize_(untouched, {**scheme, "kernel": "int8_native"})
+    assert not any(isinstance(m, QuantLinear) for m in untouched)
+    small = torch.nn.Sequential(torch.nn.Linear(64, 8))
+    assert {r.kernel for r in quantize_(small, scheme) if r.applied} == {"int8_native"}

@@ -67,8 +67,11 @@ PREFERENCE = CUDA_PREFERENCE + ("int8_native", "int8_onednn", "int8_int_mm", "in
                                 "int8_weight_only", "reference")
 
 
-def select_kernel(w: QuantSpec, a: Optional[QuantSpec], device: str, forced: str = "auto") -> Kernel:
-    """The kernel that runs this configuration; raises KernelUnavailable for an impossible force."""
+def select_kernel(w: QuantSpec, a: Optional[QuantSpec], device: str, forced: str = "auto",
+                  shapes: tuple = ()) -> Kernel:
+    """The kernel that runs this configuration; raises KernelUnavailable for an impossible force.
+    With `shapes` ((N, K) of the linear weights it will hold), `auto` also passes over a kernel that cannot
+    hold one of them (a forced kernel is held to them by the caller, which names the misfit)."""
     if forced != "auto":
         k = KERNELS.get(forced)
         reason = k.supports(w, a, device)
@@ -79,7 +82,7 @@ def select_kernel(w: QuantSpec, a: Optional[QuantSpec], device: str, forced: str
     reasons = []
     for name in PREFERENCE:
         k = KERNELS.get(name)
-        reason = k.supports(w, a, device)
+        reason = k.supports(w, a, device) or next(filter(None, (k.shape_reason(*nk) for nk in shapes)), None)
         if reason is None:
             return k
         reasons.append(f"{name}: {reason}")
