@@ -31,6 +31,7 @@ browser:
 
 
 bench: setup
+	$(PY) -m pip install --quiet -e ".[peers]"
 	$(VENV)/bin/qbench bench gemm
 
 clean:

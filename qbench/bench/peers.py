@@ -128,7 +128,8 @@ def onnxruntime_contenders(ws, b, tmpdir: Path) -> list[Contender]:
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])],
             [numpy_helper.from_array(w.t().contiguous().numpy(), "w"), numpy_helper.from_array(b.numpy(), "b")])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        # IR version 9 (onnx 1.15): onnx writes its newest by default, which an older onnxruntime refuses
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
         f32, i8 = tmpdir / f"fp32_{i}.onnx", tmpdir / f"int8_{i}.onnx"
         onnx.save(model, f32)
         with warnings.catch_warnings():

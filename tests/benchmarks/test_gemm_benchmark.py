@@ -2,6 +2,7 @@
 writes the JSON it promises; the command and the script are the same program."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -30,6 +31,8 @@ def test_quick_run_writes_table_and_json(tmp_path, capsys):
     assert {"fp32 (torch linear)", "bf16 (torch linear)", "qbench w8a8 dyn per-token asym",
             "qbench int8 weight-only", "qbench int4 g128 weight-only"} <= set(rows)
     assert any(r["peer"] for r in data["rows"])
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):   # a test dependency
+        assert {r["kind"] for r in data["rows"] if r["contender"].startswith("onnxruntime")} == {"baseline", "w8a8"}
     for shape in {r["shape"] for r in data["rows"]}:                # ratios are to the faster fp32 baseline
         fp32 = [r["vs_fp32"] for r in data["rows"] if r["shape"] == shape and "fp32" in r["contender"]
                 and r["kind"] == "baseline"]
