@@ -1,6 +1,6 @@
 """GEMM benchmark: qbench's kernels against fp32/bf16 and the best CPU peers, side by side in one run.
 
-    qbench bench gemm [--shapes 1x4096x4096,minilm] [--repeats 30] [--json out.json] [--quick]
+    qbench bench gemm [--shapes 1x4096x4096,minilm,reflm] [--repeats 30] [--json out.json] [--quick]
     python benchmarks/gemm.py [same options]
 
 For each (M, K, N) every contender is timed interleaved (every round runs each contender once, in a fresh
@@ -34,7 +34,8 @@ from qbench.bench.machine import effective_cache_bytes, l3_bytes, measure_ceilin
 from qbench.bench.peers import Contender, contenders
 
 MINILM = "1024x384x384,1024x384x1536,1024x1536x384"          # all-MiniLM-L6-v2 linears at 8 x 128 tokens
-DEFAULT_SHAPES = "1x4096x4096,16x4096x4096,128x4096x4096,512x768x3072,2048x4096x4096," + MINILM
+REFLM = "1024x256x768,1024x256x256,1024x256x1024,1024x1024x256"  # reflm's linears at 8 x 128 tokens (prefill)
+DEFAULT_SHAPES = "1x4096x4096,16x4096x4096,128x4096x4096,512x768x3072,2048x4096x4096," + MINILM + "," + REFLM
 QUICK_SHAPES = "1x256x320,24x200x136"
 
 
@@ -159,20 +160,20 @@ def print_table(rows: list[dict]) -> None:
 
 
 def parse_shapes(spec: str) -> list[tuple[int, int, int]]:
-    spec = spec.replace("minilm", MINILM)
+    spec = spec.replace("minilm", MINILM).replace("reflm", REFLM)
     shapes = []
     for s in spec.split(","):
         parts = s.strip().lower().split("x")
         if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise SystemExit(f"bad shape {s!r}: expected MxKxN, e.g. 16x4096x4096 (or 'minilm')")
+            raise SystemExit(f"bad shape {s!r}: expected MxKxN, e.g. 16x4096x4096 (or 'minilm', 'reflm')")
         shapes.append(tuple(int(p) for p in parts))
     return shapes
 
 
 def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> dict:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", default=None, help=f"comma-separated MxKxN, 'minilm' for {MINILM}; "
-                                                   f"default {DEFAULT_SHAPES}")
+    ap.add_argument("--shapes", default=None, help=f"comma-separated MxKxN, 'minilm' for {MINILM}, 'reflm' for "
+                                                   f"{REFLM}; default {DEFAULT_SHAPES}")
     ap.add_argument("--repeats", type=int, default=30, help="interleaved rounds at most (fewer where slow)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--budget", type=float, default=20.0, help="seconds of timed rounds per shape, roughly")

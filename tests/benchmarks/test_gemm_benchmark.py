@@ -56,6 +56,7 @@ def test_bad_shape_is_rejected():
     else:
         raise AssertionError("a bad shape was accepted")
     assert mod.parse_shapes("minilm") == [(1024, 384, 384), (1024, 384, 1536), (1024, 1536, 384)]
+    assert mod.parse_shapes("reflm") == [(1024, 256, 768), (1024, 256, 256), (1024, 256, 1024), (1024, 1024, 256)]
 
 
 def test_cli_command_runs_the_benchmark(tmp_path):
