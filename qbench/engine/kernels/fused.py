@@ -72,7 +72,8 @@ class Int8Native(Kernel):
     @property
     def backend(self) -> str:
         return (f"qbench fused C kernel ({native.isa()}, {self._isa()}): per-row-block activation quantization, "
-                "uint8 x int8 -> int32 (vpdpbusd), zero-point corrections, rescale and bias in registers, one call")
+                f"uint8 x int8 -> int32 (vpdpbusd), zero-point corrections, rescale and bias in registers, one call; "
+                f"any M and N, K <= {MAX_K}; other float dtypes go through float32 and come back in their own")
 
     @staticmethod
     def _isa() -> str:
