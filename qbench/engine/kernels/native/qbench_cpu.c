@@ -722,9 +722,11 @@ static void minmax(const float *x, int64_t n, float *mn, float *mx) {
 
 /* codes of x[0:n] with one (scale, zp-in-uint8-domain); the clamp is applied to the shifted codes.
  * round(x / s) is what the codes need, and division is slow (vdivps: 10 cycles per 16 lanes here), so
- * t = x * (1 / s) is used: it is within 2^-23 relative of x / s. If t * (1 - 2^-21) and t * (1 + 2^-21)
- * round to the same integer, no half-integer lies near x / s and that integer is round(x / s); the few
- * lanes where they differ are divided exactly. The codes are therefore identical to the torch quantizer's.
+ * t = x * (1 / s) is used, with 1 / s correctly rounded: t and the float32 quotient x / s differ by at most
+ * 3 * 2^-24 |x / s|, under 2^-12 while |t| <= 512. Where t lies at least 2^-12 from every half-integer
+ * (vreduceps gives t - round(t)), both round to the same integer; the few lanes nearer a tie are divided
+ * exactly. Larger |t| only occurs below the code range (t is clamped above), where any rounding clamps to
+ * the lowest code. The codes are therefore identical to the torch quantizer's.
  * t is first clamped to [qmin_u - zp_u, qmax_u - zp_u]: integer bounds, so rounding the clamped t gives the
  * clamped code (rounding is monotone and keeps integers), no float -> int32 conversion can overflow, and no
  * integer clamp is needed after adding the zero point. */
@@ -737,7 +739,7 @@ static void quant_span(const float *x, uint8_t *out, int64_t n, float s, int32_t
 #define QB_RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
     const __m512 vs = _mm512_set1_ps(s), vinv = _mm512_set1_ps(inv);
     const __m512 tlo = _mm512_set1_ps((float)(qmin_u - zp_u)), thi = _mm512_set1_ps((float)(qmax_u - zp_u));
-    const __m512 up = _mm512_set1_ps(1.0f + 1.0f / (1 << 21)), dn = _mm512_set1_ps(1.0f - 1.0f / (1 << 21));
+    const __m512 near_half = _mm512_set1_ps(0.5f - 1.0f / 4096);   /* |t - round(t)| from here: divide */
     const __m512i vz = _mm512_set1_epi32(zp_u);
     if (fast && qmin_u == 0 && qmax_u == 255) {
         /* the full uint8 range, 64 codes a step: the saturating packs (int32 -> int16 -> uint8) clamp at 0, so
@@ -750,9 +752,9 @@ static void quant_span(const float *x, uint8_t *out, int64_t n, float s, int32_t
             for (int v = 0; v < 4; v++) {
                 const __m512 xv = _mm512_loadu_ps(x + i + 16 * v);
                 const __m512 t = _mm512_min_ps(thi, _mm512_mul_ps(xv, vinv));      /* NaN stays NaN */
-                r[v] = _mm512_cvt_roundps_epi32(_mm512_mul_ps(t, up), QB_RNE);
-                const __m512i r2 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(t, dn), QB_RNE);
-                const __mmask16 odd = _mm512_cmpneq_epi32_mask(r[v], r2);
+                r[v] = _mm512_cvt_roundps_epi32(t, QB_RNE);
+                const __mmask16 odd = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_reduce_ps(t, QB_RNE)), near_half,
+                                                         _CMP_GE_OQ);
                 if (odd) {
                     const __m512 e = _mm512_min_ps(thi, _mm512_div_ps(xv, vs));
                     r[v] = _mm512_mask_mov_epi32(r[v], odd, _mm512_cvt_roundps_epi32(e, QB_RNE));
@@ -770,9 +772,9 @@ static void quant_span(const float *x, uint8_t *out, int64_t n, float s, int32_t
         __m512i r;
         if (fast) {
             const __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(xv, vinv), tlo), thi);
-            r = _mm512_cvt_roundps_epi32(_mm512_mul_ps(t, up), QB_RNE);
-            const __m512i r2 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(t, dn), QB_RNE);
-            const __mmask16 odd = _mm512_mask_cmpneq_epi32_mask(mk, r, r2);
+            r = _mm512_cvt_roundps_epi32(t, QB_RNE);
+            const __mmask16 odd = _mm512_mask_cmp_ps_mask(mk, _mm512_abs_ps(_mm512_reduce_ps(t, QB_RNE)),
+                                                          near_half, _CMP_GE_OQ);
             if (odd) {
                 const __m512 e = _mm512_min_ps(_mm512_max_ps(_mm512_div_ps(xv, vs), tlo), thi);
                 r = _mm512_mask_mov_epi32(r, odd, _mm512_cvt_roundps_epi32(e, QB_RNE));
