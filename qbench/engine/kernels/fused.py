@@ -49,16 +49,15 @@ def gemm(state: dict, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
     if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 2 or x.shape[1] != state["k"]:
         raise ValueError(f"int8_native needs a contiguous float32 (M, {state['k']}) input, got "
                          f"{tuple(x.shape)} {x.dtype}")
-    a, qp = state["a"], state["act_qparams"]
+    a, static = state["a"], state["static"]
     m, n = x.shape[0], state["n"]
     out = torch.empty(m, n, dtype=torch.int32 if exact else torch.float32)
-    scale0, zp0 = (float(qp[0]), int(qp[1]) + (128 if a.signed else 0)) if qp is not None else (1.0, 0)
     p = native._ptr
     rc = native._lib().qb_w8a8_gemm(
         p(x), p(state["wp"]), p(state["csum"]), p(state["zc"]), p(state["ws"]), p(state["bias"]),
         None if exact else p(out), p(out) if exact else None, m, n, state["k"],
-        int(a.granularity == "per_token"), int(a.symmetric), int(a.signed), a.bits, int(qp is not None),
-        scale0, zp0, native._threads(m * n * state["k"]))
+        int(a.granularity == "per_token"), int(a.symmetric), int(a.signed), a.bits, int(static is not None),
+        *(static or (1.0, 0)), native._threads(m * n * state["k"]))
     if rc:
         raise ValueError("int8_native: " + ("out of memory for its row buffers" if rc == 2 else
                                             f"the C kernel rejected its arguments (code {rc})"))
@@ -108,7 +107,10 @@ class Int8Native(Kernel):
         codes = (q.data.to(torch.int16) - shift).to(torch.int8)                  # (N, K)
         zc = (q.zero_point.to(torch.int32) - shift).reshape(-1).expand(n)        # (N,) zero point of the codes
         return {
-            "wp": pack_panels(codes), "n": n, "k": k, "a": a, "act_qparams": act_qparams,
+            "wp": pack_panels(codes), "n": n, "k": k, "a": a,
+            # static activation qparams as the C call takes them: scale, zero point in the uint8 domain
+            "static": None if act_qparams is None else
+            (float(act_qparams[0]), int(act_qparams[1]) + (128 if a.signed else 0)),
             "csum": _padded(codes.sum(dim=1, dtype=torch.int32), n),                  # exact column sums
             "zc": _padded(zc.contiguous(), n) if bool((zc != 0).any()) else None,
             "ws": _padded(q.scale.reshape(-1).expand(n).float(), n),

@@ -799,24 +799,47 @@ static void code_range(const qz_t *a, int *qmin_u, int *qmax_u) {
     *qmax_u = (a->is_signed ? (1 << (a->bits - 1)) - 1 : (1 << a->bits) - 1) + shift;
 }
 
+/* codes of one row xr[0:K]; dynamic: its scale and zero point come from its own min / max first */
+static void quant_row(const qz_t *a, const float *xr, uint8_t *out, int64_t K, int dynamic, float *scale,
+                      int32_t *zp, int qmin_u, int qmax_u) {
+    if (dynamic) {
+        float mn, mx;
+        minmax(xr, K, &mn, &mx);
+        qparams(a, mn, mx, scale, zp);
+    }
+    quant_span(xr, out, K, *scale, *zp, qmin_u, qmax_u);
+}
+
 static void qz_rows_task(void *ctx, int64_t lo, int64_t hi) {
     const qz_t *a = (const qz_t *)ctx;
     int qmin_u, qmax_u;
     code_range(a, &qmin_u, &qmax_u);
-    for (int64_t m = lo; m < hi; m++) {
-        const float *xr = a->x + m * a->K;
-        if (!a->have_qparams) {
-            float mn, mx;
-            minmax(xr, a->K, &mn, &mx);
-            qparams(a, mn, mx, &a->scale[m], &a->zp[m]);
-        }
-        quant_span(xr, a->out + m * a->K, a->K, a->scale[m], a->zp[m], qmin_u, qmax_u);
-    }
+    for (int64_t m = lo; m < hi; m++)
+        quant_row(a, a->x + m * a->K, a->out + m * a->K, a->K, !a->have_qparams, &a->scale[m], &a->zp[m], qmin_u,
+                  qmax_u);
 }
 
 static void qz_minmax_task(void *ctx, int64_t lo, int64_t hi) {
     const qz_t *a = (const qz_t *)ctx;
     minmax(a->x + lo, hi - lo, &a->mins[lo / a->span], &a->maxs[lo / a->span]);
+}
+
+/* dynamic per-tensor qparams of x[0:n] (n > 0): min / max over `threads` spans, then one scale and zero point */
+static void tensor_qparams(const qz_t *spec, const float *x, int64_t n, int threads, float *scale, int32_t *zp) {
+    float mins[32], maxs[32];
+    for (int i = 0; i < 32; i++) { mins[i] = INFINITY; maxs[i] = -INFINITY; }
+    qz_t a = *spec;
+    a.x = x;
+    a.span = (n + threads - 1) / threads > 0 ? (n + threads - 1) / threads : 1;
+    a.mins = mins;
+    a.maxs = maxs;
+    parallel_for(qz_minmax_task, &a, n, threads, a.span);
+    float mn = INFINITY, mx = -INFINITY;
+    for (int t = 0; t < threads; t++) {
+        mn = mins[t] < mn ? mins[t] : mn;
+        mx = maxs[t] > mx ? maxs[t] : mx;
+    }
+    qparams(&a, mn, mx, scale, zp);
 }
 
 static void qz_flat_task(void *ctx, int64_t lo, int64_t hi) {
@@ -838,20 +861,7 @@ int qb_quant_u8(const float *x, uint8_t *out, float *scale, int32_t *zp, int64_t
         return 0;
     }
     const int64_t n = M * K;
-    if (!have_qparams) {
-        float mins[64], maxs[64];
-        for (int i = 0; i < 64; i++) { mins[i] = INFINITY; maxs[i] = -INFINITY; }
-        a.span = (n + threads - 1) / threads > 0 ? (n + threads - 1) / threads : 1;
-        a.mins = mins;
-        a.maxs = maxs;
-        parallel_for(qz_minmax_task, &a, n, threads, a.span);
-        float mn = INFINITY, mx = -INFINITY;
-        for (int t = 0; t < threads; t++) {
-            mn = mins[t] < mn ? mins[t] : mn;
-            mx = maxs[t] > mx ? maxs[t] : mx;
-        }
-        qparams(&a, mn, mx, scale, zp);
-    }
+    if (!have_qparams) tensor_qparams(&a, x, n, threads, scale, zp);
     parallel_for(qz_flat_task, &a, n, threads, 64);
     return 0;
 }
@@ -980,12 +990,7 @@ static void w8a8_quant_rows(const w8a8_t *g, int64_t r0, int64_t rows, uint8_t *
         uint8_t *br = buf + i * g->kp;
         float s = g->scale0;
         int32_t z = g->zp0;
-        if (g->per_row) {
-            float mn, mx;
-            minmax(xr, g->K, &mn, &mx);
-            qparams(&g->q, mn, mx, &s, &z);
-        }
-        quant_span(xr, br, g->K, s, z, qmin_u, qmax_u);
+        quant_row(&g->q, xr, br, g->K, g->per_row, &s, &z, qmin_u, qmax_u);
         memset(br + g->K, 0, (size_t)(g->kp - g->K));
         sa[i] = s;
         za[i] = z;
@@ -1138,22 +1143,7 @@ int qb_w8a8_gemm(const float *x, const int8_t *wp, const int32_t *csum, const in
     g.q.is_signed = is_signed;
     g.q.bits = bits;
     if (M == 0) return 0;
-    if (!per_row && !have_qparams) {                 /* dynamic per tensor: qparams from the global min / max */
-        float mins[32], maxs[32];
-        for (int i = 0; i < 32; i++) { mins[i] = INFINITY; maxs[i] = -INFINITY; }
-        qz_t a = g.q;
-        a.x = x;
-        a.span = (M * K + threads - 1) / threads;
-        a.mins = mins;
-        a.maxs = maxs;
-        parallel_for(qz_minmax_task, &a, M * K, threads, a.span);
-        float mn = INFINITY, mx = -INFINITY;
-        for (int t = 0; t < threads; t++) {
-            mn = mins[t] < mn ? mins[t] : mn;
-            mx = maxs[t] > mx ? maxs[t] : mx;
-        }
-        qparams(&g.q, mn, mx, &g.scale0, &g.zp0);
-    }
+    if (!per_row && !have_qparams) tensor_qparams(&g.q, x, M * K, threads, &g.scale0, &g.zp0);
     /* by panels when the rows are few, or when the weight outweighs the rows (N >= threads * M): each thread
      * then quantizes all rows (cheap next to its panels) and every weight byte is read once, instead of once
      * per row block and thread; capped so the rows' codes stay in L2 */
