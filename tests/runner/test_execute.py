@@ -198,8 +198,12 @@ def test_lm_rows_decode_generation_and_cached_reference(tiny_run):
     assert set(refs) == {"builtin:text", "builtin:code"} and all(r["k"] <= r["vocab"] for r in refs.values())
 
 
-def test_noise_floor_and_reference_reuse_across_runs(tiny_models, tmp_path):
-    """A scheme that quantizes nothing measures the baseline against itself: KL 0, agreement 100%."""
+def test_noise_floor_and_reference_reuse_across_runs(tiny_models, tmp_path, monkeypatch):
+    """A scheme that quantizes nothing measures the baseline against itself: KL 0, agreement 100%.
+
+    The test has its own reference cache, so the first run computes the reference in this process and the
+    second reuses it; a reference left by another test's subprocess would make the floor depend on test order."""
+    monkeypatch.setenv("QBENCH_CACHE_DIR", str(tmp_path / "cache"))
     schemes = "  - name: nothing\n    weights: {bits: 8}\n    exclude: ['*']\n"
     exp = write_experiment(tmp_path, {"gpt2": tiny_models["gpt2"]}, schemes, name="floor")
     first = api.run(exp, out=tmp_path / "a", progress=False, log=lambda s: None)
@@ -215,4 +219,5 @@ def test_noise_floor_and_reference_reuse_across_runs(tiny_models, tmp_path):
     caches = [json.loads((o.run_dir / "meta.json").read_text())["models"]["gpt2"]["lm_reference"]
               for o in (first, second)]
     assert caches[1]["builtin:text"]["key"] == caches[0]["builtin:text"]["key"]
+    assert {r["cache"] for r in caches[0].values()} == {"miss"}
     assert {r["cache"] for r in caches[1].values()} == {"hit"}
