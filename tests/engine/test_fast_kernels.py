@@ -234,6 +234,15 @@ def test_int8_wo_native_against_float64(w_spec):
 
 
 @needs_native
+@pytest.mark.parametrize("n", [45, 46, 47, 48])
+def test_int8_wo_native_tile_edges(n):
+    """From M = 3 the int8 kernel runs tiles of 4 weight rows x 4 rows of x: every remainder of both (N % 4,
+    M % 4), with groups that end inside a 16-column vector and with one scale per row."""
+    check_weight_only(WO8, QuantSpec(8, True, False, "per_group", 20), k=100, seed=41, ms=(3, 4, 5, 6, 7, 8), n=n)
+    check_weight_only(WO8, QuantSpec(8, False, True, "per_channel"), k=131, seed=42, ms=(3, 6, 11, 16), n=n)
+
+
+@needs_native
 @pytest.mark.parametrize("w_spec", WO4_SPECS, ids=[s.describe().replace(" ", "-") for s in WO4_SPECS])
 def test_int4_wo_native_against_float64(w_spec):
     k = {128: 384, 6: 102, None: 99}[w_spec.group_size]              # per_channel: odd K (padded nibble)

@@ -3,7 +3,9 @@
  * wo8_gemm    weight-only GEMM for int8 codes, fp32 activations and fp32 accumulation:
  *             y[m, n] = sum_g s[n, g] * (sum_{k in g} x[m, k] * c[n, k] + zc[n, g] * xg[m, g]) + b[n]
  *             where c are the codes, zc = -zero_point the per-group code offset and xg the group sums of x.
- *             Rows of x are taken 16 at a time, so at M <= 16 every weight byte is read once.
+ *             M <= 2: one weight row at a time against every row of x; from M = 3, tiles of 4 weight rows
+ *             x 4 rows of x over blocks of weight rows that stay in L2, so at M <= 16 every weight byte
+ *             comes from memory once.
  * wo4_gemm    weight-only GEMM for unsigned nibbles c = q - qmin, two per byte in a blocked layout of their
  *             own (see its section): y[m, n] = sum_k x[m, k] * s[n, g(k)] * (c[n, k] + zc[n, g(k)]) + b[n],
  *             zc = qmin - zero_point, each weight looked up in a 16-entry table per group; fp32 FMA.
@@ -294,6 +296,117 @@ static inline __attribute__((always_inline)) void wo8_row(const wo8_t *a, int64_
         a->y[(m0 + i) * a->N + n] = s_end * (_mm512_reduce_add_ps(t) + extra[i]) + b;
     }
 }
+
+/* Rows of x per pass of the tile below, and weight rows per tile: each activation vector loaded serves
+ * WO8_R weight rows and each converted weight vector WO8_MB rows of x. One weight row against all 16 rows of
+ * x (wo8_row) loads an activation vector from L2 for every FMA once x outgrows L1, which bound it at M = 16
+ * to 0.6x fp32 (measured, 16 x 4096 x 4096, two cores). */
+#define WO8_MB 4
+#define WO8_R 4
+
+/* R weight rows n.. against MB rows of x from m0 (MB, R constants after inlining); wo8_row's formula (in
+ * another float summation order), with UU independent accumulators per (row of x, weight row) while MB * R < 8. */
+static inline __attribute__((always_inline)) void wo8_tile(const wo8_t *a, int64_t n, int64_t m0, const int MB,
+                                                          const int R) {
+    const int UU = MB * R >= 8 ? 1 : 8 / (MB * R) > 4 ? 4 : 8 / (MB * R);
+    __m512 acc[WO8_MB][WO8_R][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < MB; i++)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+            for (int u = 0; u < UU; u++) acc[i][r][u] = _mm512_setzero_ps();
+    float extra[WO8_MB][WO8_R] = {{0}};
+    const int64_t K = a->K;
+    const int grouped = a->G > 1;
+    const int8_t *wr = a->w + n * K;
+    const float *x = a->x + m0 * K;
+    for (int64_t g = 0; g < a->G; g++) {
+        __m512 sv[WO8_R];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) sv[r] = _mm512_set1_ps(a->s[(n + r) * a->G + g]);
+        const int64_t k0 = g * a->gb, k1 = k0 + a->gb;
+        int64_t k = k0;
+        for (; k + 16 * UU <= k1; k += 16 * UU) {
+            if ((k & 63) == 0)
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) prefetch_weights(wr + r * K + k);
+#pragma GCC unroll 4
+            for (int u = 0; u < UU; u++) {
+                __m512 wv[WO8_R];
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) {
+                    wv[r] = w8_vec(wr + r * K + k + 16 * u);
+                    if (grouped) wv[r] = _mm512_mul_ps(wv[r], sv[r]);
+                }
+#pragma GCC unroll 4
+                for (int i = 0; i < MB; i++) {
+                    const __m512 xv = _mm512_loadu_ps(x + i * K + k + 16 * u);
+#pragma GCC unroll 4
+                    for (int r = 0; r < R; r++) acc[i][r][u] = _mm512_fmadd_ps(wv[r], xv, acc[i][r][u]);
+                }
+            }
+        }
+        for (; k < k1; k += 16) {
+            const int64_t left = k1 - k;
+            const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            __m512 wv[WO8_R];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                wv[r] = w8_vec_masked(wr + r * K + k, mk);
+                if (grouped) wv[r] = _mm512_mul_ps(wv[r], sv[r]);
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < MB; i++) {
+                const __m512 xv = _mm512_maskz_loadu_ps(mk, x + i * K + k);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) acc[i][r][0] = _mm512_fmadd_ps(wv[r], xv, acc[i][r][0]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const float sg = a->s[(n + r) * a->G + g], zg = a->zc[(n + r) * a->G + g];
+            const float szc = grouped ? sg * zg : zg;         /* one group: the scale comes at the end */
+            if (szc != 0.0f)
+#pragma GCC unroll 4
+                for (int i = 0; i < MB; i++) extra[i][r] += szc * a->xg[(m0 + i) * a->G + g];
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MB; i++)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            __m512 t = acc[i][r][0];
+#pragma GCC unroll 4
+            for (int u = 1; u < UU; u++) t = _mm512_add_ps(t, acc[i][r][u]);
+            const float s_end = grouped ? 1.0f : a->s[n + r];
+            a->y[(m0 + i) * a->N + n + r] = s_end * (_mm512_reduce_add_ps(t) + extra[i][r]) +
+                                            (a->bias ? a->bias[n + r] : 0.0f);
+        }
+}
+
+#define WO8_R_CASE(MB) \
+    case MB: \
+        for (; n + WO8_R <= n1; n += WO8_R) wo8_tile(a, n, m0, MB, WO8_R); \
+        switch (n1 - n) { case 3: wo8_tile(a, n, m0, MB, 3); break; case 2: wo8_tile(a, n, m0, MB, 2); break; \
+                          case 1: wo8_tile(a, n, m0, MB, 1); break; default: break; } \
+        break;
+
+/* M <= 2 keeps wo8_row: one weight row at a time, a single stream, is at the memory floor there and tiles
+ * of 2 or 4 rows were 1.2x slower at M = 2 (measured, 2 x 4096 x 4096, weights rotated past the cache);
+ * from M = 3 the tiles below win (0.92x the time at M = 3, 0.64x at M = 8, 0.31x at M = 16). */
+static void wo8_rows(const void *ctx, int64_t n0, int64_t n1, int64_t m0, int mb) {
+    const wo8_t *a = (const wo8_t *)ctx;
+    int64_t n = n0;
+    if (a->M <= 2) {
+        for (; n < n1; n++) {
+            if (mb == 2) wo8_row(a, n, m0, 2);
+            else wo8_row(a, n, m0, 1);
+        }
+        return;
+    }
+    switch (mb) { WO8_R_CASE(1) WO8_R_CASE(2) WO8_R_CASE(3) WO8_R_CASE(4) default: break; }
+}
 #else
 static void wo8_row(const wo8_t *a, int64_t n, int64_t m0, const int MB) {
     const int64_t K = a->K;
@@ -309,18 +422,19 @@ static void wo8_row(const wo8_t *a, int64_t n, int64_t m0, const int MB) {
         a->y[m * a->N + n] = tot + (a->bias ? a->bias[n] : 0.0f);
     }
 }
-#endif
 
+#define WO8_MB 16
 #define WO8_CASE(MB) case MB: for (int64_t n = n0; n < n1; n++) wo8_row(a, n, m0, MB); break;
 
 static void wo8_rows(const void *ctx, int64_t n0, int64_t n1, int64_t m0, int mb) {
     const wo8_t *a = (const wo8_t *)ctx;
     switch (mb) { WO_CASES(WO8_CASE) }
 }
+#endif
 
 static void wo8_task(void *ctx, int64_t n_lo, int64_t n_hi) {
     const wo8_t *a = (const wo8_t *)ctx;
-    wo_row_blocks(a, wo8_rows, a->K, a->M, 16, n_lo, n_hi);
+    wo_row_blocks(a, wo8_rows, a->K, a->M, WO8_MB, n_lo, n_hi);
 }
 
 int qb_wo8_gemm(const int8_t *w, const float *x, const float *xg, const float *s, const float *zc, const float *bias,
