@@ -197,11 +197,22 @@ def heldout_ppl(model, tok, cfg: Config) -> dict:
 
 def train(cfg: Config, out: Path, *, resume: bool = False, threads: int | None = None,
           log=print) -> dict:
+    """Train (or resume) the reference LM into out; threads, if given, hold only while it trains."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _train(cfg, out, resume=resume, log=log)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(cfg: Config, out: Path, *, resume: bool, log) -> dict:
     import numpy as np
     import torch
 
-    if threads:
-        torch.set_num_threads(threads)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)

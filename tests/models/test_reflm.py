@@ -59,10 +59,18 @@ def test_training_corpus_is_disjoint_from_the_builtin_suites():
 
 @pytest.mark.slow
 def test_training_script_runs_end_to_end_small(tmp_path):
+    import torch
+
     out = tmp_path / "tiny"
-    assert main(["--out", str(out), "--small", "--steps", "3", "--threads", "1"]) == 0
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["--out", str(out), "--small", "--steps", "3", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 2          # --threads held only while training
+    finally:
+        torch.set_num_threads(before)
     r = json.loads((out / "training.json").read_text(encoding="utf-8"))
-    assert r["steps"] == 3 and r["tokens_seen"] == 3 * 4 * 32
+    assert r["steps"] == 3 and r["tokens_seen"] == 3 * 4 * 32 and r["threads"] == 1
     assert all(math.isfinite(h["ppl"]) for h in r["heldout"].values())
     assert not (out / "checkpoint.pt").exists()
     loaded = load_model(ModelRef(id=f"hf:{out}"), "fp32", "cpu")
