@@ -27,6 +27,9 @@ def test_quick_run_writes_table_and_json(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["rows"] == json.loads(json.dumps(result["rows"]))
     assert {"int8_gops", "fp32_gflops", "mem_gbs"} <= set(data["ceilings"])
+    from qbench.hardware.detect import detect
+    assert data["machine"]["cpu"] == detect(include_torch=False).cpu_model        # the model, not just "x86_64"
+    assert data["machine"]["cpu"] in printed.splitlines()[0]
     rows = {r["contender"]: r for r in data["rows"]}
     assert {"fp32 (torch linear)", "bf16 (torch linear)", "qbench w8a8 dyn per-token asym",
             "qbench int8 weight-only", "qbench int4 g128 weight-only"} <= set(rows)

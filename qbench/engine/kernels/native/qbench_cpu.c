@@ -1063,7 +1063,10 @@ const char *qb_w8a8_isa(void) {
 
 #define W8_NR 64
 #define W8_MR 6
-#define W8_MB 48
+/* Rows of x quantized per block: every weight panel passes over a block's rows, so a weight that outgrows L2
+ * is streamed from L3 once per block. 144 rows (not 48) took 4-6% off 1024 and 2048 x 4096 x 4096 and
+ * changed the smaller layers by under 1.5% (measured side by side, two cores, L2 1 MiB per core). */
+#define W8_MB 144
 #define W8_MAX_K 32768
 #define W8_PANEL_ROWS_BYTES (1 << 20)
 
