@@ -1,6 +1,6 @@
 """GEMM benchmark: qbench's kernels against fp32/bf16 and the best CPU peers, side by side in one run.
 
-    qbench bench gemm [--shapes 1x4096x4096,minilm,reflm] [--repeats 30] [--json out.json] [--quick]
+    qbench bench gemm [--shapes 1x4096x4096,minilm,reflm] [--repeats 100] [--json out.json] [--quick]
     python benchmarks/gemm.py [same options]
 
 For each (M, K, N) every contender is timed interleaved (every round runs each contender once, in a fresh
@@ -173,7 +173,8 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> dict:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default=None, help=f"comma-separated MxKxN, 'minilm' for {MINILM}, 'reflm' for "
                                                    f"{REFLM}; default {DEFAULT_SHAPES}")
-    ap.add_argument("--repeats", type=int, default=30, help="interleaved rounds at most (fewer where slow)")
+    ap.add_argument("--repeats", type=int, default=100,
+                    help="interleaved rounds at most (fewer where the --budget runs out first)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--budget", type=float, default=20.0, help="seconds of timed rounds per shape, roughly")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
