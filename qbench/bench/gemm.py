@@ -194,18 +194,24 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> dict:
     if args.rotate_mib:
         rotate = args.rotate_mib << 20
     from qbench.engine.kernels import native
+    import qbench
+    from qbench.api import git_commit
     from qbench.hardware.detect import detect
     hw = detect(include_torch=False)
-    machine = {"cpu": hw.cpu_model, "cpu_arch": hw.cpu_arch, "cpu_flags": list(hw.cpu_flags),
-               "logical_cores": hw.logical_cores, "threads": torch.get_num_threads(),
+    machine = {"qbench": qbench.__version__, "git_commit": git_commit(), "cpu": hw.cpu_model,
+               "cpu_arch": hw.cpu_arch, "cpu_flags": list(hw.cpu_flags), "logical_cores": hw.logical_cores,
+               "threads": torch.get_num_threads(),
                "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                "native_kernels": native.isa(), "l3_bytes": l3_bytes(), "effective_cache_bytes": cache,
                "rotate_bytes": rotate}
     ceilings = measure_ceilings(args.quick)
-    print(f"{machine['cpu']} ({machine['logical_cores']} logical cores), torch {machine['torch']}, "
+    commit = machine["git_commit"]
+    print(f"qbench {machine['qbench']}" + (f" at {commit[:12]}" if commit else "") + f", {machine['cpu']} "
+          f"({machine['logical_cores']} logical cores), torch {machine['torch']}, "
           f"{machine['threads']} threads, {machine['cpu_capability']}, native kernels: "
-          f"{machine['native_kernels']}; weights rotated through {rotate / 2**20:.0f} MiB per contender (at least 4x "
-          f"the {cache / 2**20:.0f} MiB that repeated reads find cached here; L3 reported {l3_bytes() / 2**20:.1f} MiB)")
+          f"{machine['native_kernels']}; weights rotated through {rotate / 2**20:.0f} MiB per contender "
+          f"(at least 4x the {cache / 2**20:.0f} MiB that repeated reads find cached here; L3 reported "
+          f"{l3_bytes() / 2**20:.1f} MiB)")
     print(f"ceilings measured: int8 {ceilings['int8_gops']:.0f} GOPS ({ceilings['int8_source']}), fp32 "
           f"{ceilings['fp32_gflops']:.0f} GFLOP/s, memory read {ceilings['mem_gbs']:.1f} GB/s")
     print("x fp32 / x peer: speed-up over the faster fp32 baseline (torch or onnxruntime) and over the best peer (*) "

@@ -30,6 +30,8 @@ def test_quick_run_writes_table_and_json(tmp_path, capsys):
     from qbench.hardware.detect import detect
     assert data["machine"]["cpu"] == detect(include_torch=False).cpu_model        # the model, not just "x86_64"
     assert data["machine"]["cpu"] in printed.splitlines()[0]
+    from qbench.api import git_commit
+    assert data["machine"]["git_commit"] == git_commit() and data["machine"]["qbench"]
     rows = {r["contender"]: r for r in data["rows"]}
     assert {"fp32 (torch linear)", "bf16 (torch linear)", "qbench w8a8 dyn per-token asym",
             "qbench int8 weight-only", "qbench int4 g128 weight-only"} <= set(rows)
