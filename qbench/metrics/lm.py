@@ -126,16 +126,30 @@ def load_or_compute(key: str, describe: dict, compute: Callable[[], dict],
 
 
 # ---------------------------------------------------------------- generation and decode timing
+def _kv_cache(out):
+    """The KV cache a forward returned: `cache` in newer transformers, `past_key_values` before (still read
+    there with a deprecation warning on every step)."""
+    return out["cache"] if "cache" in out else out.past_key_values
+
+
+def _decode_step(model) -> Callable:
+    """step(nxt, cache): one decode step of the (B,) tokens nxt on top of cache, passed under the keyword the
+    model's forward takes (looked up once here, not inside a timed loop)."""
+    import inspect
+
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return lambda nxt, cache: model(input_ids=nxt[:, None], use_cache=True, **{key: cache})
+
+
 @torch.no_grad()
 def greedy(model, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
     """(B, P) prompt -> (B, new_tokens) greedy continuation, with the model's KV cache."""
+    step = _decode_step(model)
     out = model(input_ids=prompt, use_cache=True)
     nxt = out.logits[:, -1].argmax(-1)
     toks = [nxt]
-    past = out.past_key_values
     for _ in range(new_tokens - 1):
-        out = model(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = step(nxt, _kv_cache(out))
         nxt = out.logits[:, -1].argmax(-1)
         toks.append(nxt)
     return torch.stack(toks, dim=1)
@@ -175,6 +189,7 @@ def prefill_decode(model, ids: torch.Tensor, decode_tokens: int, sync: Callable[
     With cuda_events the marks are CUDA events on the current stream (read after one final synchronization),
     otherwise perf_counter after a synchronization at each mark.
     """
+    step = _decode_step(model)
     sync()
     marks = [torch.cuda.Event(enable_timing=True) for _ in range(3)] if cuda_events else []
     stamp = (lambda i: marks[i].record()) if cuda_events else (lambda i: sync() or time.perf_counter())
@@ -182,10 +197,8 @@ def prefill_decode(model, ids: torch.Tensor, decode_tokens: int, sync: Callable[
     out = model(input_ids=ids, use_cache=True)
     nxt = out.logits[:, -1].argmax(-1)
     t1 = stamp(1)
-    past = out.past_key_values
     for _ in range(decode_tokens):
-        out = model(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = step(nxt, _kv_cache(out))
         nxt = out.logits[:, -1].argmax(-1)
     t2 = stamp(2)
     if cuda_events:
