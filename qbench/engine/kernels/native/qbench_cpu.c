@@ -307,6 +307,26 @@ static inline __attribute__((always_inline)) void wo8_row(const wo8_t *a, int64_
 #define WO8_MB 4
 #define WO8_R 4
 
+/* acc[i][r][u] += weights k..k+15 of row r (times its group scale sv[r] when grouped) x row i of x; masked:
+ * only the lanes of mk (MASKED, MB and R constants after inlining) */
+static inline __attribute__((always_inline)) void wo8_tile_step(const wo8_t *a, const int8_t *wr, const float *x,
+                                                               int64_t k, const __m512 sv[WO8_R], int grouped,
+                                                               __m512 acc[WO8_MB][WO8_R][4], int u, __mmask16 mk,
+                                                               const int MASKED, const int MB, const int R) {
+    __m512 wv[WO8_R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        wv[r] = MASKED ? w8_vec_masked(wr + r * a->K + k, mk) : w8_vec(wr + r * a->K + k);
+        if (grouped) wv[r] = _mm512_mul_ps(wv[r], sv[r]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MB; i++) {
+        const __m512 xv = MASKED ? _mm512_maskz_loadu_ps(mk, x + i * a->K + k) : _mm512_loadu_ps(x + i * a->K + k);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) acc[i][r][u] = _mm512_fmadd_ps(wv[r], xv, acc[i][r][u]);
+    }
+}
+
 /* R weight rows n.. against MB rows of x from m0 (MB, R constants after inlining); wo8_row's formula (in
  * another float summation order), with UU independent accumulators per (row of x, weight row) while MB * R < 8. */
 static inline __attribute__((always_inline)) void wo8_tile(const wo8_t *a, int64_t n, int64_t m0, const int MB,
@@ -335,36 +355,13 @@ static inline __attribute__((always_inline)) void wo8_tile(const wo8_t *a, int64
 #pragma GCC unroll 4
                 for (int r = 0; r < R; r++) prefetch_weights(wr + r * K + k);
 #pragma GCC unroll 4
-            for (int u = 0; u < UU; u++) {
-                __m512 wv[WO8_R];
-#pragma GCC unroll 4
-                for (int r = 0; r < R; r++) {
-                    wv[r] = w8_vec(wr + r * K + k + 16 * u);
-                    if (grouped) wv[r] = _mm512_mul_ps(wv[r], sv[r]);
-                }
-#pragma GCC unroll 4
-                for (int i = 0; i < MB; i++) {
-                    const __m512 xv = _mm512_loadu_ps(x + i * K + k + 16 * u);
-#pragma GCC unroll 4
-                    for (int r = 0; r < R; r++) acc[i][r][u] = _mm512_fmadd_ps(wv[r], xv, acc[i][r][u]);
-                }
-            }
+            for (int u = 0; u < UU; u++)
+                wo8_tile_step(a, wr, x, k + 16 * u, sv, grouped, acc, u, 0xFFFF, 0, MB, R);
         }
         for (; k < k1; k += 16) {
             const int64_t left = k1 - k;
             const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-            __m512 wv[WO8_R];
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                wv[r] = w8_vec_masked(wr + r * K + k, mk);
-                if (grouped) wv[r] = _mm512_mul_ps(wv[r], sv[r]);
-            }
-#pragma GCC unroll 4
-            for (int i = 0; i < MB; i++) {
-                const __m512 xv = _mm512_maskz_loadu_ps(mk, x + i * K + k);
-#pragma GCC unroll 4
-                for (int r = 0; r < R; r++) acc[i][r][0] = _mm512_fmadd_ps(wv[r], xv, acc[i][r][0]);
-            }
+            wo8_tile_step(a, wr, x, k, sv, grouped, acc, 0, mk, 1, MB, R);
         }
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
@@ -1213,6 +1210,21 @@ static void w8a8_block(const w8a8_t *g, const uint8_t *a, int64_t m0, int64_t ro
         }
 }
 
+/* The first row of the next block of rows nobody has taken, and its size in *rows (M when none is left).
+ * Guided: W8_MB rows while many are left, then a share of what is left (a multiple of W8_MR), so that the
+ * threads finish together. */
+static int64_t w8a8_claim_rows(const w8a8_t *g, int64_t *rows) {
+    int64_t m = atomic_load(g->next_row);
+    do {
+        if (m >= g->M) return g->M;
+        const int64_t share = (g->M - m + 2 * g->threads - 1) / (2 * g->threads);
+        int64_t r = (share + W8_MR - 1) / W8_MR * W8_MR;
+        r = r < W8_MB ? r : W8_MB;
+        *rows = r < g->M - m ? r : g->M - m;
+    } while (!atomic_compare_exchange_weak(g->next_row, &m, m + *rows));
+    return m;
+}
+
 /* one task: all rows over its panels [lo, hi) (by panels), or (by rows) blocks of rows taken in turn from a
  * shared counter until none is left, so a thread that the machine slows down takes fewer blocks instead of
  * holding up the call, as a fixed share of the rows per thread did on a shared machine (measured side by
@@ -1229,18 +1241,8 @@ static void w8a8_task(void *ctx, int64_t lo, int64_t hi) {
             w8a8_quant_rows(g, 0, g->M, buf, sa, za, rt);
             w8a8_block(g, buf, 0, g->M, lo, hi, sa, za, rt);
         } else {
-            for (;;) {
-                /* guided: W8_MB rows while many are left, then a share of what is left (a multiple of
-                 * W8_MR), so that the threads finish together */
-                int64_t m = atomic_load(g->next_row), rows;
-                do {
-                    if (m >= g->M) break;
-                    const int64_t share = (g->M - m + 2 * g->threads - 1) / (2 * g->threads);
-                    rows = (share + W8_MR - 1) / W8_MR * W8_MR;
-                    rows = rows > W8_MB ? W8_MB : rows;
-                    rows = rows > g->M - m ? g->M - m : rows;
-                } while (!atomic_compare_exchange_weak(g->next_row, &m, m + rows));
-                if (m >= g->M) break;
+            int64_t m, rows;
+            while ((m = w8a8_claim_rows(g, &rows)) < g->M) {
                 w8a8_quant_rows(g, m, rows, buf, sa, za, rt);
                 w8a8_block(g, buf, m, rows, 0, g->npan, sa, za, rt);
             }
