@@ -206,7 +206,7 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> dict:
                "rotate_bytes": rotate}
     ceilings = measure_ceilings(args.quick)
     commit = machine["git_commit"]
-    print(f"qbench {machine['qbench']}" + (f" at {commit[:12]}" if commit else "") + f", {machine['cpu']} "
+    print(f"qbench {machine['qbench']}" + (f" at {commit[:12]}{'-dirty' if commit.endswith('-dirty') else ''}" if commit else "") + f", {machine['cpu']} "
           f"({machine['logical_cores']} logical cores), torch {machine['torch']}, "
           f"{machine['threads']} threads, {machine['cpu_capability']}, native kernels: "
           f"{machine['native_kernels']}; weights rotated through {rotate / 2**20:.0f} MiB per contender "
