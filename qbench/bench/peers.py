@@ -8,6 +8,7 @@ import math
 import sys
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -142,9 +143,32 @@ def onnxruntime_contenders(ws, b, tmpdir: Path) -> list[Contender]:
         for path, calls in ((f32, fp32_calls), (i8, int8_calls)):
             sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
             calls.append(lambda x, s=sess: torch.from_numpy(s.run(None, {"x": x.numpy()})[0]))
+    _say_ort_bf16()
     return [Contender(f"onnxruntime {ort.__version__} fp32", "baseline", False, fp32_calls, 4 * n * k),
             Contender(f"onnxruntime {ort.__version__} dynamic int8", "w8a8", True, int8_calls, n * k,
                       note="per-channel weights")]
+
+
+@lru_cache(maxsize=1)
+def _say_ort_bf16() -> None:
+    """Say once per run why onnxruntime has no bf16 baseline: whether its CPU provider builds a bf16 MatMul at
+    all (onnxruntime 1.32.0 does not: NOT_IMPLEMENTED)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [4, 64])
+    w = helper.make_tensor_value_info("w", TensorProto.BFLOAT16, [64, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [4, 32])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "bf16", [x, w], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    try:
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        why = "this onnxruntime builds a CPU bf16 MatMul, which this benchmark does not time yet"
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        why = f"not timed, its CPU provider has no bf16 MatMul ({str(e).strip()[:90]})"
+    print(f"  (onnxruntime {ort.__version__} bf16 baseline: {why})", file=sys.stderr)
 
 
 def torchao_contenders(ws, b) -> list[Contender]:

@@ -22,8 +22,11 @@ def load():
 
 def test_quick_run_writes_table_and_json(tmp_path, capsys):
     out = tmp_path / "gemm.json"
+    from qbench.bench import peers
+    peers._say_ort_bf16.cache_clear()                               # said once per process
     result = load().main(["--quick", "--json", str(out)])                 # shapes 1x256x320, 24x200x136
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     data = json.loads(out.read_text())
     assert data["rows"] == json.loads(json.dumps(result["rows"]))
     assert {"int8_gops", "fp32_gflops", "mem_gbs"} <= set(data["ceilings"])
@@ -38,6 +41,7 @@ def test_quick_run_writes_table_and_json(tmp_path, capsys):
     assert any(r["peer"] for r in data["rows"])
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):   # a test dependency
         assert {r["kind"] for r in data["rows"] if r["contender"].startswith("onnxruntime")} == {"baseline", "w8a8"}
+        assert captured.err.count("bf16 baseline:") == 1           # why no onnxruntime bf16, said once per run
     for shape in {r["shape"] for r in data["rows"]}:                # ratios are to the faster fp32 baseline
         fp32 = [r["vs_fp32"] for r in data["rows"] if r["shape"] == shape and "fp32" in r["contender"]
                 and r["kind"] == "baseline"]
