@@ -205,8 +205,9 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> dict:
                "native_kernels": native.isa(), "l3_bytes": l3_bytes(), "effective_cache_bytes": cache,
                "rotate_bytes": rotate}
     ceilings = measure_ceilings(args.quick)
-    commit = machine["git_commit"]
-    print(f"qbench {machine['qbench']}" + (f" at {commit[:12]}{'-dirty' if commit.endswith('-dirty') else ''}" if commit else "") + f", {machine['cpu']} "
+    commit = machine["git_commit"]             # the full hash is in the JSON; the line names 12 digits
+    at = f" at {commit[:12]}{'-dirty' if commit.endswith('-dirty') else ''}" if commit else ""
+    print(f"qbench {machine['qbench']}{at}, {machine['cpu']} "
           f"({machine['logical_cores']} logical cores), torch {machine['torch']}, "
           f"{machine['threads']} threads, {machine['cpu_capability']}, native kernels: "
           f"{machine['native_kernels']}; weights rotated through {rotate / 2**20:.0f} MiB per contender "

@@ -784,9 +784,15 @@ typedef struct {
     int per_row, symmetric, is_signed, bits, have_qparams;
 } qz_t;
 
+/* the code range of the spec in its own domain: [-2^(b-1), 2^(b-1) - 1] signed, [0, 2^b - 1] unsigned */
+static void code_bounds(const qz_t *a, int *qmin, int *qmax) {
+    *qmin = a->is_signed ? -(1 << (a->bits - 1)) : 0;
+    *qmax = a->is_signed ? (1 << (a->bits - 1)) - 1 : (1 << a->bits) - 1;
+}
+
 static void qparams(const qz_t *a, float mn, float mx, float *scale, int32_t *zp) {
-    const int qmin = a->is_signed ? -(1 << (a->bits - 1)) : 0;
-    const int qmax = a->is_signed ? (1 << (a->bits - 1)) - 1 : (1 << a->bits) - 1;
+    int qmin, qmax;
+    code_bounds(a, &qmin, &qmax);
     const float lo = mn < 0.0f ? mn : 0.0f, hi = mx > 0.0f ? mx : 0.0f;
     float s;
     int32_t z;
@@ -909,8 +915,9 @@ static void quant_span(const float *x, uint8_t *out, int64_t n, float s, float i
 
 static void code_range(const qz_t *a, int *qmin_u, int *qmax_u) {
     const int shift = a->is_signed ? 128 : 0;
-    *qmin_u = (a->is_signed ? -(1 << (a->bits - 1)) : 0) + shift;
-    *qmax_u = (a->is_signed ? (1 << (a->bits - 1)) - 1 : (1 << a->bits) - 1) + shift;
+    code_bounds(a, qmin_u, qmax_u);
+    *qmin_u += shift;
+    *qmax_u += shift;
 }
 
 #ifdef QB_AVX512
@@ -963,8 +970,8 @@ static void rows_qparams(const qz_t *a, const float *x, int64_t K, int rows, flo
     }
     const __mmask16 live = (__mmask16)((1u << rows) - 1);
     const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
-    const int qmin = a->is_signed ? -(1 << (a->bits - 1)) : 0;
-    const int qmax = a->is_signed ? (1 << (a->bits - 1)) - 1 : (1 << a->bits) - 1;
+    int qmin, qmax;
+    code_bounds(a, &qmin, &qmax);
     const __m512 lo = _mm512_min_ps(reduce16(vlo, 0), zero);      /* mn < 0 ? mn : 0 */
     const __m512 hi = _mm512_max_ps(reduce16(vhi, 1), zero);      /* mx > 0 ? mx : 0 */
     __m512 s;
