@@ -1,117 +1,19 @@
-"""qbench's own C kernels (qbench_cpu.c): built once with the system C compiler, loaded with ctypes.
+"""qbench's own C kernels as checked Python functions: each wraps one entry point of the native library.
 
-The library is cached under qbench.cache.cache_dir() ($QBENCH_CACHE_DIR, default ~/.cache/qbench)/native, keyed by the source, the
-compiler and the CPU, so a machine builds it once (about a second). Where no compiler is found or the build
-fails, `unavailable()` says why and the kernels that need it decline every configuration.
+The C sources are the .c files of this folder, mapped with every entry point in qbench_cpu.h (one concern per
+file: thread pool, int8 and int4 weight-only GEMMs, activation quantizer, per-row epilogue, fused W8A8 GEMM).
+build.py compiles them into one shared library on first use (cached per machine) and loads it with ctypes;
+where that is impossible, `unavailable()` says why and the kernels that need it decline every configuration.
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from functools import lru_cache
-from pathlib import Path
 from typing import Optional
 
 import torch
 
-SOURCE = Path(__file__).with_name("qbench_cpu.c")
-_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-pthread", "-std=gnu11", "-fopenmp")
-
-
-def _cache_dir() -> Path:
-    from qbench.cache import cache_dir
-
-    return cache_dir() / "native"
-
-
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _build(cc: str, flags: list[str], lib_path: Path) -> str:
-    """Compile into lib_path (atomically); '' on success, else why not."""
-    lib_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib_path.parent)
-    os.close(fd)
-    try:
-        proc = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
-                              timeout=300)
-        if proc.returncode != 0:
-            return f"building qbench's native kernels failed: {proc.stderr.strip()[-500:]}"
-        os.replace(tmp, lib_path)            # atomic: concurrent builders end with one complete file
-        return ""
-    except subprocess.SubprocessError as e:
-        return f"building qbench's native kernels failed: {e}"
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-@lru_cache(maxsize=1)
-def _load() -> tuple[Optional[ctypes.CDLL], str]:
-    """(library, "") or (None, why it is unavailable)."""
-    if platform.system() != "Linux":
-        return None, f"native kernels are built on Linux only, not {platform.system()}"
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        return None, "no C compiler (cc/gcc) on PATH to build qbench's native kernels"
-    flags = list(FLAGS)
-    src = SOURCE.read_bytes()
-    try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError) as e:
-        return None, f"C compiler {cc} does not run: {e}"
-    key = hashlib.sha256(src + version.encode() + " ".join(flags).encode() + _cpu_flags().encode()).hexdigest()[:16]
-    lib_path = _cache_dir() / f"qbench_cpu_{key}.so"
-    try:
-        if not lib_path.exists():
-            why = _build(cc, flags, lib_path)
-            if why:                              # no OpenMP for this compiler: the pthread pool runs the spans
-                flags.remove("-fopenmp")
-                lib_path = lib_path.with_name(lib_path.stem + "_noomp.so")
-                why = "" if lib_path.exists() else _build(cc, flags, lib_path)
-            if why:
-                return None, why
-        lib = ctypes.CDLL(str(lib_path))
-    except OSError as e:                     # unwritable cache, failed load: a reason, not a crash
-        return None, f"qbench's native kernels cannot be built or loaded: {e}"
-    declare(lib)
-    return lib, ""
-
-
-def declare(lib: ctypes.CDLL) -> None:
-    """Set the C signatures of the library's entry points."""
-    lib.qb_isa.restype = ctypes.c_char_p
-    lib.qb_wo8_gemm.restype = _INT
-    lib.qb_wo8_gemm.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT]
-    lib.qb_wo8_dequant.restype = _INT
-    lib.qb_wo8_dequant.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, _INT]
-    lib.qb_wo4_gemm.restype = _INT
-    lib.qb_wo4_gemm.argtypes = [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT]
-    lib.qb_wo4_dequant.restype = _INT
-    lib.qb_wo4_dequant.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, _INT]
-    lib.qb_row_epilogue.restype = _INT
-    lib.qb_row_epilogue.argtypes = [_P, _P, _P, _P, _P, _I64, _I64, _INT]
-    lib.qb_quant_u8.restype = _INT
-    lib.qb_quant_u8.argtypes = [_P, _P, _P, _P, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _INT]
-    lib.qb_center_zp.restype = ctypes.c_int32
-    lib.qb_center_zp.argtypes = [_P, _I64, _P]
-    lib.qb_w8a8_isa.restype = ctypes.c_char_p
-    lib.qb_w8a8_gemm.restype = _INT
-    lib.qb_w8a8_gemm.argtypes = [_P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _INT, _INT, _INT, _INT, _INT,
-                                 ctypes.c_float, ctypes.c_int32, _INT]
+from qbench.engine.kernels.native.build import FLAGS, HEADERS, SOURCES, declare  # noqa: F401  (re-exported)
+from qbench.engine.kernels.native.build import build as _build, load as _load
 
 
 def unavailable() -> Optional[str]:
@@ -120,28 +22,43 @@ def unavailable() -> Optional[str]:
 
 
 def isa() -> str:
-    """Which code path the library was built with: 'avx512' or 'portable-c'."""
+    """How the library was built, as qb_isa reports it: "avx512, openmp", "avx512", "portable-c, openmp" or
+    "portable-c" (the AVX-512 F+BW code or the portable C loops; OpenMP or qbench's own thread pool), else
+    "unavailable (why)". Builds the library on first use."""
     lib, why = _load()
     return lib.qb_isa().decode() if lib is not None else f"unavailable ({why})"
 
 
-def _lib() -> ctypes.CDLL:
+def w8a8_isa() -> str:
+    """The fused W8A8 GEMM's code path, as qb_w8a8_isa reports it: "avx512-vnni" or "portable-c" (exact, far
+    slower), else "unavailable (why)". Builds the library on first use."""
     lib, why = _load()
-    if lib is None:
+    return lib.qb_w8a8_isa().decode() if lib is not None else f"unavailable ({why})"
+
+
+def lib() -> ctypes.CDLL:
+    """The loaded library (built on first use), for calls with no wrapper here; RuntimeError if unavailable."""
+    loaded, why = _load()
+    if loaded is None:
         raise RuntimeError(why)
-    return lib
+    return loaded
 
 
-def _threads(work: int) -> int:
-    """torch's intra-op thread count, or 1 where starting a thread costs more than it saves (~10 us)."""
+def threads(work: int) -> int:
+    """Threads for a call doing `work` elements (multiply-adds, or values quantized): torch's intra-op thread
+    count, or 1 where starting a thread costs more than it saves (~10 us)."""
     return torch.get_num_threads() if work >= SERIAL_WORK else 1
 
 
 SERIAL_WORK = 1 << 17    # elements (multiply-adds, or values quantized) below which one thread runs
 
 
-def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+def ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    """The address of t's data (None for None), as the library's pointer arguments take it."""
     return None if t is None else t.data_ptr()
+
+
+_lib, _threads, _ptr = lib, threads, ptr          # the names callers used before lib(), threads() and ptr()
 
 
 def _check_wo_args(what: str, w: torch.Tensor, w_dtype: torch.dtype, row_bytes: int, s: torch.Tensor,
@@ -159,15 +76,15 @@ def _check_wo_args(what: str, w: torch.Tensor, w_dtype: torch.dtype, row_bytes: 
 
 def wo8_gemm(w: torch.Tensor, x: torch.Tensor, xg: torch.Tensor, s: torch.Tensor, zc: torch.Tensor,
              bias: Optional[torch.Tensor], groups: int) -> torch.Tensor:
-    """int8 weight-only GEMM (see qbench_cpu.c): w (N, K) int8 codes, x (M, K) float32, xg (M, G) group sums
-    of x, s and zc (N, G) float32 (w = s * (code + zc)), bias (N,) or None -> (M, N) float32."""
+    """int8 weight-only GEMM (qb_wo8_gemm, wo8_gemm.c): w (N, K) int8 codes, x (M, K) float32, xg (M, G) group
+    sums of x, s and zc (N, G) float32 (w = s * (code + zc)), bias (N,) or None -> (M, N) float32."""
     m, n, k = x.shape[0], w.shape[0], x.shape[1]
     _check_wo_args("wo8_gemm", w, torch.int8, k, s, zc, k, groups, x, xg, bias)
     if xg.shape != (m, groups) or (bias is not None and bias.shape != (n,)):
         raise ValueError(f"native wo8_gemm: inconsistent shapes xg {tuple(xg.shape)} or bias for ({m}, {n})")
     y = torch.empty(m, n, dtype=torch.float32)
-    rc = _lib().qb_wo8_gemm(_ptr(w), _ptr(x), _ptr(xg), _ptr(s), _ptr(zc), _ptr(bias), _ptr(y), m, n, k, groups,
-                            _threads(m * n * k))
+    rc = lib().qb_wo8_gemm(ptr(w), ptr(x), ptr(xg), ptr(s), ptr(zc), ptr(bias), ptr(y), m, n, k, groups,
+                           threads(m * n * k))
     if rc:
         raise ValueError(f"native wo8_gemm rejected its arguments (code {rc})")
     return y
@@ -178,7 +95,7 @@ def wo8_dequant(w: torch.Tensor, s: torch.Tensor, zc: torch.Tensor, groups: int)
     n, k = w.shape
     _check_wo_args("wo8_dequant", w, torch.int8, k, s, zc, k, groups)
     out = torch.empty(n, k, dtype=torch.float32)
-    rc = _lib().qb_wo8_dequant(_ptr(w), _ptr(s), _ptr(zc), _ptr(out), n, k, groups, _threads(n * k))
+    rc = lib().qb_wo8_dequant(ptr(w), ptr(s), ptr(zc), ptr(out), n, k, groups, threads(n * k))
     if rc:
         raise ValueError(f"native wo8_dequant rejected its arguments (code {rc})")
     return out
@@ -203,8 +120,8 @@ def nibble_row_bytes(k: int) -> int:
 
 def wo4_gemm(w: torch.Tensor, x: torch.Tensor, s: torch.Tensor, zc: torch.Tensor, bias: Optional[torch.Tensor],
              k: int, groups: int) -> torch.Tensor:
-    """4-bit weight-only GEMM (see qbench_cpu.c): w (N, nibble_row_bytes(K)) uint8 in the blocked nibble layout
-    (decode.pack_nibble_blocks), x (M, padded_columns(K)) float32 with zeros past column K, s and zc (N, G)
+    """4-bit weight-only GEMM (qb_wo4_gemm, wo4_gemm.c): w (N, nibble_row_bytes(K)) uint8 in the blocked nibble
+    layout (decode.pack_nibble_blocks), x (M, padded_columns(K)) float32 with zeros past column K, s and zc (N, G)
     float32 (w = s * (code + zc)), bias (N,) or None -> (M, N) float32."""
     m, n, kp = x.shape[0], w.shape[0], padded_columns(k)
     _check_wo_args("wo4_gemm", w, torch.uint8, nibble_row_bytes(k), s, zc, k, groups, x, bias)
@@ -212,8 +129,8 @@ def wo4_gemm(w: torch.Tensor, x: torch.Tensor, s: torch.Tensor, zc: torch.Tensor
         raise ValueError(f"native wo4_gemm: inconsistent shapes x {tuple(x.shape)} for {k} columns (padded to {kp}) "
                          f"or bias for {n} rows")
     y = torch.empty(m, n, dtype=torch.float32)
-    rc = _lib().qb_wo4_gemm(_ptr(w), _ptr(x), _ptr(s), _ptr(zc), _ptr(bias), _ptr(y), m, n, k, groups,
-                            _threads(m * n * k))
+    rc = lib().qb_wo4_gemm(ptr(w), ptr(x), ptr(s), ptr(zc), ptr(bias), ptr(y), m, n, k, groups,
+                           threads(m * n * k))
     if rc:
         raise ValueError(f"native wo4_gemm rejected its arguments (code {rc})")
     return y
@@ -224,7 +141,7 @@ def wo4_dequant(w: torch.Tensor, s: torch.Tensor, zc: torch.Tensor, k: int, grou
     n = w.shape[0]
     _check_wo_args("wo4_dequant", w, torch.uint8, nibble_row_bytes(k), s, zc, k, groups)
     out = torch.empty(n, k, dtype=torch.float32)
-    rc = _lib().qb_wo4_dequant(_ptr(w), _ptr(s), _ptr(zc), _ptr(out), n, k, groups, _threads(n * k))
+    rc = lib().qb_wo4_dequant(ptr(w), ptr(s), ptr(zc), ptr(out), n, k, groups, threads(n * k))
     if rc:
         raise ValueError(f"native wo4_dequant rejected its arguments (code {rc})")
     return out
@@ -249,8 +166,8 @@ def quant_u8(x: torch.Tensor, bits: int, signed: bool, symmetric: bool, per_row:
             raise ValueError("native quant_u8: given (static) qparams must be one scale and one zero point")
         scale.copy_(qparams[0].reshape(-1)[:1])
         zp.copy_(qparams[1].reshape(-1)[:1].to(torch.int32) + (128 if signed else 0))
-    rc = _lib().qb_quant_u8(_ptr(x), _ptr(out), _ptr(scale), _ptr(zp), m, k, int(per_row and qparams is None),
-                            int(symmetric), int(signed), bits, int(qparams is not None), _threads(m * k))
+    rc = lib().qb_quant_u8(ptr(x), ptr(out), ptr(scale), ptr(zp), m, k, int(per_row and qparams is None),
+                           int(symmetric), int(signed), bits, int(qparams is not None), threads(m * k))
     if rc:
         raise ValueError(f"native quant_u8 rejected its arguments (code {rc})")
     return out, scale, zp
@@ -262,7 +179,7 @@ def center_zero_points(zp: torch.Tensor) -> tuple[int, torch.Tensor]:
     if zp.dtype != torch.int32 or not zp.is_contiguous() or zp.dim() != 1:
         raise ValueError("native center_zero_points needs a contiguous 1-D int32 tensor")
     dz = torch.empty(zp.shape[0], dtype=torch.float32)
-    return int(_lib().qb_center_zp(_ptr(zp), zp.shape[0], _ptr(dz))), dz
+    return int(lib().qb_center_zp(ptr(zp), zp.shape[0], ptr(dz))), dz
 
 
 def row_epilogue_(y: torch.Tensor, row_scale: torch.Tensor, dz: Optional[torch.Tensor], c: Optional[torch.Tensor],
@@ -273,7 +190,7 @@ def row_epilogue_(y: torch.Tensor, row_scale: torch.Tensor, dz: Optional[torch.T
     for t, size in ((y, m * n), (row_scale, m), (dz, m), (c, n if dz is not None else None), (bias, n)):
         if t is not None and (t.dtype != torch.float32 or not t.is_contiguous() or (size and t.numel() != size)):
             raise ValueError("native row_epilogue_: float32 contiguous tensors of matching sizes needed")
-    rc = _lib().qb_row_epilogue(_ptr(y), _ptr(row_scale), _ptr(dz), _ptr(c), _ptr(bias), m, n, _threads(m * n))
+    rc = lib().qb_row_epilogue(ptr(y), ptr(row_scale), ptr(dz), ptr(c), ptr(bias), m, n, threads(m * n))
     if rc:
         raise ValueError(f"native row_epilogue_ rejected its arguments (code {rc})")
     return y
