@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import statistics
@@ -29,8 +28,10 @@ from typing import Optional
 
 import torch
 
+from qbench.atomic import write_atomic
 from qbench.bench.machine import effective_cache_bytes, l3_bytes, measure_ceilings
 from qbench.bench.peers import Contender, contenders
+from qbench.metrics.stats import summarize
 
 MINILM = "1024x384x384,1024x384x1536,1024x1536x384"          # all-MiniLM-L6-v2 linears at 8 x 128 tokens
 REFLM = "1024x256x768,1024x256x256,1024x256x1024,1024x1024x256"  # reflm's linears at 8 x 128 tokens (prefill)
@@ -77,11 +78,11 @@ def twin_units(cs: list[Contender]) -> list[list[Contender]]:
 
 
 def _row(m, k, n, c: Contender, err: float) -> dict:
-    med = statistics.median(c.times)
-    q = statistics.quantiles(c.times, n=10, method="inclusive") if len(c.times) >= 2 else [med] * 9
+    s = summarize(c.times)                     # median, p10, p90: linear interpolation between order statistics
+    med = s["median"]
     moved = c.weight_bytes + 4 * m * k + 4 * m * n
     return {"shape": f"{m}x{k}x{n}", "m": m, "k": k, "n": n, "contender": c.label, "kind": c.kind, "peer": c.peer,
-            "note": c.note, "median_ms": med, "p10_ms": q[0], "p90_ms": q[-1], "repeats": len(c.times),
+            "note": c.note, "median_ms": med, "p10_ms": s["p10"], "p90_ms": s["p90"], "repeats": len(c.times),
             "weight_copies": len(c.calls), "gops": 2 * m * k * n / med / 1e6, "gbs": moved / med / 1e6,
             "rel_err_vs_fp64": err, "times_ms": list(c.times)}
 
@@ -195,8 +196,8 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> dict:
         rotate = args.rotate_mib << 20
     from qbench.engine.kernels import native
     import qbench
-    from qbench.api import git_commit
     from qbench.hardware.detect import detect
+    from qbench.hardware.provenance import git_commit
     hw = detect(include_torch=False)
     machine = {"qbench": qbench.__version__, "git_commit": git_commit(), "cpu": hw.cpu_model,
                "cpu_arch": hw.cpu_arch, "cpu_flags": list(hw.cpu_flags), "logical_cores": hw.logical_cores,
@@ -245,9 +246,5 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> dict:
     result = {"machine": machine, "ceilings": ceilings, "rows": all_rows, "asym_overhead": overheads, "targets": goals,
               "argv": sys.argv[1:] if argv is None else argv}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = args.json + ".tmp"
-        with open(tmp_path, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp_path, args.json)
+        write_atomic(args.json, json.dumps(result, indent=1))
     return result

@@ -189,8 +189,11 @@ def python_files(root: Path, skip_dirs: set[str], max_bytes: int) -> list[tuple[
     return sorted(found)
 
 
-def _stdlib_files() -> list[tuple[str, Path]]:
-    """The deterministic stdlib subset: (relative posix path, absolute path)."""
+def stdlib_files() -> list[tuple[str, Path]]:
+    """The deterministic stdlib subset the built-in suites read: (relative posix path, absolute path).
+
+    Public because the reference LM's training corpus (qbench.datasets.corpus) must exclude exactly these.
+    """
     found = python_files(Path(sysconfig.get_paths()["stdlib"]), _EXCLUDED_DIRS, MAX_FILE_BYTES)
     found.sort(key=lambda item: (hashlib.sha256(item[0].encode()).hexdigest(), item[0]))
     return sorted(found[:STDLIB_FILE_LIMIT])
@@ -209,7 +212,7 @@ def read_python(path: Path) -> tuple[str, ast.Module] | None:
 
 
 def _parsed_stdlib() -> Iterator[tuple[str, str, ast.Module]]:
-    for rel, path in _stdlib_files():
+    for rel, path in stdlib_files():
         parsed = read_python(path)
         if parsed is not None:
             yield rel, *parsed

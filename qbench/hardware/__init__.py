@@ -8,6 +8,7 @@ from qbench.hardware.detect import (
     has_fast_fp16,
     parse_cpuinfo,
 )
+from qbench.hardware.provenance import git_commit
 
-__all__ = ["GpuInfo", "HardwareInfo", "detect", "fingerprint", "has_fast_bf16",
+__all__ = ["GpuInfo", "HardwareInfo", "detect", "fingerprint", "git_commit", "has_fast_bf16",
            "has_fast_fp16", "parse_cpuinfo"]

@@ -12,7 +12,10 @@ import os
 import platform
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Optional
+
+from qbench.hardware.probe import probe
+from qbench.hardware.telemetry import NVML_CLOCK_MEM, NVML_CLOCK_SM, Nvml
 
 GIB = 1 << 30
 
@@ -130,13 +133,6 @@ def parse_cpuinfo(text: str) -> tuple:
             tuple(f for f in INTERESTING_FLAGS if f in flag_set))
 
 
-def _probe(fn: Callable[[], Any], default: Any = None) -> Any:
-    try:
-        return fn()
-    except Exception:  # noqa: BLE001 - every probe must be non-fatal
-        return default
-
-
 def _read(path: str) -> str:
     with open(path, encoding="utf-8", errors="replace") as fh:
         return fh.read()
@@ -146,7 +142,7 @@ def _packages() -> dict:
     from importlib import metadata
     out = {}
     for name in TRACKED_PACKAGES:
-        ver = _probe(lambda n=name: metadata.version(n))
+        ver = probe(lambda n=name: metadata.version(n))
         if ver:
             out[name] = ver
     return out
@@ -163,47 +159,42 @@ def _cpu_freq() -> Optional[tuple]:
 
 
 def _ram_bytes() -> int:
-    r = _probe(lambda: int(__import__("psutil").virtual_memory().total))
+    r = probe(lambda: int(__import__("psutil").virtual_memory().total))
     if r is None:
-        r = _probe(lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), 0)
+        r = probe(lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), 0)
     return int(r or 0)
 
 
-def _nvml_enrich(gpus: list, enumerate_all: bool) -> list:
-    """Fill driver/power/clocks from pynvml; optionally enumerate devices itself."""
-    try:
-        import pynvml
-    except Exception:  # noqa: BLE001 - pynvml is optional
-        return gpus
-    try:
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001
-        return gpus
-    try:
-        s = lambda x: x.decode() if isinstance(x, bytes) else str(x)  # noqa: E731
-        driver = _probe(lambda: s(pynvml.nvmlSystemGetDriverVersion()))
+def _nvml_gpus(gpus: list, enumerate_all: bool) -> list:
+    """`gpus` with driver, power limit and max clocks from NVML; with `enumerate_all` and no GPUs from torch,
+    NVML lists the devices itself. Without pynvml or a driver, `gpus` as given."""
+    with Nvml() as nvml:
+        if not nvml.ok:
+            return gpus
+        nv, text = nvml.nv, nvml.text
+        driver = probe(lambda: text(nv.nvmlSystemGetDriverVersion()))
         if enumerate_all and not gpus:
-            n = _probe(pynvml.nvmlDeviceGetCount, 0)
-            for i in range(n):
-                h = pynvml.nvmlDeviceGetHandleByIndex(i)
-                cc = _probe(lambda h=h: "%d.%d" % tuple(pynvml.nvmlDeviceGetCudaComputeCapability(h)))
-                gpus.append(GpuInfo(
-                    index=i, name=_probe(lambda h=h: s(pynvml.nvmlDeviceGetName(h)), "unknown"),
-                    memory_bytes=_probe(lambda h=h: int(pynvml.nvmlDeviceGetMemoryInfo(h).total)),
-                    compute_capability=cc))
+            gpus = [_nvml_device(nvml, i) for i in range(probe(nv.nvmlDeviceGetCount, 0))]
         out = []
         for g in gpus:
-            h = _probe(lambda g=g: pynvml.nvmlDeviceGetHandleByIndex(g.index))
-            clock = lambda kind, h=h: int(pynvml.nvmlDeviceGetMaxClockInfo(h, kind))  # noqa: E731
+            h = probe(lambda g=g: nvml.handle(g.index))
+            clock = lambda kind, h=h: int(nv.nvmlDeviceGetMaxClockInfo(h, kind))  # noqa: E731
             out.append(dataclasses.replace(
                 g, driver=driver,
-                power_limit_w=_probe(lambda: pynvml.nvmlDeviceGetPowerManagementLimit(h) / 1000.0),
-                sm_clock_mhz=_probe(lambda: clock(pynvml.NVML_CLOCK_SM)),
-                mem_clock_mhz=_probe(lambda: clock(pynvml.NVML_CLOCK_MEM)),
+                power_limit_w=probe(lambda: nv.nvmlDeviceGetPowerManagementLimit(h) / 1000.0),  # mW -> W
+                sm_clock_mhz=probe(lambda: clock(NVML_CLOCK_SM)),
+                mem_clock_mhz=probe(lambda: clock(NVML_CLOCK_MEM)),
             ))
         return out
-    finally:
-        _probe(pynvml.nvmlShutdown)
+
+
+def _nvml_device(nvml: Nvml, index: int) -> GpuInfo:
+    """Name, memory and compute capability of NVML device `index` (when torch is not asked)."""
+    nv, h = nvml.nv, nvml.handle(index)
+    return GpuInfo(
+        index=index, name=probe(lambda: nvml.text(nv.nvmlDeviceGetName(h)), "unknown"),
+        memory_bytes=probe(lambda: int(nv.nvmlDeviceGetMemoryInfo(h).total)),
+        compute_capability=probe(lambda: "%d.%d" % tuple(nv.nvmlDeviceGetCudaComputeCapability(h))))
 
 
 def _torch_gpus(torch) -> list:
@@ -211,7 +202,7 @@ def _torch_gpus(torch) -> list:
         return []
     out = []
     for i in range(torch.cuda.device_count()):
-        p = _probe(lambda i=i: torch.cuda.get_device_properties(i))
+        p = probe(lambda i=i: torch.cuda.get_device_properties(i))
         if p is None:
             continue
         out.append(GpuInfo(index=i, name=str(p.name), memory_bytes=int(p.total_memory),
@@ -226,31 +217,31 @@ def detect(include_torch: bool = True) -> HardwareInfo:
     With ``include_torch=False`` torch is not imported (torch_threads /
     torch_cpu_capability are ``None``; GPUs are listed via pynvml if available).
     """
-    text = _probe(lambda: _read("/proc/cpuinfo"), "")
+    text = probe(lambda: _read("/proc/cpuinfo"), "")
     model, flags = parse_cpuinfo(text)
     if not model:
-        model = _probe(platform.processor, "") or platform.machine() or "unknown"
+        model = probe(platform.processor, "") or platform.machine() or "unknown"
 
-    torch = _probe(lambda: __import__("torch")) if include_torch else None
-    gpus = _probe(lambda: _torch_gpus(torch), []) if torch is not None else []
-    gpus = _probe(lambda: _nvml_enrich(list(gpus), enumerate_all=torch is None), gpus)
+    torch = probe(lambda: __import__("torch")) if include_torch else None
+    gpus = probe(lambda: _torch_gpus(torch), []) if torch is not None else []
+    gpus = probe(lambda: _nvml_gpus(list(gpus), enumerate_all=torch is None), gpus)
 
-    governor = _probe(lambda: _read(_GOVERNOR_PATH).strip() or None)
+    governor = probe(lambda: _read(_GOVERNOR_PATH).strip() or None)
     return HardwareInfo(
         cpu_model=model,
-        cpu_arch=_probe(platform.machine, "") or "",
+        cpu_arch=probe(platform.machine, "") or "",
         cpu_flags=flags,
-        physical_cores=_probe(lambda: __import__("psutil").cpu_count(logical=False)),
-        logical_cores=_probe(os.cpu_count) or 1,
+        physical_cores=probe(lambda: __import__("psutil").cpu_count(logical=False)),
+        logical_cores=probe(os.cpu_count) or 1,
         ram_bytes=_ram_bytes(),
-        os=_probe(platform.platform, "") or "",
+        os=probe(platform.platform, "") or "",
         python=platform.python_version() or sys.version.split()[0],
-        packages=_probe(_packages, {}),
-        torch_threads=_probe(torch.get_num_threads) if torch is not None else None,
-        torch_cpu_capability=(_probe(lambda: str(torch.backends.cpu.get_cpu_capability()))
+        packages=probe(_packages, {}),
+        torch_threads=probe(torch.get_num_threads) if torch is not None else None,
+        torch_cpu_capability=(probe(lambda: str(torch.backends.cpu.get_cpu_capability()))
                               if torch is not None else None),
         gpus=tuple(gpus),
-        cpu_freq_mhz=_probe(_cpu_freq),
+        cpu_freq_mhz=probe(_cpu_freq),
         cpu_governor=governor,
     )
 
@@ -264,7 +255,7 @@ def fingerprint(info: HardwareInfo) -> str:
 
 
 def _gpu_for(info: HardwareInfo, device: str) -> Optional[GpuInfo]:
-    idx = _probe(lambda: int(device.split(":", 1)[1]), 0) if ":" in device else 0
+    idx = probe(lambda: int(device.split(":", 1)[1]), 0) if ":" in device else 0
     for g in info.gpus:
         if g.index == idx:
             return g
@@ -288,7 +279,7 @@ def has_fast_bf16(info: HardwareInfo, device: str) -> tuple:
     """``(fast, reason)``: whether bf16 matmul is hardware-accelerated on ``device``."""
     if device.startswith("cuda"):
         g = _gpu_for(info, device)
-        cc = _probe(lambda: tuple(int(x) for x in g.compute_capability.split(".")))
+        cc = probe(lambda: tuple(int(x) for x in g.compute_capability.split(".")))
         if cc is None:
             return False, f"compute capability of {device} unknown"
         if cc >= (8, 0):

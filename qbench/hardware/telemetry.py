@@ -7,9 +7,10 @@ Snapshots are plain JSON-ready dicts so a cell record can carry them as they are
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from typing import Optional
 
-from qbench.metrics.timing import PeriodicSampler
+from qbench.hardware.probe import probe
+from qbench.sampling import PeriodicSampler
 
 # NVML clock event ("throttle") reasons: bit -> name (nvmlClocksEventReason* / nvmlClocksThrottleReason*)
 THROTTLE_REASONS = (
@@ -65,19 +66,12 @@ def energy_delta_j(before: Optional[dict], after: Optional[dict]) -> Optional[fl
     return (e1 - e0) / 1000.0
 
 
-def _text(x) -> str:
-    return x.decode() if isinstance(x, bytes) else str(x)
-
-
-def _probe(fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except Exception:  # noqa: BLE001 - a missing counter must not stop a benchmark
-        return None
-
-
 class Nvml:
-    """`with Nvml() as nv:` NVML initialized (nv.ok) or the reason it is not (nv.reason); shut down on exit."""
+    """`with Nvml() as nv:` NVML initialized (nv.ok) or the reason it is not (nv.reason); shut down on exit.
+
+    The one NVML session in qbench: hardware detection (`detect._nvml_gpus`) and the per-cell GPU telemetry
+    (`runner.gpu`) both open it, so init, handle lookup and shutdown are written once.
+    """
 
     def __init__(self):
         self.nv = None
@@ -99,17 +93,22 @@ class Nvml:
 
     def __exit__(self, *exc) -> None:
         if self.nv is not None:
-            _probe(self.nv.nvmlShutdown)
+            probe(self.nv.nvmlShutdown)
             self.nv = None
 
     @property
     def ok(self) -> bool:
         return self.nv is not None
 
+    @staticmethod
+    def text(x) -> str:
+        """NVML strings: bytes from older pynvml releases, str from newer ones."""
+        return x.decode() if isinstance(x, bytes) else str(x)
+
     def handle(self, index: int, uuid: Optional[str] = None):
         """The NVML device: by UUID when torch gave one (CUDA and NVML may order GPUs differently), else by index."""
         if uuid:
-            h = _probe(lambda: self.nv.nvmlDeviceGetHandleByUUID(uuid))
+            h = probe(lambda: self.nv.nvmlDeviceGetHandleByUUID(uuid))
             if h is not None:
                 return h
         return self.nv.nvmlDeviceGetHandleByIndex(index)
@@ -117,32 +116,32 @@ class Nvml:
     def throttle_mask(self, h) -> Optional[int]:
         fn = (getattr(self.nv, "nvmlDeviceGetCurrentClocksEventReasons", None)
               or getattr(self.nv, "nvmlDeviceGetCurrentClocksThrottleReasons", None))
-        return None if fn is None else _probe(lambda: int(fn(h)))
+        return None if fn is None else probe(lambda: int(fn(h)))
 
     def energy_mj(self, h) -> Optional[int]:
         """Total energy since the driver loaded, in mJ (Volta and newer); None where unsupported."""
-        return _probe(lambda: int(self.nv.nvmlDeviceGetTotalEnergyConsumption(h)))
+        return probe(lambda: int(self.nv.nvmlDeviceGetTotalEnergyConsumption(h)))
 
     def snapshot(self, h) -> dict:
         nv = self.nv
-        mem = _probe(lambda: nv.nvmlDeviceGetMemoryInfo(h))
-        cuda = _probe(lambda: int(nv.nvmlSystemGetCudaDriverVersion()))
-        cc = _probe(lambda: tuple(nv.nvmlDeviceGetCudaComputeCapability(h)))
+        mem = probe(lambda: nv.nvmlDeviceGetMemoryInfo(h))
+        cuda = probe(lambda: int(nv.nvmlSystemGetCudaDriverVersion()))
+        cc = probe(lambda: tuple(nv.nvmlDeviceGetCudaComputeCapability(h)))
         mask = self.throttle_mask(h)
-        milli = lambda fn: _probe(lambda: getattr(nv, fn)(h) / 1000.0)  # noqa: E731  mW -> W
+        milli = lambda fn: probe(lambda: getattr(nv, fn)(h) / 1000.0)  # noqa: E731  mW -> W
         return {
             "time": time.time(),
-            "name": _probe(lambda: _text(nv.nvmlDeviceGetName(h))),
+            "name": probe(lambda: self.text(nv.nvmlDeviceGetName(h))),
             "memory_used_bytes": None if mem is None else int(mem.used),
             "memory_total_bytes": None if mem is None else int(mem.total),
-            "driver": _probe(lambda: _text(nv.nvmlSystemGetDriverVersion())),
+            "driver": probe(lambda: self.text(nv.nvmlSystemGetDriverVersion())),
             "cuda_driver": None if cuda is None else f"{cuda // 1000}.{cuda % 1000 // 10}",
             "compute_capability": None if cc is None else f"{cc[0]}.{cc[1]}",
             "power_limit_w": milli("nvmlDeviceGetEnforcedPowerLimit"),
             "power_draw_w": milli("nvmlDeviceGetPowerUsage"),
-            "sm_clock_mhz": _probe(lambda: int(nv.nvmlDeviceGetClockInfo(h, NVML_CLOCK_SM))),
-            "mem_clock_mhz": _probe(lambda: int(nv.nvmlDeviceGetClockInfo(h, NVML_CLOCK_MEM))),
-            "temperature_c": _probe(lambda: int(nv.nvmlDeviceGetTemperature(h, NVML_TEMPERATURE_GPU))),
+            "sm_clock_mhz": probe(lambda: int(nv.nvmlDeviceGetClockInfo(h, NVML_CLOCK_SM))),
+            "mem_clock_mhz": probe(lambda: int(nv.nvmlDeviceGetClockInfo(h, NVML_CLOCK_MEM))),
+            "temperature_c": probe(lambda: int(nv.nvmlDeviceGetTemperature(h, NVML_TEMPERATURE_GPU))),
             "throttle_mask": mask,
             "throttle_reasons": decode_throttle(mask),
             "energy_mj": self.energy_mj(h),
@@ -165,8 +164,8 @@ class ThrottleSampler(PeriodicSampler):
     def sample(self) -> None:
         nv, h = self.nvml.nv, self.handle
         mask = self.nvml.throttle_mask(h)
-        temp = _probe(lambda: int(nv.nvmlDeviceGetTemperature(h, NVML_TEMPERATURE_GPU)))
-        clock = _probe(lambda: int(nv.nvmlDeviceGetClockInfo(h, NVML_CLOCK_SM)))
+        temp = probe(lambda: int(nv.nvmlDeviceGetTemperature(h, NVML_TEMPERATURE_GPU)))
+        clock = probe(lambda: int(nv.nvmlDeviceGetClockInfo(h, NVML_CLOCK_SM)))
         self.samples += 1
         if mask is not None:
             self.mask |= mask

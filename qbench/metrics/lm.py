@@ -12,12 +12,12 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import os
 import time
 from typing import Callable, Optional
 
 import torch
 
+from qbench.atomic import atomic_path
 from qbench.cache import cache_dir
 from qbench.metrics.timing import time_interleaved
 
@@ -115,10 +115,8 @@ def load_or_compute(key: str, describe: dict, compute: Callable[[], dict],
                 log(f"ignoring unreadable reference cache {path.name}: {type(e).__name__}")
     ref = compute()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"key": key, "describe": describe, "ref": ref}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"key": key, "describe": describe, "ref": ref}, tmp)
     except OSError as e:
         if log:
             log(f"could not write the reference cache {path}: {e}")

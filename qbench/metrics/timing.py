@@ -1,9 +1,14 @@
 """Timers: interleaved paired timing (perf_counter on CPU, CUDA events on GPU) and a RSS sampler."""
 from __future__ import annotations
 
-import threading
 import time
 from typing import Callable, Optional
+
+# PeriodicSampler lived here; it moved to the bottom module qbench.sampling so hardware can use it too, and
+# stays importable from here.
+from qbench.sampling import PeriodicSampler
+
+__all__ = ["ForeignCpu", "PeriodicSampler", "RssSampler", "time_interleaved"]
 
 
 def time_interleaved(fa: Callable[[], object], fb: Callable[[], object], *, warmup: int, repeats: int,
@@ -52,35 +57,6 @@ def _cuda_timer(device: str) -> Callable[[Callable[[], object]], float]:
         return start.elapsed_time(end)
 
     return timer
-
-
-class PeriodicSampler:
-    """Calls `sample()` every `interval` seconds in a thread while a `with` block runs, and once more at its end.
-
-    Subclasses set their state before calling `__init__` and implement `sample()`.
-    """
-
-    def __init__(self, interval: float):
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def sample(self) -> None:
-        raise NotImplementedError
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
 
 
 class RssSampler(PeriodicSampler):

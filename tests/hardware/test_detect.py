@@ -200,3 +200,54 @@ def test_detect_with_fake_pynvml(monkeypatch):
         raise RuntimeError("no driver")
     monkeypatch.setattr(fake, "nvmlInit", boom)
     assert detect(include_torch=False).gpus == ()  # failing NVML -> no error
+
+
+def test_nvml_enriches_the_gpus_torch_found(monkeypatch):
+    """With torch's GPU list, NVML adds driver, power limit and clocks to each by index and lists no others."""
+    import types
+    from qbench.hardware.detect import _nvml_gpus
+    calls = []
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: calls.append("init"),
+        nvmlShutdown=lambda: calls.append("shutdown"),
+        nvmlSystemGetDriverVersion=lambda: "560.1",
+        nvmlDeviceGetCount=lambda: 3,
+        nvmlDeviceGetHandleByIndex=lambda i: ("h", i),
+        nvmlDeviceGetPowerManagementLimit=lambda h: {0: 300000, 1: 72000}[h[1]],
+        nvmlDeviceGetMaxClockInfo=lambda h, kind: (1000 + h[1]) * kind,
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    torch_gpus = [GpuInfo(index=1, name="L4", cuda_runtime="12.4"), GpuInfo(index=0, name="A100")]
+    l4, a100 = _nvml_gpus(list(torch_gpus), enumerate_all=False)
+    assert calls == ["init", "shutdown"]
+    assert (l4.name, l4.cuda_runtime, l4.driver, l4.power_limit_w) == ("L4", "12.4", "560.1", 72.0)
+    assert (l4.sm_clock_mhz, l4.mem_clock_mhz) == (1001, 2002)
+    assert (a100.power_limit_w, a100.sm_clock_mhz) == (300.0, 1000)
+
+
+def test_nvml_failure_mid_enumeration_still_shuts_down(monkeypatch):
+    import types
+    calls = []
+
+    def no_handle(i):
+        raise RuntimeError("GPU is lost")
+
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: calls.append("init"), nvmlShutdown=lambda: calls.append("shutdown"),
+        nvmlSystemGetDriverVersion=lambda: "560.1", nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=no_handle)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert detect(include_torch=False).gpus == ()
+    assert calls == ["init", "shutdown"]
+
+
+def test_hardware_imports_no_sibling_layer():
+    """hardware sits beside engine, models, datasets and metrics: importing all of it loads none of them."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    code = ("import sys, qbench.hardware, qbench.hardware.telemetry, qbench.hardware.provenance; "
+            "bad = [m for m in sys.modules if m.split('.')[:2] in (['qbench', 'metrics'], ['qbench', 'engine'], "
+            "['qbench', 'models'], ['qbench', 'datasets'], ['qbench', 'api'], ['qbench', 'runner'])]; "
+            "assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=str(REPO_ROOT))
+    assert r.returncode == 0, r.stderr

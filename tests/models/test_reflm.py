@@ -1,8 +1,10 @@
-"""The bundled reference LM: loads offline, its card's numbers are reproducible, its training data is disjoint."""
+"""The bundled reference LM: loads offline, its card's numbers are reproducible, its training data is disjoint.
+
+The training script itself is tested in tests/tools/test_train_reflm.py.
+"""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,8 @@ import torch
 
 from qbench.models import load_model
 from qbench.models.loaders import resolve_source
-from qbench.models.train_reflm import Config, heldout_ppl, heldout_sources, main
+from qbench.datasets import heldout_sources
+from qbench.tools.train_reflm import Config, heldout_ppl
 from qbench.schema.experiment import ModelRef
 
 
@@ -55,23 +58,3 @@ def test_training_corpus_is_disjoint_from_the_builtin_suites():
     sources = [s["source"].split("#")[0] for s in record()["corpus"]["sources"]]
     assert sources and not set(sources) & held
     assert not any(s.startswith("pydoc_data") for s in sources)
-
-
-@pytest.mark.slow
-def test_training_script_runs_end_to_end_small(tmp_path):
-    import torch
-
-    out = tmp_path / "tiny"
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        assert main(["--out", str(out), "--small", "--steps", "3", "--threads", "1"]) == 0
-        assert torch.get_num_threads() == 2          # --threads held only while training
-    finally:
-        torch.set_num_threads(before)
-    r = json.loads((out / "training.json").read_text(encoding="utf-8"))
-    assert r["steps"] == 3 and r["tokens_seen"] == 3 * 4 * 32 and r["threads"] == 1
-    assert all(math.isfinite(h["ppl"]) for h in r["heldout"].values())
-    assert not (out / "checkpoint.pt").exists()
-    loaded = load_model(ModelRef(id=f"hf:{out}"), "fp32", "cpu")
-    assert loaded.task == "causal_lm" and len(loaded.tokenizer) <= 512
