@@ -1,4 +1,8 @@
-"""quantize_(model, scheme): swap covered modules for quantized ones and report what happened."""
+"""quantize_(model, scheme): swap covered modules for quantized ones and report what happened.
+
+Per module: the plan (ops, exclusions, group sizes) -> the scheme's method chooses the QuantizedWeight (rtn today)
+-> the kernel packs it. The realized map's SQNR and bytes are measured from what the kernel then holds.
+"""
 from __future__ import annotations
 
 import fnmatch
@@ -10,9 +14,11 @@ import torch
 from torch import nn
 
 from qbench.engine.kernels import select_kernel
-from qbench.engine.modules import QuantEmbedding, QuantLinear, linear_weight
+from qbench.engine.methods import METHODS, Method, MethodContext, rtn
+from qbench.engine.modules import QuantEmbedding, QuantLinear, is_linear, linear_weight
 from qbench.engine.observers import make_observer
-from qbench.engine.primitives import QuantSpec, dequantize, quantize
+from qbench.engine.primitives import QuantSpec
+from qbench.engine.tensors import QuantizedWeight
 from qbench.errors import KernelUnavailable
 from qbench.schema.experiment import Scheme
 
@@ -30,7 +36,8 @@ class ModuleRecord:
     kernel: str                  # kernel that runs it ("baseline" when left alone)
     weights: str                 # realized weight format, e.g. "int8 sym per_channel"
     activations: str             # realized activation format, or "float"
-    sqnr_db: Optional[float]     # 10 log10(|W|^2 / |W - deq(q(W))|^2); None when not applied
+    sqnr_db: Optional[float]     # 10 log10(|W|^2 / |W - W_held|^2), W_held: the weight the kernel holds;
+                                 # None when not applied
     bytes_before: int
     bytes_after: int
 
@@ -50,22 +57,23 @@ def activation_spec(scheme: Scheme) -> Optional[QuantSpec]:
     return None if a is None else QuantSpec(a.bits, a.signed, a.symmetric, a.granularity)
 
 
+def scheme_method(scheme: Scheme) -> Method:
+    """The method that chooses the scheme's codes: rtn (schemes have no method field yet)."""
+    return METHODS.get("rtn")
+
+
 def classify(model: nn.Module) -> dict[str, str]:
     """Module name -> op kind for every quantizable module."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     kinds = {}
     for name, mod in model.named_modules():
-        if head is not None and mod is head and _is_linear(mod):
+        if head is not None and mod is head and is_linear(mod):
             kinds[name] = "lm_head"
-        elif _is_linear(mod):
+        elif is_linear(mod):
             kinds[name] = "linear"
         elif isinstance(mod, nn.Embedding):
             kinds[name] = "embedding"
     return kinds
-
-
-def _is_linear(mod: nn.Module) -> bool:
-    return isinstance(mod, nn.Linear) or (type(mod).__name__ == "Conv1D" and hasattr(mod, "nf"))
 
 
 def unmatched_excludes(model: nn.Module, patterns) -> list[str]:
@@ -94,10 +102,11 @@ def quantize_(model: nn.Module, scheme: Scheme | dict, *, device: str = "cpu",
     misfits = shape_misfits(plan, kernel)
     if misfits:
         raise KernelUnavailable(misfits)
-    act_qparams = _calibrate(model, scheme, kinds, a, calibrate)
+    act_qparams = _calibrate(model, scheme, plan, a, calibrate)
+    method = scheme_method(scheme)
     records = []
     for planned in plan:
-        records.append(_swap_one(model, planned, scheme, w, a, act_qparams.get(planned.name), kernel))
+        records.append(_swap_one(model, planned, scheme, method, w, a, act_qparams.get(planned.name), kernel))
         if progress:
             progress(planned.name)
     return records
@@ -149,7 +158,7 @@ def _plan_reason(name: str, op: str, scheme: Scheme, w: QuantSpec, shape) -> tup
     return "", ""
 
 
-def _swap_one(model, planned: PlannedModule, scheme, w, a, act_qp, kernel) -> ModuleRecord:
+def _swap_one(model, planned: PlannedModule, scheme, method: Method, w, a, act_qp, kernel) -> ModuleRecord:
     name, op, shape, reason = planned.name, planned.op, planned.shape, planned.reason
     mod = model.get_submodule(name)
     weight = mod.weight if op == "embedding" else linear_weight(mod)[0]
@@ -160,20 +169,34 @@ def _swap_one(model, planned: PlannedModule, scheme, w, a, act_qp, kernel) -> Mo
                             weights=str(weight.dtype).replace("torch.", ""), activations="float",
                             sqnr_db=None, bytes_after=before)
     if op == "embedding":
-        new = QuantEmbedding(mod, w)
+        new = QuantEmbedding(mod, w, method.quantize(weight, w, MethodContext(name)))
         kernel_name, act = "embedding_gather_dequant", "n/a"
     else:
-        new = QuantLinear.from_float(mod, kernel, w, a, act_qp)
+        new = _quant_linear(mod, name, kernel, method, w, a, act_qp)
         kernel_name, act = kernel.name, (a.describe() + (" static" if act_qp else " dynamic")) if a else "float"
     _set_submodule(model, name, new)
     return ModuleRecord(**rec, applied=True, reason="", kernel=kernel_name, weights=w.describe(),
-                        activations=act, sqnr_db=sqnr_db(weight, w), bytes_after=new.weight_nbytes)
+                        activations=act, sqnr_db=sqnr_db(weight, new.held_weight()), bytes_after=new.weight_nbytes)
 
 
-def sqnr_db(weight: torch.Tensor, spec: QuantSpec) -> float:
-    """Signal-to-quantization-noise ratio of the weight in dB (inf when exact)."""
+def _quant_linear(mod, name: str, kernel, method: Method, w: QuantSpec, a, act_qp) -> QuantLinear:
+    """The method's QuantizedWeight packed by the kernel; a kernel that re-derives its weight gets the float one."""
+    if kernel.rederives_weight:
+        return QuantLinear.from_float(mod, kernel, w, a, act_qp)
+    weight, bias = linear_weight(mod)
+    qweight = method.quantize(weight, w, MethodContext(name))
+    return QuantLinear.from_quantized(qweight, bias, kernel, a, act_qp)
+
+
+def sqnr_db(weight: torch.Tensor, held: QuantizedWeight | QuantSpec) -> float:
+    """Signal-to-quantization-noise ratio in dB (inf when exact) of the float weight against `held`, the weight a
+    quantized module holds (or, given a QuantSpec, the round-to-nearest quantization of the weight)."""
     wf = weight.detach().double()
-    err = (dequantize(quantize(wf, spec), torch.float64) - wf).pow(2).sum().item()
+    held = rtn(wf, held) if isinstance(held, QuantSpec) else held
+    # in the weight's own memory order (a Conv1D weight is a transposed view): the sum does not depend on the
+    # layout a kernel keeps
+    deq = torch.empty_like(wf).copy_(held.dequantize(torch.float64))
+    err = (deq - wf).pow(2).sum().item()
     sig = wf.pow(2).sum().item()
     return math.inf if err == 0 else 10 * math.log10(sig / err) if sig > 0 else -math.inf
 
@@ -184,17 +207,16 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _calibrate(model, scheme: Scheme, kinds, a: Optional[QuantSpec], calibrate) -> dict:
-    """Static activation qparams per module name, from observers hooked on module inputs."""
+def _calibrate(model, scheme: Scheme, plan: list[PlannedModule], a: Optional[QuantSpec], calibrate) -> dict:
+    """Static activation qparams per module name, from observers hooked on the inputs of the linear modules that
+    will be quantized (not those left alone by op, exclusion or group size)."""
     if a is None or scheme.activations.dynamic:
         return {}
     if calibrate is None:
         raise ValueError(f"scheme '{scheme.name}' has static activations: pass calibrate=")
     cal = scheme.calibration
     observers, hooks = {}, []
-    for name, op in kinds.items():
-        if op == "embedding" or op not in scheme.ops:
-            continue
+    for name in (p.name for p in plan if not p.skip and p.op != "embedding"):
         obs = make_observer(cal.method, a, cal.percentile)
         observers[name] = obs
         hooks.append(model.get_submodule(name).register_forward_pre_hook(

@@ -28,25 +28,29 @@ def torch_uuid(index: int) -> Optional[str]:
 
 
 def off_gpu(*models) -> list[str]:
-    """Names of parameters, buffers and quantized weight state of the models that are not on a CUDA device."""
+    """Names of parameters, buffers and quantized weight storage of the models that are not on a CUDA device.
+
+    A quantized module's storage is named by field (held_tensors' first component: 'weight' for all of a packed
+    weight's codes and qparams), once per field, with the device of its first tensor off the GPU."""
+    from qbench.engine.modules import QuantModule
+
     out = []
     for tag, model in zip(("baseline", "quantized"), models):
         named = [*model.named_parameters(), *model.named_buffers()]
         for mod_name, mod in model.named_modules():
-            state = getattr(mod, "state", None)  # QuantLinear: the kernel's tensors or packed weights
-            held = dict(state) if isinstance(state, dict) else {}
-            if getattr(mod, "packed", None) is not None:  # QuantEmbedding
-                held["packed"] = mod.packed
-            for k, v in held.items():
-                v = getattr(v, "codes", v)  # a PackedWeight counts by its codes
-                if isinstance(v, torch.Tensor):
-                    named.append((f"{mod_name}.{k}", v))
-        out += [f"{tag}:{name} ({t.device})" for name, t in named if t.device.type != "cuda"]
+            if isinstance(mod, QuantModule):
+                named += [(f"{mod_name}.{field.split('.')[0]}", t) for field, t in mod.held_tensors().items()]
+        off: dict[str, torch.device] = {}
+        for name, t in named:
+            if t.device.type != "cuda":
+                off.setdefault(name, t.device)
+        out += [f"{tag}:{name} ({device})" for name, device in off.items()]
     return out
 
 
 class GpuCell:
-    """begin() before quantization, timing() around the timed region, energy_rows() per batch size, end()."""
+    """begin() before quantization, timing() around the timed region, energy() per batch size (through
+    cell_energy_rows(), which turns it into rows), end() (close() if the cell fails first)."""
 
     def __init__(self, device: str):
         self.device = device

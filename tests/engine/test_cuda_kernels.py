@@ -108,7 +108,7 @@ def check_triton(kernel, spec, m, k, n, seed, dtype=torch.float32):
 def test_triton_int8_weight_only_against_float64(spec):
     for i, (m, k, n) in enumerate(SHAPES):
         state = check_triton(W8_TRITON, spec, m, k, n, seed=i)
-        assert state["codes"].shape == (n, k) and state["codes"].element_size() == 1
+        assert state.codes.shape == (n, k) and state.codes.element_size() == 1
 
 
 @needs_triton
@@ -116,7 +116,7 @@ def test_triton_int8_weight_only_against_float64(spec):
 def test_triton_int4_weight_only_against_float64(spec):
     for i, (m, k, n) in enumerate(SHAPES):
         state = check_triton(W4_TRITON, spec, m, k, n, seed=100 + i)
-        assert state["codes"].shape == (n, (k + 1) // 2) and state["codes"].dtype == torch.uint8
+        assert state.codes.shape == (n, (k + 1) // 2) and state.codes.dtype == torch.uint8
 
 
 @needs_triton
@@ -222,10 +222,10 @@ def test_fp8_math_on_cpu_tensors_against_float64():
     """e4m3 codes times their scales, float32 accumulation: matches the float64 product of the same codes."""
     w, b, x = problem(5, 64, 48, seed=3)
     state = FP8.prepare(w, b)
-    assert state["w8"].dtype == torch.float8_e4m3fn and state["w8"].shape == (48, 64)
+    assert state.w8.dtype == torch.float8_e4m3fn and state.w8.shape == (48, 64)
     y = FP8.forward(state, x)
     x8, sx = to_e4m3(x, dim=1)
-    y64 = (x8.double() * sx.double()) @ (state["w8"].double() * state["w_scale"].double().t()).t() + b.double()
+    y64 = (x8.double() * sx.double()) @ (state.w8.double() * state.w_scale.double().t()).t() + b.double()
     assert (y.double() - y64).abs().max() <= 1e-5 * float(y64.abs().max())
     # and e4m3 is a coarse format: within a few percent of the float product, never equal to it
     exact = x.double() @ w.double().t() + b.double()

@@ -279,7 +279,7 @@ def test_int4_wo_native_keeps_weights_packed():
     for k, row_bytes in ((256, 128), (64, 32), (32, 16), (200, 128), (300, 160), (99, 64)):
         w, b, _ = make_problem(1, k, 64, seed=1)
         state = WO4.prepare(w, b, QuantSpec(4, True, False, "per_channel"), None)
-        assert state["codes"].dtype == torch.uint8 and state["codes"].shape == (64, row_bytes), k
+        assert state.codes.dtype == torch.uint8 and state.codes.shape == (64, row_bytes), k
 
 
 # ----------------------------------------------------------------------------- int4_wo_native's nibble layout
@@ -335,7 +335,7 @@ def test_int4_wo_native_state_round_trips(w_spec):
     w, b, _ = make_problem(1, k, 37, seed=k)
     state = WO4.prepare(w, b, w_spec, None)
     q = quantize(w, w_spec)
-    assert torch.equal(unpack_nibble_blocks(state["codes"], k).long(), q.data.long() - w_spec.qmin)
+    assert torch.equal(unpack_nibble_blocks(state.codes, k).long(), q.data.long() - w_spec.qmin)
 
 
 @needs_native
@@ -360,7 +360,7 @@ def test_int4_wo_native_dequantizes_exactly():
 
 
 def _portable_library(tmp_path):
-    """qbench_cpu.c built without AVX-512 (its portable C loops), or None where this compiler cannot."""
+    """The native library built without AVX-512 (its portable C loops), or None where this compiler cannot."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     lib_path = tmp_path / "qbench_cpu_portable.so"
     if not cc or native._build(cc, [*native.FLAGS, "-mno-avx512f"], lib_path):
@@ -438,7 +438,7 @@ def test_unsupported_shapes_raise():
         WO8.prepare(w, None, QuantSpec(8, True, True, "per_group", 30), None)
     state = WO8.prepare(w, None, W8_CH, None)
     with pytest.raises(ValueError, match="inconsistent"):
-        native.wo8_gemm(state["codes"], torch.randn(2, 99), torch.randn(2, 1), state["s"], state["zc"], None, 1)
+        native.wo8_gemm(state.codes, torch.randn(2, 99), torch.randn(2, 1), state.s, state.zc, None, 1)
     with pytest.raises(ValueError, match="inconsistent"):                          # K mismatch, C path
         WO8.forward(state, torch.randn(2, 99))
     with pytest.raises(RuntimeError):                                              # K mismatch, matmul path
@@ -451,11 +451,11 @@ def test_unsupported_shapes_raise():
             WO4.forward(state, torch.randn(DECODE_MAX_M + 1, k - 4))
     state = WO4.prepare(torch.randn(16, 250), None, QuantSpec(4, True, True, "per_group", 5), None)
     with pytest.raises(ValueError, match="inconsistent"):                          # x not padded to Kp
-        native.wo4_gemm(state["codes"], torch.randn(1, 250), state["s"], state["zc"], None, 250, 50)
+        native.wo4_gemm(state.codes, torch.randn(1, 250), state.s, state.zc, None, 250, 50)
     with pytest.raises(ValueError, match="contiguous"):
-        native.wo4_gemm(state["codes"], torch.randn(1, 512)[:, ::2], state["s"], state["zc"], None, 250, 50)
+        native.wo4_gemm(state.codes, torch.randn(1, 512)[:, ::2], state.s, state.zc, None, 250, 50)
     with pytest.raises(ValueError, match="float32"):
-        native.wo4_gemm(state["codes"], torch.randn(1, 256).double(), state["s"], state["zc"], None, 250, 50)
+        native.wo4_gemm(state.codes, torch.randn(1, 256).double(), state.s, state.zc, None, 250, 50)
 
 
 def test_native_unavailable_is_a_reason_not_a_crash(monkeypatch):
@@ -491,6 +491,7 @@ def test_native_kernels_many_parallel_dispatches():
         torch.set_num_threads(before)
 
 
+@needs_native
 def test_center_zero_points_matches_torch_round_of_the_mean():
     from qbench.engine.kernels import native
 

@@ -1,23 +1,39 @@
 """The Kernel interface and its registry."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Literal, Optional
 
 import torch
 
+from qbench.engine.kernels.state import KernelState
+from qbench.engine.methods import rtn
 from qbench.engine.primitives import QuantSpec
+from qbench.engine.tensors import QuantizedWeight
 from qbench.errors import KernelUnavailable
 from qbench.registry import Registry
 
+# What a kernel multiplies in: "integer" (int8 x int8 -> int32, or uint8 x int8), "fp32" (float32 products of
+# dequantized weights and float32 activations), "float" (products in the activations' own float dtype), "fp8"
+# (e4m3 x e4m3 tensor cores). An emulated kernel (emulated = True) keeps the default and computes in float.
+Arithmetic = Literal["integer", "fp32", "float", "fp8"]
+
 
 class Kernel:
-    """A linear-op implementation: prepare() once from a float weight, then forward() per call."""
+    """A linear-op implementation: pack() a QuantizedWeight once, then forward() per call.
+
+    A kernel lays out the codes, scales and zero points it is given and never chooses them; held_weight() reads
+    them back from what it keeps. Every kernel honours a QuantizedWeight's input scale and permutation by
+    transforming x first (KernelState.prepare_input); pack_reason() is where a kernel that cannot hold a given
+    QuantizedWeight says why. The exceptions are the kernels that re-derive their weight from a float one
+    (rederives_weight): torch_ao_dynamic (torch.ao's own observer chooses its codes) and the FP8 kernel.
+    """
 
     name = "?"
     backend = "?"          # what does the arithmetic, e.g. "torch._int_mm (oneDNN)"
     emulated = False       # True when integers are turned back into floats before the matmul
-    arithmetic = "integer"  # what a non-emulated kernel multiplies in: "integer", or "fp32" for weight-only
+    arithmetic: Arithmetic = "integer"
     devices = ("cpu",)     # device types served
+    rederives_weight = False  # True: quantizes a float weight itself (prepare); quantize_ hands it the float weight
 
     def supports(self, w: QuantSpec, a: Optional[QuantSpec], device: str) -> Optional[str]:
         """None when this kernel can run the configuration, else the reason it cannot."""
@@ -27,22 +43,43 @@ class Kernel:
         """None when this kernel can hold an (N, K) weight, else why not; checked before any module is swapped."""
         return None
 
-    def prepare(self, weight: torch.Tensor, bias: Optional[torch.Tensor], w: QuantSpec,
-                a: Optional[QuantSpec], act_qparams: Optional[tuple] = None) -> dict[str, Any]:
+    def pack_reason(self, qweight: QuantizedWeight) -> Optional[str]:
+        """None when this kernel can pack this particular QuantizedWeight (its spec being supported), else why
+        not. Input scales and permutations are applied to x by every kernel here, so nothing declines today."""
+        return None
+
+    def pack(self, qweight: QuantizedWeight, bias: Optional[torch.Tensor], a: Optional[QuantSpec],
+             act_qparams: Optional[tuple] = None) -> KernelState:
+        """Lay out qweight's codes and qparams (and keep bias (N,) float32, the activation spec and static
+        activation qparams) for forward()."""
         raise NotImplementedError
 
-    def forward(self, state: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
+    def prepare(self, weight: torch.Tensor, bias: Optional[torch.Tensor], w: QuantSpec,
+                a: Optional[QuantSpec] = None, act_qparams: Optional[tuple] = None) -> KernelState:
+        """From a float (N, K) weight: pack(rtn(weight, w)), the round-to-nearest codes (kept for callers that
+        hold float weights; kernels with rederives_weight quantize the float weight their own way)."""
+        return self.pack(rtn(weight, w), bias, a, act_qparams)
+
+    def held_weight(self, state: KernelState) -> QuantizedWeight:
+        """The QuantizedWeight this state holds, read back from the kernel's own tensors (what runs)."""
+        raise NotImplementedError
+
+    def forward(self, state: KernelState, x: torch.Tensor) -> torch.Tensor:
         """x (M, K) float -> (M, N) float in x's dtype."""
         raise NotImplementedError
 
-    def state_nbytes(self, state: dict[str, Any]) -> Optional[int]:
-        """Bytes the prepared state keeps, where its tensors cannot be summed (an opaque library object);
-        None: count the state's tensors."""
-        return None
+    def state_nbytes(self, state: KernelState) -> int:
+        """Bytes the packed state keeps for the weight: its held tensors (an opaque library object overrides)."""
+        return sum(t.numel() * t.element_size() for t in state.held_tensors().values())
 
     def _device_reason(self, device: str) -> Optional[str]:
         kind = device.split(":")[0]
         return None if kind in self.devices else f"{self.name} runs on {', '.join(self.devices)}, not {kind}"
+
+    def _require(self, reason: Optional[str]) -> None:
+        """Raise ValueError naming this kernel when pack() is handed what it cannot hold."""
+        if reason:
+            raise ValueError(f"{self.name}: {reason}")
 
 
 def integer_matmul_reason(w: QuantSpec, a: Optional[QuantSpec]) -> Optional[str]:

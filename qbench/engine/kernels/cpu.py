@@ -1,4 +1,4 @@
-"""Integer kernels backed by PyTorch's CPU primitives, behind qbench's own quantization.
+"""Integer kernels backed by PyTorch's CPU primitives, on the codes they are handed.
 
 int8_int_mm      W8A8: (M, K) int8 @ (K, N) int8 -> (M, N) int32 via torch._int_mm (oneDNN,
                  VNNI on this CPU class), zero-point corrections from precomputed sums, rescale.
@@ -8,24 +8,30 @@ int4_packed      two 4-bit codes per byte, unpacked and dequantized per call, fl
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from qbench.engine.kernels import native
 from qbench.engine.kernels.base import KERNELS, Kernel
-from qbench.engine.primitives import QuantSpec, choose_qparams, dequantize, quantize, reduce_minmax
-from qbench.engine.tensors import PackedWeight
+from qbench.engine.kernels.codes import from_int8, quantize_activations, to_int8
+from qbench.engine.kernels.state import KernelState
+from qbench.engine.primitives import QuantSpec, dequantize
+from qbench.engine.tensors import PackedWeight, QuantizedWeight, qparams_from_rows
 
 
-def _to_int8(q: torch.Tensor, zp: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shift unsigned codes by 128 so every <=8-bit code fits int8; the zero point moves with it.
-
-    x = s * (q - z) = s * ((q - 128) - (z - 128)), exactly.
-    """
-    if spec.signed:
-        return q.to(torch.int8), zp.to(torch.int32)
-    return (q.to(torch.int16) - 128).to(torch.int8), zp.to(torch.int32) - 128
+@dataclass
+class IntMMState(KernelState):
+    spec: QuantSpec                  # the weight's
+    w8: torch.Tensor                 # (N, K) int8 codes (to_int8)
+    w_scale: torch.Tensor            # (N,) float32
+    w_zp: torch.Tensor               # (N,) int32, in the codes' int8 domain
+    w_rowsum: torch.Tensor           # (N,) int32 sum_k w8, for the activation zero point
+    asym_w: bool                     # some weight zero point is not 0
+    bias: Optional[torch.Tensor]     # (N,) float32
+    a: QuantSpec
+    act_qparams: Optional[tuple]     # static (scale, zero point), or None (dynamic)
+    k: int
 
 
 class Int8IntMM(Kernel):
@@ -34,70 +40,57 @@ class Int8IntMM(Kernel):
     devices = ("cpu",)
 
     def supports(self, w, a, device):
+        return self._config_reason(w, a) or self._device_reason(device)
+
+    @staticmethod
+    def _config_reason(w, a) -> Optional[str]:
         if a is None:
             return "needs quantized activations (weight-only schemes use other kernels)"
         if w.granularity == "per_group":
             return "per_group weight scales do not factor out of an integer matmul"
-        return self._device_reason(device)
+        return None
 
-    def prepare(self, weight, bias, w, a, act_qparams=None):
-        q = quantize(weight, w)
-        w8, wz = _to_int8(q.data, q.zero_point, w)                     # (N, K) int8
-        n = weight.shape[0]
-        return {
-            "w8": w8.contiguous(),
-            "w_scale": q.scale.reshape(-1).expand(n).float().contiguous(),   # (N,)
-            "w_zp": wz.reshape(-1).expand(n).contiguous(),                  # (N,)
-            "w_rowsum": w8.sum(dim=1, dtype=torch.int32),                    # (N,) for activation zp
-            "asym_w": bool((wz != 0).any()),
-            "bias": bias, "a": a, "act_qparams": act_qparams, "k": weight.shape[1],
-        }
+    def pack(self, qweight, bias, a, act_qparams=None):
+        self._require(self._config_reason(qweight.spec, a))
+        w8, wz = to_int8(qweight.codes, qweight.zero_point, qweight.spec)  # (N, K) int8
+        n, k = qweight.shape
+        return IntMMState(
+            spec=qweight.spec, w8=w8.contiguous(),
+            w_scale=qweight.scale.reshape(-1).expand(n).float().contiguous(),
+            w_zp=wz.reshape(-1).expand(n).contiguous(),
+            w_rowsum=w8.sum(dim=1, dtype=torch.int32),
+            asym_w=bool((wz != 0).any()), bias=bias, a=a, act_qparams=act_qparams, k=k,
+            pre=qweight.input_transform())
+
+    def held_weight(self, state):
+        codes, zp = from_int8(state.w8, state.w_zp, state.spec)
+        n = codes.shape[0]
+        return state.quantized(codes, qparams_from_rows(state.w_scale, state.spec, n),
+                               qparams_from_rows(zp, state.spec, n), state.spec)
 
     def forward(self, state, x):
-        a8, a_scale, az = quantize_to_int8(x, state["a"], state["act_qparams"])  # (M, K) int8
-        acc = torch._int_mm(a8, state["w8"].t())                         # (M, K)@(K, N) -> (M, N) int32
+        x = state.prepare_input(x)
+        acts = quantize_activations(x, state.a, state.act_qparams)
+        a8, az = acts.int8_()                                            # (M, K) int8
+        acc = torch._int_mm(a8, state.w8.t())                            # (M, K)@(K, N) -> (M, N) int32
         correct_(acc, a8, az, state)
-        w_scale, bias = state["w_scale"], state["bias"]
-        y = acc.to(torch.float32)                                        # one conversion pass
-        if a_scale.numel() == 1:
-            w_scale = w_scale * a_scale.reshape(())                      # (N,) combined scale
-        else:
-            y.mul_(a_scale)                                              # per-token scales (M, 1)
-        if bias is None:
-            y.mul_(w_scale)
-        else:
-            torch.addcmul(bias, y, w_scale, out=y)                       # rescale + bias in one pass
-        return y.to(x.dtype)
+        return rescale(acc, acts.scale, state.w_scale, state.bias).to(x.dtype)
 
 
-def quantize_to_int8(x: torch.Tensor, a: QuantSpec, act_qparams: Optional[tuple]):
-    """Activation codes already shifted into int8, with their scale and (shifted) zero point.
-
-    Same codes as primitives.quantize followed by _to_int8: from qbench's native quantizer when it is built
-    (uint8 codes, then u - 128 as a bit flip), else in fewer torch passes over x.
-    """
-    if native.unavailable() is None:
-        per_row = a.granularity == "per_token" and act_qparams is None
-        codes, scale, zp = native.quant_u8(x.float().contiguous(), a.bits, a.signed, a.symmetric, per_row,
-                                           act_qparams)
-        a8 = codes.view(torch.int8).bitwise_xor_(-128)                   # u - 128, same bits as int8
-        if per_row:
-            return a8, scale.reshape(-1, 1), (zp - 128).reshape(-1, 1)
-        return a8, scale.reshape(()), (zp - 128).reshape(())
-    x = x.float()
-    if act_qparams is not None:
-        scale, zp = act_qparams
+def rescale(acc: torch.Tensor, a_scale: torch.Tensor, w_scale: torch.Tensor,
+            bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """acc (M, N) int32 -> acc * a_scale * w_scale (+ bias), float32; a_scale () or (M, 1), w_scale (N,)."""
+    y = acc.to(torch.float32)                                            # one conversion pass
+    if a_scale.numel() == 1:
+        w_scale = w_scale * a_scale.reshape(())                          # (N,) combined scale
     else:
-        scale, zp = choose_qparams(*reduce_minmax(x, a), a)
-    shift = 0 if a.signed else 128
-    s = scale.reshape(-1, 1) if scale.numel() > 1 else scale
-    z = (zp.reshape(-1, 1) if zp.numel() > 1 else zp) - shift
-    t = torch.div(x, s)
-    t.round_().add_(z).clamp_(a.qmin - shift, a.qmax - shift)
-    return t.to(torch.int8), s, z.to(torch.int32)
+        y.mul_(a_scale)                                                  # per-token scales (M, 1)
+    if bias is None:
+        return y.mul_(w_scale)
+    return torch.addcmul(bias, y, w_scale, out=y)                        # rescale + bias in one pass
 
 
-def correct_(acc: torch.Tensor, a8: torch.Tensor, az: torch.Tensor, state: dict) -> torch.Tensor:
+def correct_(acc: torch.Tensor, a8: torch.Tensor, az: torch.Tensor, state: IntMMState) -> torch.Tensor:
     """In place: acc -> sum_k (a - za)(w - zw) = acc - za*sum_k w - zw*(sum_k a - K*za), exact int32.
 
     Only O(M + N) vectors and rank-1 updates; nothing is widened to the operands' size.
@@ -105,11 +98,22 @@ def correct_(acc: torch.Tensor, a8: torch.Tensor, az: torch.Tensor, state: dict)
     m = acc.shape[0]
     za = az.reshape(-1).to(torch.int32).expand(m)                         # (M,)
     if bool((za != 0).any()):
-        acc.addr_(za, state["w_rowsum"], alpha=-1)
-    if state["asym_w"]:
+        acc.addr_(za, state.w_rowsum, alpha=-1)
+    if state.asym_w:
         a_rowsum = a8.sum(dim=1, dtype=torch.int32)                       # (M,)
-        acc.addr_(a_rowsum - state["k"] * za, state["w_zp"], alpha=-1)
+        acc.addr_(a_rowsum - state.k * za, state.w_zp, alpha=-1)
     return acc
+
+
+
+@dataclass
+class WeightOnlyState(KernelState):
+    spec: QuantSpec
+    w8: torch.Tensor                 # (N, K) int8 codes (to_int8)
+    scale: torch.Tensor              # (N,) float32
+    szp: torch.Tensor                # (N,) float32 scale * zero point (int8 domain)
+    asym: bool
+    bias: Optional[torch.Tensor]
 
 
 class Int8WeightOnly(Kernel):
@@ -121,29 +125,47 @@ class Int8WeightOnly(Kernel):
     devices = ("cpu",)
 
     def supports(self, w, a, device):
+        return self._config_reason(w, a) or self._device_reason(device)
+
+    @staticmethod
+    def _config_reason(w, a) -> Optional[str]:
         if a is not None:
             return "weight-only kernel; activations are quantized in this scheme"
         if w.granularity == "per_group":
             return "holds one scale per output channel; per_group weights run on int4_packed or reference"
-        return self._device_reason(device)
+        return None
 
-    def prepare(self, weight, bias, w, a, act_qparams=None):
-        q = quantize(weight, w)
-        w8, wz = _to_int8(q.data, q.zero_point, w)
-        n = weight.shape[0]
-        scale = q.scale.reshape(-1).expand(n).float().contiguous()
+    def pack(self, qweight, bias, a, act_qparams=None):
+        self._require(self._config_reason(qweight.spec, a))
+        w8, wz = to_int8(qweight.codes, qweight.zero_point, qweight.spec)
+        n = qweight.shape[0]
+        scale = qweight.scale.reshape(-1).expand(n).float().contiguous()
         zp = wz.reshape(-1).expand(n)
-        return {"w8": w8.contiguous(), "scale": scale, "szp": (scale * zp.float()),
-                "asym": bool((zp != 0).any()), "bias": bias}
+        return WeightOnlyState(spec=qweight.spec, w8=w8.contiguous(), scale=scale, szp=scale * zp.float(),
+                               asym=bool((zp != 0).any()), bias=bias, pre=qweight.input_transform())
+
+    def held_weight(self, state):
+        zp8 = torch.round(state.szp / state.scale).to(torch.int32)       # the products of small integers: exact
+        codes, zp = from_int8(state.w8, zp8, state.spec)
+        n = codes.shape[0]
+        return state.quantized(codes, qparams_from_rows(state.scale, state.spec, n),
+                               qparams_from_rows(zp, state.spec, n), state.spec)
 
     def forward(self, state, x):
+        x = state.prepare_input(x)
         xf = x.float()
-        y = torch.nn.functional.linear(xf, state["w8"].float() * state["scale"][:, None])  # x @ (w8 s)^T
-        if state["asym"]:
-            y = y - xf.sum(dim=1, keepdim=True) * state["szp"]           # remove s * zw * sum_k x
-        if state["bias"] is not None:
-            y = y + state["bias"].float()
+        y = torch.nn.functional.linear(xf, state.w8.float() * state.scale[:, None])  # x @ (w8 s)^T
+        if state.asym:
+            y = y - xf.sum(dim=1, keepdim=True) * state.szp              # remove s * zw * sum_k x
+        if state.bias is not None:
+            y = y + state.bias.float()
         return y.to(x.dtype)
+
+
+@dataclass
+class PackedState(KernelState):
+    weight: PackedWeight             # (N, ceil(K/2)) uint8, two codes per byte
+    bias: Optional[torch.Tensor]
 
 
 class Int4Packed(Kernel):
@@ -153,18 +175,28 @@ class Int4Packed(Kernel):
     devices = ("cpu", "cuda")
 
     def supports(self, w, a, device):
+        return self._config_reason(w, a) or self._device_reason(device)
+
+    @staticmethod
+    def _config_reason(w, a) -> Optional[str]:
         if w.bits > 4:
             return f"holds at most 4-bit weights, scheme has {w.bits}"
         if a is not None:
             return "weight-only kernel; activations are quantized in this scheme"
-        return self._device_reason(device)
+        return None
 
-    def prepare(self, weight, bias, w, a, act_qparams=None):
-        return {"weight": PackedWeight.from_qtensor(quantize(weight, w), pack4=True), "bias": bias}
+    def pack(self, qweight, bias, a, act_qparams=None):
+        self._require(self._config_reason(qweight.spec, a))
+        return PackedState(weight=PackedWeight.from_qtensor(qweight.qtensor(), pack4=True), bias=bias,
+                           pre=qweight.input_transform())
+
+    def held_weight(self, state):
+        return QuantizedWeight.from_qtensor(state.weight.to_qtensor(), state.pre)
 
     def forward(self, state, x):
-        w = dequantize(state["weight"].to_qtensor(), x.dtype)            # (N, K)
-        b = state["bias"]  # kept float32; cast so fp16/bf16 inputs work
+        x = state.prepare_input(x)
+        w = dequantize(state.weight.to_qtensor(), x.dtype)               # (N, K)
+        b = state.bias  # kept float32; cast so fp16/bf16 inputs work
         return torch.nn.functional.linear(x, w, None if b is None else b.to(x.dtype))
 
 

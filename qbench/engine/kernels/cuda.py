@@ -10,12 +10,15 @@ supports() asks torch about CUDA only when it is called, and says why a kernel c
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from qbench.engine.kernels.base import KERNELS, Kernel
-from qbench.engine.kernels.cpu import Int8IntMM, correct_, quantize_to_int8
+from qbench.engine.kernels.codes import quantize_activations
+from qbench.engine.kernels.cpu import Int8IntMM, correct_, rescale
+from qbench.engine.kernels.state import KernelState
 from qbench.errors import KernelUnavailable
 
 INT_MM_MIN_ROWS = 17      # cuBLASLt int8 GEMM in torch._int_mm: M > 16
@@ -23,6 +26,7 @@ INT_MM_ALIGN = 8          # ... and K, N positive multiples of 8
 FP8_ALIGN = 16            # torch._scaled_mm: K and N multiples of 16
 FP8_MIN_CC = (8, 9)       # Ada (8.9), Hopper (9.0) and newer have FP8 tensor cores
 E4M3_MAX = 448.0          # largest finite float8_e4m3fn
+NOT_CODES = "holds FP8 e4m3 values it scales from a float weight (prepare), not integer codes"
 
 
 def int_mm_shape_problem(m: int, k: int, n: int) -> Optional[str]:
@@ -68,7 +72,7 @@ def capability(device: str) -> tuple[int, int]:
 
 
 class Int8IntMMCuda(Int8IntMM):
-    """W8A8 on the integer tensor cores; prepare() is the CPU kernel's (same codes, sums and scales)."""
+    """W8A8 on the integer tensor cores; pack() is the CPU kernel's (same codes, sums and scales)."""
 
     name = "int8_int_mm_cuda"
     backend = ("torch._int_mm on CUDA (cuBLASLt int8 x int8 -> int32); K, N must be multiples of 8; "
@@ -81,32 +85,27 @@ class Int8IntMMCuda(Int8IntMM):
     def shape_reason(self, n, k):
         return int_mm_shape_problem(INT_MM_MIN_ROWS, k, n)  # M is padded at run time; K and N cannot be
 
-    def prepare(self, weight, bias, w, a, act_qparams=None):
-        problem = self.shape_reason(*weight.shape)
+    def pack(self, qweight, bias, a, act_qparams=None):
+        problem = self.shape_reason(*qweight.shape)
         if problem:
             raise KernelUnavailable(f"{self.name}: {problem}; exclude this module or force kernel: reference")
-        return super().prepare(weight, bias, w, a, act_qparams)
+        return super().pack(qweight, bias, a, act_qparams)
 
     def forward(self, state, x):
-        a8, a_scale, az = quantize_to_int8(x, state["a"], state["act_qparams"])  # (M, K) int8
+        x = state.prepare_input(x)
+        acts = quantize_activations(x, state.a, state.act_qparams)       # primitives.quantize on CUDA tensors
+        a8, az = acts.int8_()                                              # (M, K) int8
         m = a8.shape[0]
         rows = int_mm_rows(m)
-        w8t = state["w8"].t()                                              # (K, N) column-major view
+        w8t = state.w8.t()                                                 # (K, N) column-major view
         problem = int_mm_shape_problem(rows, *w8t.shape)
-        if problem:  # prepare() checked K and N; this guards against any other caller
+        if problem:  # pack() checked K and N; this guards against any other caller
             raise ValueError(problem)
         # cuBLASLt takes a row-major (M, K) operand (a no-op copy unless x came in strided)
         a_run = a8.contiguous() if rows == m else torch.cat([a8, a8.new_zeros(rows - m, a8.shape[1])])
         acc = torch._int_mm(a_run, w8t)[:m]                               # (M, N) int32
         correct_(acc, a8, az, state)
-        w_scale, bias = state["w_scale"], state["bias"]
-        y = acc.to(torch.float32)
-        if a_scale.numel() == 1:
-            w_scale = w_scale * a_scale.reshape(())
-        else:
-            y.mul_(a_scale)                                                # per-token scales (M, 1)
-        y = y.mul_(w_scale) if bias is None else torch.addcmul(bias, y, w_scale)
-        return y.to(x.dtype)
+        return rescale(acc, acts.scale, state.w_scale, state.bias).to(x.dtype)
 
 
 def to_e4m3(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,15 +116,24 @@ def to_e4m3(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, scale
 
 
+@dataclass
+class Fp8State(KernelState):
+    w8: torch.Tensor                 # (N, K) float8_e4m3fn
+    w_scale: torch.Tensor            # (1, N) float32
+    bias: Optional[torch.Tensor]
+
+
 class Fp8ScaledMM(Kernel):
     """y = (x8 * sx) @ (w8 * sw)^T + b with e4m3 weights per output channel and e4m3 activations per token.
 
     Integer schemes cannot ask for it (their weights are integer codes); use it from Python through
-    prepare()/forward() or in benchmarks/gemm_cuda.py.
+    prepare()/forward() or in benchmarks/gemm_cuda.py. It re-derives its weight: prepare() takes a float weight
+    and scales it to e4m3 itself; it cannot pack integer codes.
     """
 
     name = "fp8_e4m3_scaled_mm"
     arithmetic = "fp8"
+    rederives_weight = True
     backend = ("torch._scaled_mm (FP8 e4m3 x e4m3 tensor cores, float32 accumulation; per-channel weight and "
                "per-token activation scales applied after the GEMM)")
     devices = ("cuda",)
@@ -149,16 +157,25 @@ class Fp8ScaledMM(Kernel):
         if problem:
             raise KernelUnavailable(f"{self.name}: {problem}")
         w8, w_scale = to_e4m3(weight, dim=1)                               # (N, K) e4m3, (N, 1)
-        return {"w8": w8.contiguous(), "w_scale": w_scale.reshape(1, n).contiguous(), "bias": bias}
+        return Fp8State(w8=w8.contiguous(), w_scale=w_scale.reshape(1, n).contiguous(), bias=bias)
+
+    def pack_reason(self, qweight):
+        return NOT_CODES
+
+    def pack(self, qweight, bias, a, act_qparams=None):
+        raise KernelUnavailable(f"{self.name}: {NOT_CODES}")
+
+    def held_weight(self, state):
+        raise KernelUnavailable(f"{self.name}: {NOT_CODES}; its weight is no QuantizedWeight")
 
     def forward(self, state, x):
         x8, x_scale = to_e4m3(x.contiguous(), dim=1)                       # (M, K) e4m3 row-major, (M, 1)
         one = torch.ones((), device=x.device, dtype=torch.float32)
         # (M, K) row-major @ (K, N) column-major -> (M, N) float32; scales as an epilogue
-        acc = torch._scaled_mm(x8, state["w8"].t(), scale_a=one, scale_b=one, out_dtype=torch.float32)
-        y = acc.mul_(x_scale).mul_(state["w_scale"])
-        if state["bias"] is not None:
-            y.add_(state["bias"])
+        acc = torch._scaled_mm(x8, state.w8.t(), scale_a=one, scale_b=one, out_dtype=torch.float32)
+        y = acc.mul_(x_scale).mul_(state.w_scale)
+        if state.bias is not None:
+            y.add_(state.bias)
         return y.to(x.dtype)
 
 

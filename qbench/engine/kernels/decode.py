@@ -1,4 +1,4 @@
-"""Weight-only kernels for decode-sized inputs, on qbench's native C kernels (native/qbench_cpu.c).
+"""Weight-only kernels for decode-sized inputs, on qbench's native C kernels (native/wo8_gemm.c, native/wo4_gemm.c).
 
 int8_wo_native  int8 codes (5- to 8-bit specs, shifted into int8), per-tensor / per-channel / per-group scales
 int4_wo_native  <= 4-bit codes two per byte in a layout of its own (pack_nibble_blocks), any granularity
@@ -15,15 +15,22 @@ word d of block b holding column 128 b + 16 j + d; the last K % 128 columns, if 
 of 16 words of 1, 2 or 4 bytes (as few as hold its ceil((K % 128) / 16) nibbles per word), code 0 past K.
 Word-wise shifts by 4j put the codes of 16 consecutive columns in the low nibbles of the 16 words, which
 is all the kernel's table lookup (vpermps) reads: no masking or widening, and the matching 16 activations
-are contiguous (qbench_cpu.c). Storage: half a byte per weight, plus under 32 bytes per row in a short block.
+are contiguous (native/wo4_gemm.c). Storage: half a byte per weight, plus under 32 bytes per row in a short block.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from qbench.engine.kernels import native
 from qbench.engine.kernels.base import KERNELS, Kernel
-from qbench.engine.primitives import quantize
+from qbench.engine.kernels.codes import from_int8, to_int8
+from qbench.engine.kernels.native_status import isa_text, native_reason
+from qbench.engine.kernels.state import KernelState
+from qbench.engine.primitives import QuantSpec
+from qbench.engine.tensors import QuantizedWeight, qparams_from_rows
 
 DECODE_MAX_M = 16
 CHUNK_BYTES = 4 << 20    # fp32 block dequantized at a time at larger M (measured best of 1, 4, 16 MiB here)
@@ -79,6 +86,17 @@ def unpack_nibble_blocks(packed: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat(cols, 1)[:, :k]
 
 
+@dataclass
+class NativeWeightOnlyState(KernelState):
+    spec: QuantSpec
+    codes: torch.Tensor              # int8 (N, K) (int8_wo_native), or uint8 (N, row bytes) nibbles (int4_wo_native)
+    s: torch.Tensor                  # (N, G) float32 scales
+    zc: torch.Tensor                 # (N, G) float32 code offsets: w = s * (code + zc)
+    groups: int                      # G
+    k: int
+    bias: Optional[torch.Tensor]     # (N,) float32 contiguous
+
+
 class _NativeWeightOnly(Kernel):
     devices = ("cpu",)
     arithmetic = "fp32"    # packed codes are read directly; the products are fp32 (activations are float)
@@ -87,16 +105,14 @@ class _NativeWeightOnly(Kernel):
     def _common_reason(self, w, a, device):
         if a is not None:
             return "weight-only kernel; activations are quantized in this scheme"
-        why = native.unavailable()
-        if why:
-            return why
-        return self._device_reason(device)
+        return self._device_reason(device) or native_reason()     # the device first: no build to say "not cuda"
 
     def forward(self, state, x):
         # float32 contiguous x, the usual case, makes no conversion calls: a decode-sized call takes a fraction
         # of a millisecond, and torch calls cost tens of microseconds when the caches are cold (measured for
         # int4 at 1 x 4096 x 4096, weights rotated past the cache: 0.46 -> 0.42 ms; 0.57 -> 0.52 ms right
         # after a 64 MiB write)
+        x = state.prepare_input(x)
         xf = x if x.dtype == torch.float32 and x.is_contiguous() else x.float().contiguous()
         y = self._gemm(state, xf) if xf.shape[0] <= DECODE_MAX_M else self._dequant_matmul(state, xf)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
@@ -104,7 +120,7 @@ class _NativeWeightOnly(Kernel):
     def _dequant_matmul(self, state, xf):
         """Compute-bound M: dequantize to fp32 and let torch's matmul run. A weight larger than CHUNK_BYTES is
         dequantized a block of rows at a time into a cache-sized buffer: (rows, K) @ x^T -> rows of y^T."""
-        n, k, b = state["s"].shape[0], state["k"], state["bias"]
+        n, k, b = state.s.shape[0], state.k, state.bias
         if n * k * 4 <= CHUNK_BYTES:
             return torch.nn.functional.linear(xf, self._dequant(state, 0, n), b)
         rows = max(8, CHUNK_BYTES // (4 * k))
@@ -115,18 +131,17 @@ class _NativeWeightOnly(Kernel):
         return y if b is None else y.add_(b)
 
     @staticmethod
-    def _quantized(weight: torch.Tensor, w):
-        """(codes QTensor, N, K) of the weight, after checking that a group size divides the columns."""
-        n, k = weight.shape
-        if w.granularity == "per_group" and k % w.group_size:
-            raise ValueError(f"group_size {w.group_size} does not divide {k} columns")
-        return quantize(weight, w), n, k
+    def _state(qweight: QuantizedWeight, codes, s, zc, bias) -> NativeWeightOnlyState:
+        """The state both kernels keep: codes, (N, G) scales and code offsets, K, fp32 bias."""
+        return NativeWeightOnlyState(spec=qweight.spec, codes=codes, s=s, zc=zc.contiguous(), groups=s.shape[1],
+                                     k=qweight.shape[1], bias=None if bias is None else bias.float().contiguous(),
+                                     pre=qweight.input_transform())
 
     @staticmethod
-    def _state(codes, s, zc, k: int, bias) -> dict:
-        """The prepared state both kernels keep: codes, (N, G) scales and code offsets, K, fp32 bias."""
-        return {"codes": codes, "s": s, "zc": zc.contiguous(), "groups": s.shape[1], "k": k,
-                "bias": None if bias is None else bias.float().contiguous()}
+    def _qparams(state, zp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, zero point) in the spec's own shape, from the (N, G) scales and a zero point per group."""
+        n = state.s.shape[0]
+        return qparams_from_rows(state.s, state.spec, n), qparams_from_rows(zp, state.spec, n)
 
     def _dequant(self, state, r0: int, r1: int) -> torch.Tensor:
         """(r1 - r0, K) float32: rows r0..r1 of the weight, dequantized."""
@@ -142,7 +157,7 @@ class Int8WeightOnlyNative(_NativeWeightOnly):
 
     @property
     def backend(self) -> str:
-        return (f"qbench C kernel ({native.isa()}): int8 codes -> fp32 in registers, fp32 FMA, weights read once "
+        return (f"qbench C kernel ({isa_text()}): int8 codes -> fp32 in registers, fp32 FMA, weights read once "
                 f"for M <= {DECODE_MAX_M}; larger M: C dequantize to fp32 per call + torch fp32 matmul")
 
     def supports(self, w, a, device):
@@ -150,21 +165,24 @@ class Int8WeightOnlyNative(_NativeWeightOnly):
             return "4-bit and narrower weights are kept two per byte (int4_wo_native, int4_packed)"
         return self._common_reason(w, a, device)
 
-    def prepare(self, weight, bias, w, a, act_qparams=None):
-        q, n, k = self._quantized(weight, w)
-        shift = 0 if w.signed else 128                                     # unsigned codes -> int8
-        codes = (q.data.to(torch.int16) - shift).to(torch.int8).contiguous()   # (N, K)
-        s = _per_group(q.scale, n)                                          # (N, G)
-        zc = -(_per_group(q.zero_point, n) - shift)                         # (N, G): w = s * (code + zc)
-        return self._state(codes, s, zc, k, bias)
+    def pack(self, qweight, bias, a, act_qparams=None):
+        self._require(self.supports(qweight.spec, a, "cpu"))
+        n = qweight.shape[0]
+        codes, z = to_int8(qweight.codes, qweight.zero_point, qweight.spec)   # (N, K) int8
+        s = _per_group(qweight.scale, n)                                    # (N, G)
+        zc = -_per_group(z, n)                                              # (N, G): w = s * (code + zc)
+        return self._state(qweight, codes.contiguous(), s, zc, bias)
+
+    def held_weight(self, state):
+        codes, zp = from_int8(state.codes, torch.round(-state.zc).to(torch.int32), state.spec)
+        return state.quantized(codes, *self._qparams(state, zp), state.spec)
 
     def _gemm(self, state, xf):
-        g = state["groups"]
-        return native.wo8_gemm(state["codes"], xf, _x_group_sums(xf, g).contiguous(), state["s"], state["zc"],
-                               state["bias"], g)
+        g = state.groups
+        return native.wo8_gemm(state.codes, xf, _x_group_sums(xf, g).contiguous(), state.s, state.zc, state.bias, g)
 
     def _dequant(self, state, r0, r1):
-        return native.wo8_dequant(state["codes"][r0:r1], state["s"][r0:r1], state["zc"][r0:r1], state["groups"])
+        return native.wo8_dequant(state.codes[r0:r1], state.s[r0:r1], state.zc[r0:r1], state.groups)
 
 
 class Int4WeightOnlyNative(_NativeWeightOnly):
@@ -173,7 +191,7 @@ class Int4WeightOnlyNative(_NativeWeightOnly):
 
     @property
     def backend(self) -> str:
-        return (f"qbench C kernel ({native.isa()}): two 4-bit codes per byte in blocks of 128 columns -> fp32 through "
+        return (f"qbench C kernel ({isa_text()}): two 4-bit codes per byte in blocks of 128 columns -> fp32 through "
                 f"a per-group table of s * (code - z), fp32 FMA, weights read once for M <= {DECODE_MAX_M}; larger M: "
                 "C dequantize to fp32 per call + torch fp32 matmul")
 
@@ -182,22 +200,28 @@ class Int4WeightOnlyNative(_NativeWeightOnly):
             return f"holds at most 4-bit weights, scheme has {w.bits}"
         return self._common_reason(w, a, device)
 
-    def prepare(self, weight, bias, w, a, act_qparams=None):
-        q, n, k = self._quantized(weight, w)
-        codes = pack_nibble_blocks(q.data.to(torch.int16) - w.qmin)      # (N, row bytes) uint8, nibble c = q - qmin
-        s = _per_group(q.scale, n)                                          # (N, G)
-        zc = float(w.qmin) - _per_group(q.zero_point, n)                    # (N, G): w = s * (c + zc)
-        return self._state(codes, s, zc, k, bias)
+    def pack(self, qweight, bias, a, act_qparams=None):
+        self._require(self.supports(qweight.spec, a, "cpu"))
+        spec, n = qweight.spec, qweight.shape[0]
+        codes = pack_nibble_blocks(qweight.codes.to(torch.int16) - spec.qmin)  # (N, row bytes), nibble c = q - qmin
+        s = _per_group(qweight.scale, n)                                    # (N, G)
+        zc = float(spec.qmin) - _per_group(qweight.zero_point, n)           # (N, G): w = s * (c + zc)
+        return self._state(qweight, codes, s, zc, bias)
+
+    def held_weight(self, state):
+        spec = state.spec
+        codes = (unpack_nibble_blocks(state.codes, state.k).to(torch.int16) + spec.qmin).to(spec.storage_dtype)
+        zp = torch.round(spec.qmin - state.zc).to(torch.int32)             # zc = qmin - z
+        return state.quantized(codes, *self._qparams(state, zp), spec)
 
     def _gemm(self, state, xf):
-        k = state["k"]
+        k = state.k
         if xf.shape[1] == k and k % 16:
             xf = torch.nn.functional.pad(xf, (0, native.padded_columns(k) - k))   # padded columns: code 0, x 0
-        return native.wo4_gemm(state["codes"], xf, state["s"], state["zc"], state["bias"], k, state["groups"])
+        return native.wo4_gemm(state.codes, xf, state.s, state.zc, state.bias, k, state.groups)
 
     def _dequant(self, state, r0, r1):
-        return native.wo4_dequant(state["codes"][r0:r1], state["s"][r0:r1], state["zc"][r0:r1], state["k"],
-                                  state["groups"])
+        return native.wo4_dequant(state.codes[r0:r1], state.s[r0:r1], state.zc[r0:r1], state.k, state.groups)
 
 
 for _k in (Int8WeightOnlyNative(), Int4WeightOnlyNative()):

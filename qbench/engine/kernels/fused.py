@@ -1,4 +1,4 @@
-"""W8A8 on qbench's own fused C kernel (native/qbench_cpu.c, qb_w8a8_gemm): one call per layer.
+"""W8A8 on qbench's own fused C kernel (native/w8a8_gemm.c, qb_w8a8_gemm): one call per layer.
 
 int8_native  (M, K) float32 -> (M, N) float32 in one pass over x: each block of rows is quantized by qbench's
              quantizer (the same codes as primitives.quantize, shifted into uint8) into a buffer that stays
@@ -19,11 +19,18 @@ sums taken while quantizing: no operand is widened. Exact while the sum fits int
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 
 from qbench.engine.kernels import native
 from qbench.engine.kernels.base import KERNELS, Kernel, integer_matmul_reason
-from qbench.engine.primitives import quantize
+from qbench.engine.kernels.codes import from_int8, to_int8, uint8_offset
+from qbench.engine.kernels.native_status import isa_text, known_isa, native_reason
+from qbench.engine.kernels.state import KernelState
+from qbench.engine.primitives import QuantSpec
+from qbench.engine.tensors import qparams_from_rows
 
 PANEL = 64          # weight columns per panel of the packed layout
 MAX_K = 32768       # (u - za)(c - zc) <= 255 * 255: the int32 sum is exact up to this K
@@ -39,25 +46,45 @@ def pack_panels(codes: torch.Tensor) -> torch.Tensor:
     return c.reshape(npad // PANEL, PANEL, kpad // 4, 4).permute(0, 2, 1, 3).contiguous().reshape(-1)
 
 
+def unpack_panels(flat: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Inverse of pack_panels: the flat panel layout -> (N, K) int8 codes (the padding dropped)."""
+    npad, kpad = -(-n // PANEL) * PANEL, -(-k // 4) * 4
+    return flat.reshape(npad // PANEL, kpad // 4, PANEL, 4).permute(0, 2, 1, 3).reshape(npad, kpad)[:n, :k]
+
+
 def _padded(t: torch.Tensor, n: int) -> torch.Tensor:
     return torch.nn.functional.pad(t, (0, -(-n // PANEL) * PANEL - n)).contiguous()
 
 
-def gemm(state: dict, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
+@dataclass
+class FusedState(KernelState):
+    spec: QuantSpec                  # the weight's
+    wp: torch.Tensor                 # flat int8 codes in the panel layout (pack_panels), int8 domain (to_int8)
+    n: int
+    k: int
+    a: QuantSpec
+    static: Optional[tuple[float, int]]  # static activation (scale, zero point in the uint8 domain), or None
+    csum: torch.Tensor               # (N padded,) int32 exact sums of each weight row's codes
+    zc: Optional[torch.Tensor]       # (N padded,) int32 weight zero points (int8 domain); None when all are 0
+    ws: torch.Tensor                 # (N padded,) float32 weight scales
+    bias: Optional[torch.Tensor]     # (N padded,) float32
+
+
+def gemm(state: FusedState, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
     """x (M, K) float32 contiguous -> y (M, N) float32; exact=True returns the int32 sums
     sum_k (u - za)(c - zc) instead (no rescale, no bias), for checking against integer arithmetic."""
-    if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 2 or x.shape[1] != state["k"]:
-        raise ValueError(f"int8_native needs a contiguous float32 (M, {state['k']}) input, got "
+    if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 2 or x.shape[1] != state.k:
+        raise ValueError(f"int8_native needs a contiguous float32 (M, {state.k}) input, got "
                          f"{tuple(x.shape)} {x.dtype}")
-    a, static = state["a"], state["static"]
-    m, n = x.shape[0], state["n"]
+    a, static = state.a, state.static
+    m, n = x.shape[0], state.n
     out = torch.empty(m, n, dtype=torch.int32 if exact else torch.float32)
-    p = native._ptr
-    rc = native._lib().qb_w8a8_gemm(
-        p(x), p(state["wp"]), p(state["csum"]), p(state["zc"]), p(state["ws"]), p(state["bias"]),
-        None if exact else p(out), p(out) if exact else None, m, n, state["k"],
+    p = native.ptr
+    rc = native.lib().qb_w8a8_gemm(
+        p(x), p(state.wp), p(state.csum), p(state.zc), p(state.ws), p(state.bias),
+        None if exact else p(out), p(out) if exact else None, m, n, state.k,
         int(a.granularity == "per_token"), int(a.symmetric), int(a.signed), a.bits, int(static is not None),
-        *(static or (1.0, 0)), native._threads(m * n * state["k"]))
+        *(static or (1.0, 0)), native.threads(m * n * state.k))
     if rc:
         raise ValueError("int8_native: " + ("out of memory for its row buffers" if rc == 2 else
                                             f"the C kernel rejected its arguments (code {rc})"))
@@ -70,13 +97,14 @@ class Int8Native(Kernel):
 
     @property
     def backend(self) -> str:
-        return (f"qbench fused C kernel ({native.isa()}, {self._isa()}): per-row-block activation quantization, "
+        isa = f"{known_isa()}, {self._isa()}" if known_isa() is not None else isa_text()
+        return (f"qbench fused C kernel ({isa}): per-row-block activation quantization, "
                 f"uint8 x int8 -> int32 (vpdpbusd), zero-point corrections, rescale and bias in registers, one call; "
                 f"any M and N, K <= {MAX_K}; other float dtypes go through float32 and come back in their own")
 
     @staticmethod
     def _isa() -> str:
-        return native._lib().qb_w8a8_isa().decode() if native.unavailable() is None else "unavailable"
+        return native.w8a8_isa() if native_reason() is None else "unavailable"
 
     def supports(self, w, a, device):
         reason = self._config_reason(w, a)
@@ -88,36 +116,38 @@ class Int8Native(Kernel):
 
     @staticmethod
     def _config_reason(w, a):
-        return integer_matmul_reason(w, a) or native.unavailable()
+        return integer_matmul_reason(w, a) or native_reason()
 
     def shape_reason(self, n, k):
         return f"K = {k} > {MAX_K}: the int32 sums could overflow" if k > MAX_K else None
 
-    def prepare(self, weight, bias, w, a, act_qparams=None):
-        reason = self._config_reason(w, a)         # the ISA is supports()'s concern: the portable loop is exact
-        if reason:
-            raise ValueError(f"{self.name}: {reason}")
-        n, k = weight.shape
-        if self.shape_reason(n, k):
-            raise ValueError(f"{self.name}: {self.shape_reason(n, k)}")
+    def pack(self, qweight, bias, a, act_qparams=None):
+        self._require(self._config_reason(qweight.spec, a))  # the ISA is supports()'s concern: portable C is exact
+        n, k = qweight.shape
+        self._require(self.shape_reason(n, k))
         if act_qparams is not None and (act_qparams[0].numel() != 1 or act_qparams[1].numel() != 1):
-            raise ValueError(f"{self.name}: static activation qparams must be one scale and one zero point")
-        q = quantize(weight, w)
-        shift = 0 if w.signed else 128                                            # codes into int8
-        codes = (q.data.to(torch.int16) - shift).to(torch.int8)                  # (N, K)
-        zc = (q.zero_point.to(torch.int32) - shift).reshape(-1).expand(n)        # (N,) zero point of the codes
-        return {
-            "wp": pack_panels(codes), "n": n, "k": k, "a": a,
+            self._require("static activation qparams must be one scale and one zero point")
+        codes, zc = to_int8(qweight.codes, qweight.zero_point, qweight.spec)    # (N, K) int8, zero point with them
+        zc = zc.reshape(-1).expand(n)                                            # (N,)
+        return FusedState(
+            spec=qweight.spec, wp=pack_panels(codes), n=n, k=k, a=a,
             # static activation qparams as the C call takes them: scale, zero point in the uint8 domain
-            "static": None if act_qparams is None else
-            (float(act_qparams[0]), int(act_qparams[1]) + (128 if a.signed else 0)),
-            "csum": _padded(codes.sum(dim=1, dtype=torch.int32), n),                  # exact column sums
-            "zc": _padded(zc.contiguous(), n) if bool((zc != 0).any()) else None,
-            "ws": _padded(q.scale.reshape(-1).expand(n).float(), n),
-            "bias": None if bias is None else _padded(bias.detach().float(), n),
-        }
+            static=None if act_qparams is None else
+            (float(act_qparams[0]), int(act_qparams[1]) + uint8_offset(a)),
+            csum=_padded(codes.sum(dim=1, dtype=torch.int32), n),                   # exact column sums
+            zc=_padded(zc.contiguous(), n) if bool((zc != 0).any()) else None,
+            ws=_padded(qweight.scale.reshape(-1).expand(n).float(), n),
+            bias=None if bias is None else _padded(bias.detach().float(), n),
+            pre=qweight.input_transform())
+
+    def held_weight(self, state):
+        n, spec = state.n, state.spec
+        zc = state.zc[:n] if state.zc is not None else torch.zeros(n, dtype=torch.int32)
+        codes, zp = from_int8(unpack_panels(state.wp, n, state.k), zc, spec)
+        return state.quantized(codes, qparams_from_rows(state.ws[:n], spec, n), qparams_from_rows(zp, spec, n), spec)
 
     def forward(self, state, x):
+        x = state.prepare_input(x)
         xf = x if x.dtype == torch.float32 and x.is_contiguous() else x.float().contiguous()
         y = gemm(state, xf)
         return y if x.dtype == torch.float32 else y.to(x.dtype)

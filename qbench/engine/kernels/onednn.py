@@ -17,6 +17,7 @@ products exactly only with VNNI (without it, vpmaddubsw saturates at int16), so 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
@@ -25,7 +26,11 @@ import torch
 
 from qbench.engine.kernels import native
 from qbench.engine.kernels.base import KERNELS, Kernel, integer_matmul_reason
-from qbench.engine.primitives import QuantSpec, choose_qparams, quantize, reduce_minmax
+from qbench.engine.kernels.codes import quantize_activations
+from qbench.engine.kernels.native_status import asked, native_reason
+from qbench.engine.kernels.state import KernelState
+from qbench.engine.primitives import QuantSpec
+from qbench.engine.tensors import qparams_from_rows
 
 
 @lru_cache(maxsize=1)
@@ -43,19 +48,16 @@ def _onednn_reason() -> Optional[str]:
     return None
 
 
-def quantize_u8(x: torch.Tensor, a: QuantSpec, act_qparams: Optional[tuple]):
-    """(codes (M, K) uint8, scale (M, 1) or (), zero point (M,) or () int32), codes and zero point + 128 for
-    signed specs. The same codes as primitives.quantize."""
-    per_row = a.granularity == "per_token" and act_qparams is None
-    if native.unavailable() is None:
-        codes, s, z = native.quant_u8(x, a.bits, a.signed, a.symmetric, per_row, act_qparams)
-        return (codes, s.reshape(-1, 1), z) if per_row else (codes, s.reshape(()), z.reshape(()))
-    scale, zp = act_qparams if act_qparams is not None else choose_qparams(*reduce_minmax(x, a), a)
-    q = quantize(x, a, scale, zp)
-    shift = 128 if a.signed else 0
-    codes = (q.data.to(torch.int16) + shift).to(torch.uint8)
-    s = scale.reshape(-1, 1) if scale.numel() > 1 else scale.reshape(())
-    return codes, s.float(), (zp.reshape(-1) if zp.numel() > 1 else zp.reshape(())).to(torch.int32) + shift
+@dataclass
+class OneDNNState(KernelState):
+    spec: QuantSpec                  # the weight's (symmetric)
+    packed: torch.Tensor             # oneDNN's reordered weight (opaque); to_dense() gives the (K, N) int8 codes
+    w_scale: torch.Tensor            # (N,) float32
+    w_zeros: torch.Tensor            # (N,) int64 zeros: the codes are centred (zero point 0)
+    c: torch.Tensor                  # (N,) float32 s_w[n] * sum_k w[n, k], for per-token zero points
+    bias: Optional[torch.Tensor]     # (N,) float32
+    a: QuantSpec
+    act_qparams: Optional[tuple]     # static (scale, zero point), or None (dynamic)
 
 
 class Int8OneDNN(Kernel):
@@ -64,7 +66,8 @@ class Int8OneDNN(Kernel):
 
     @property
     def backend(self) -> str:
-        quantizer = "native C" if native.unavailable() is None else "torch"
+        quantizer = ("native C when built, else torch" if not asked() else
+                     "native C" if native_reason() is None else "torch")
         return ("oneDNN qlinear_pointwise (uint8 x int8 -> int32, VNNI; fp32 rescale + bias fused) on a weight "
                 f"prepacked once; qbench activation quantizer ({quantizer}), per-token scales applied after")
 
@@ -74,34 +77,40 @@ class Int8OneDNN(Kernel):
             return reason
         if not w.symmetric:
             return "oneDNN takes weight zero points of 0: asymmetric weights run on int8_native or int8_int_mm"
-        return _onednn_reason() or self._device_reason(device)
+        return self._device_reason(device) or _onednn_reason()
 
-    def prepare(self, weight, bias, w, a, act_qparams=None):
-        reason = self.supports(w, a, "cpu")
-        if reason:
-            raise ValueError(f"{self.name}: {reason}")
-        n, k = weight.shape
-        q = quantize(weight, w)
-        w8 = (q.data.to(torch.int16) - q.zero_point.reshape(-1, 1).to(torch.int16)
-              if q.zero_point.dim() else q.data.to(torch.int16) - int(q.zero_point)).to(torch.int8)  # (N, K), zp 0
+    def pack(self, qweight, bias, a, act_qparams=None):
+        self._require(self.supports(qweight.spec, a, "cpu"))
+        q, n = qweight, qweight.shape[0]
+        # symmetric weights: subtracting the (symmetric) zero point centres the codes on 0, which oneDNN takes
+        w8 = (q.codes.to(torch.int16) - q.zero_point.reshape(-1, 1).to(torch.int16)
+              if q.zero_point.dim() else q.codes.to(torch.int16) - int(q.zero_point)).to(torch.int8)  # (N, K), zp 0
         w_scale = q.scale.reshape(-1).expand(n).float().contiguous()                # (N,)
         wsum = w8.sum(dim=1, dtype=torch.int32)                                      # (N,) exact
-        return {
-            "packed": torch.ops.onednn.qlinear_prepack(w8.contiguous(), None),
-            "w_scale": w_scale, "w_zeros": torch.zeros(n, dtype=torch.int64),
-            "c": (w_scale.double() * wsum.double()).float(),                          # s_w[n] * sum_k w[n, k]
-            "bias": None if bias is None else bias.float().contiguous(),
-            "a": a, "act_qparams": act_qparams,
-        }
+        return OneDNNState(
+            spec=q.spec, packed=torch.ops.onednn.qlinear_prepack(w8.contiguous(), None),
+            w_scale=w_scale, w_zeros=torch.zeros(n, dtype=torch.int64),
+            c=(w_scale.double() * wsum.double()).float(),                             # s_w[n] * sum_k w[n, k]
+            bias=None if bias is None else bias.float().contiguous(), a=a, act_qparams=act_qparams,
+            pre=q.input_transform())
+
+    def held_weight(self, state):
+        spec, n = state.spec, state.w_scale.shape[0]
+        zp = torch.full((n,), 0 if spec.signed else 1 << (spec.bits - 1), dtype=torch.int32)  # symmetric
+        centred = state.packed.to_dense().t()                                        # (N, K) int8, zero point 0
+        codes = (centred.to(torch.int16) + zp.reshape(-1, 1).to(torch.int16)).to(spec.storage_dtype)
+        return state.quantized(codes, qparams_from_rows(state.w_scale, spec, n), qparams_from_rows(zp, spec, n), spec)
 
     def forward(self, state, x):
+        x = state.prepare_input(x)
         xf = x.float().contiguous()
-        codes, a_scale, az = quantize_u8(xf, state["a"], state["act_qparams"])
+        acts = quantize_activations(xf, state.a, state.act_qparams)
+        codes, a_scale, az = acts.codes, acts.scale, acts.zero_point
         if a_scale.dim() == 0:                                                       # per tensor
-            y = self._qlinear(state, codes, float(a_scale), int(az), state["bias"])
+            y = self._qlinear(state, codes, float(a_scale), int(az), state.bias)
             return y.to(x.dtype)
-        fast = native.unavailable() is None
-        if state["a"].symmetric:                                                     # one zero point for all rows
+        fast = native_reason() is None
+        if state.a.symmetric:                                                        # one zero point for all rows
             z0, dz = int(az[0]), None
         elif fast:
             z0, dz = native.center_zero_points(az)                                   # z0 = round(mean), dz = az - z0
@@ -110,17 +119,17 @@ class Int8OneDNN(Kernel):
             dz = (az - z0).float()
         y = self._qlinear(state, codes, 1.0, z0, None)                               # s_w[n] * acc[m, n]
         if fast:                                                                     # one fused pass
-            return native.row_epilogue_(y, a_scale.reshape(-1), dz, state["c"], state["bias"]).to(x.dtype)
+            return native.row_epilogue_(y, a_scale.reshape(-1), dz, state.c, state.bias).to(x.dtype)
         if dz is not None:
-            y.addr_(dz, state["c"], alpha=-1)
-        if state["bias"] is None:
+            y.addr_(dz, state.c, alpha=-1)
+        if state.bias is None:
             return y.mul_(a_scale).to(x.dtype)
-        return torch.addcmul(state["bias"], y, a_scale, out=y).to(x.dtype)
+        return torch.addcmul(state.bias, y, a_scale, out=y).to(x.dtype)
 
     @staticmethod
     def _qlinear(state, codes, x_scale, x_zp, bias):
-        return torch.ops.onednn.qlinear_pointwise(codes, x_scale, x_zp, state["packed"], state["w_scale"],
-                                                  state["w_zeros"], bias, 1.0, 0, torch.float32, "none", [], "")
+        return torch.ops.onednn.qlinear_pointwise(codes, x_scale, x_zp, state.packed, state.w_scale,
+                                                  state.w_zeros, bias, 1.0, 0, torch.float32, "none", [], "")
 
 
 KERNELS.add(Int8OneDNN.name, Int8OneDNN())

@@ -5,20 +5,23 @@ Serves every bit width, signedness, symmetry and granularity; activations are fa
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from qbench.engine.kernels.base import KERNELS, Kernel
-from qbench.engine.primitives import QuantSpec, dequantize, fake_quantize, quantize
-from qbench.engine.tensors import PackedWeight
+from qbench.engine.kernels.state import KernelState
+from qbench.engine.primitives import QuantSpec, dequantize, fake_quantize
+from qbench.engine.tensors import PackedWeight, QuantizedWeight
 
 
-def quantize_activation(x: torch.Tensor, a: QuantSpec, act_qparams: Optional[tuple]):
-    """Integer activations: static qparams when calibrated, else computed from x (dynamic)."""
-    if act_qparams is not None:
-        return quantize(x, a, *act_qparams)
-    return quantize(x, a)
+@dataclass
+class ReferenceState(KernelState):
+    weight: PackedWeight             # codes, two per byte for <= 4-bit specs with an even K
+    bias: Optional[torch.Tensor]     # (N,) float32
+    a: Optional[QuantSpec]
+    act_qparams: Optional[tuple]     # static (scale, zero point) of the activations, or None (dynamic)
 
 
 class ReferenceKernel(Kernel):
@@ -30,18 +33,22 @@ class ReferenceKernel(Kernel):
     def supports(self, w, a, device):
         return self._device_reason(device)
 
-    def prepare(self, weight, bias, w, a, act_qparams=None):
-        q = quantize(weight, w)
-        pw = PackedWeight.from_qtensor(q, pack4=w.bits <= 4 and weight.shape[1] % 2 == 0)
-        return {"weight": pw, "bias": bias, "a": a, "act_qparams": act_qparams}
+    def pack(self, qweight, bias, a, act_qparams=None):
+        pack4 = qweight.spec.bits <= 4 and qweight.shape[1] % 2 == 0
+        return ReferenceState(weight=PackedWeight.from_qtensor(qweight.qtensor(), pack4=pack4), bias=bias, a=a,
+                              act_qparams=act_qparams, pre=qweight.input_transform())
+
+    def held_weight(self, state):
+        return QuantizedWeight.from_qtensor(state.weight.to_qtensor(), state.pre)
 
     def forward(self, state, x):
-        w = dequantize(state["weight"].to_qtensor(), x.dtype)  # (N, K) float
-        a = state["a"]
+        x = state.prepare_input(x)
+        w = dequantize(state.weight.to_qtensor(), x.dtype)  # (N, K) float
+        a = state.a
         if a is not None:
-            qp = state["act_qparams"]
+            qp = state.act_qparams
             x = fake_quantize(x, a, *qp) if qp is not None else fake_quantize(x, a)
-        b = state["bias"]  # kept float32; cast so fp16/bf16 inputs work
+        b = state.bias  # kept float32; cast so fp16/bf16 inputs work
         return torch.nn.functional.linear(x, w, None if b is None else b.to(x.dtype))
 
 

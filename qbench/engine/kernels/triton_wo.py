@@ -13,14 +13,16 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from qbench.engine.kernels.base import KERNELS, Kernel
 from qbench.engine.kernels.cuda import cuda_reason
-from qbench.engine.primitives import QuantSpec, quantize
-from qbench.engine.tensors import PackedWeight
+from qbench.engine.kernels.state import KernelState
+from qbench.engine.primitives import QuantSpec
+from qbench.engine.tensors import PackedWeight, QuantizedWeight, qparams_from_rows, unpack_int4
 from qbench.errors import KernelUnavailable
 
 # Tile sizes: BLOCK_M 16 covers decode (M <= 16) in one row block so each weight tile is read once;
@@ -59,6 +61,18 @@ def group_params(scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec,
     return s.float().contiguous(), (z.float() - offset).contiguous(), s.shape[1], g
 
 
+@dataclass
+class TritonState(KernelState):
+    spec: QuantSpec
+    codes: torch.Tensor              # (N, K) int8/uint8 codes, or (N, ceil(K/2)) uint8 two per byte (pack_int4)
+    scale: torch.Tensor              # (N, G) float32
+    zero: torch.Tensor               # (N, G) float32 zero point (minus qmin for packed nibbles)
+    groups: int                      # G
+    group_cols: int                  # GS, columns per group
+    shape: tuple[int, int]           # (N, K)
+    bias: Optional[torch.Tensor]     # (N,) float32 contiguous
+
+
 class _TritonWeightOnly(Kernel):
     devices = ("cuda",)
     arithmetic = "float"  # dot products in the activations' dtype (fp16/bf16 tensor cores, or IEEE fp32)
@@ -73,20 +87,20 @@ class _TritonWeightOnly(Kernel):
         raise NotImplementedError
 
     def forward(self, state, x):
-        x = x.contiguous()
+        x = state.prepare_input(x).contiguous()
         if x.device.type != "cuda" and not interpreting():
             raise KernelUnavailable(f"{self.name} runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1), "
                                     f"got a {x.device.type} tensor")
-        n, k = state["shape"]
+        n, k = state.shape
         m = x.shape[0]
         y = torch.empty(m, n, dtype=x.dtype, device=x.device)
-        bias = state["bias"]
+        bias = state.bias
         block_m = DECODE_ROWS if m <= DECODE_ROWS else 64
         block_n = 32 if m <= DECODE_ROWS else 64
         grid = (triton_cdiv(m, block_m), triton_cdiv(n, block_n))
-        args = (x, state["codes"], state["scale"], state["zero"], state["scale"] if bias is None else bias, y,
-                m, n, k, state["groups"], state["group_cols"], x.stride(0), y.stride(0))
-        flags = dict(PER_ROW=state["groups"] == 1, HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32,
+        args = (x, state.codes, state.scale, state.zero, state.scale if bias is None else bias, y,
+                m, n, k, state.groups, state.group_cols, x.stride(0), y.stride(0))
+        flags = dict(PER_ROW=state.groups == 1, HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32,
                      BLOCK_M=block_m, BLOCK_N=block_n)
         jit = jit_module()
         if self.packed:
@@ -94,6 +108,21 @@ class _TritonWeightOnly(Kernel):
         else:
             jit.wo_int8_kernel[grid](*args, **flags, BLOCK_K=64)
         return y
+
+    def _state(self, qweight: QuantizedWeight, codes: torch.Tensor, bias, offset: int = 0) -> TritonState:
+        self._require(self._bits_reason(qweight.spec))
+        n, k = qweight.shape
+        s, z, groups, gs = group_params(qweight.scale, qweight.zero_point, qweight.spec, n, k, offset)
+        return TritonState(spec=qweight.spec, codes=codes, scale=s, zero=z, groups=groups, group_cols=gs,
+                           shape=(n, k), bias=None if bias is None else bias.float().contiguous(),
+                           pre=qweight.input_transform())
+
+    @staticmethod
+    def _qparams(state, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, zero point) in the spec's own shape from the (N, G) float32 tensors the kernel reads."""
+        n = state.shape[0]
+        zp = torch.round(state.zero + offset).to(torch.int32)
+        return qparams_from_rows(state.scale, state.spec, n), qparams_from_rows(zp, state.spec, n)
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -107,12 +136,11 @@ class TritonInt8WeightOnly(_TritonWeightOnly):
     def _bits_reason(self, w):
         return None if w.bits > 4 else f"{w.bits}-bit weights are packed two per byte: use triton_int4_wo"
 
-    def prepare(self, weight, bias, w, a=None, act_qparams=None):
-        n, k = weight.shape
-        q = quantize(weight, w)
-        s, z, groups, gs = group_params(q.scale, q.zero_point, w, n, k)
-        return {"codes": q.data.contiguous(), "scale": s, "zero": z, "groups": groups, "group_cols": gs,
-                "shape": (n, k), "bias": None if bias is None else bias.float().contiguous()}
+    def pack(self, qweight, bias, a=None, act_qparams=None):
+        return self._state(qweight, qweight.codes.contiguous(), bias)
+
+    def held_weight(self, state):
+        return state.quantized(state.codes, *self._qparams(state), state.spec)
 
 
 class TritonInt4WeightOnly(_TritonWeightOnly):
@@ -124,13 +152,14 @@ class TritonInt4WeightOnly(_TritonWeightOnly):
     def _bits_reason(self, w):
         return None if w.bits <= 4 else f"holds at most 4-bit weights, scheme has {w.bits}"
 
-    def prepare(self, weight, bias, w, a=None, act_qparams=None):
-        n, k = weight.shape
-        q = quantize(weight, w)
-        packed = PackedWeight.from_qtensor(q, pack4=True)                 # (N, ceil(K/2)) uint8
-        s, z, groups, gs = group_params(q.scale, q.zero_point, w, n, k, offset=w.qmin)
-        return {"codes": packed.codes, "scale": s, "zero": z, "groups": groups,
-                "group_cols": gs, "shape": (n, k), "bias": None if bias is None else bias.float().contiguous()}
+    def pack(self, qweight, bias, a=None, act_qparams=None):
+        packed = PackedWeight.from_qtensor(qweight.qtensor(), pack4=True)  # (N, ceil(K/2)) uint8
+        return self._state(qweight, packed.codes, bias, offset=qweight.spec.qmin)
+
+    def held_weight(self, state):
+        spec = state.spec
+        codes = unpack_int4(state.codes, state.shape[1], spec).to(spec.storage_dtype)
+        return state.quantized(codes, *self._qparams(state, spec.qmin), spec)
 
 
 for _k in (TritonInt8WeightOnly(), TritonInt4WeightOnly()):
