@@ -197,7 +197,9 @@ def summarize(samples: ArrayLike) -> dict:
 
 
 def quantiles(samples: ArrayLike, qs: Sequence[float]) -> list[float]:
-    """Quantiles with linear interpolation between order statistics (numpy's default)."""
+    """Quantiles with linear interpolation between order statistics (numpy's default).
+
+    (No caller in the package yet: kept for qbench.bench.gemm, whose percentiles should come from here.)"""
     x = _finite_1d(samples)
     q = np.asarray(qs, dtype=float)
     if q.ndim != 1 or np.any(~((q >= 0.0) & (q <= 1.0))):
@@ -262,7 +264,9 @@ def mean_ci(samples: ArrayLike, level: float = 0.95) -> tuple[float, float, floa
 
 def paired_mean_diff_ci(a: ArrayLike, b: ArrayLike,
                         level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of a - b with a t interval over the per-pair differences (paired t)."""
+    """Mean of a - b with a t interval over the per-pair differences (paired t).
+
+    (No caller in the package yet: kept for comparing two schemes on the same sequences, issue 19.)"""
     x, y = _paired(a, b)
     return mean_ci(x - y, level)
 
@@ -288,10 +292,3 @@ def proportion_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, f
     lo = 0.0 if successes == 0 else center - half
     hi = 1.0 if successes == n else center + half
     return p, lo, hi
-
-
-def proportion_se(successes: int, n: int) -> float:
-    """Standard error sqrt(p (1 - p) / n) of an observed proportion."""
-    _check_counts(successes, n)
-    p = successes / n
-    return math.sqrt(p * (1.0 - p) / n)

@@ -11,10 +11,12 @@ import json
 import re
 from pathlib import Path
 
-from qbench.report.fmt import DASH, SIZE_METRICS, _ordered, _overlap, _when, fmt, num, table, with_ci
+from qbench.atomic import write_atomic
+from qbench.report.fmt import DASH, fmt, num, table, when, with_ci
+from qbench.report.index import ordered
 from qbench.report.render import make_env
-from qbench.results.table import write_atomic
-from qbench.results.table import ResultsTable, load_results
+from qbench.results import ResultsTable, load_results
+from qbench.results.metrics import in_quality_table
 
 COMPARE_SCHEMA_VERSION = 1
 KEY = ("model", "scheme", "workload", "variant", "batch_size", "metric")
@@ -63,14 +65,14 @@ def build_comparison(run_a: ResultsTable | str | Path, run_b: ResultsTable | str
     for k in both:
         a, b = ra[k], rb[k]
         m, s, w, variant, bs, metric = k
-        verdict = _verdict(a, b)
+        verdict = ci_verdict(a, b)
         flag = verdict == "changed"
         if metric == "speedup":
             speed.append({"cells": [m, s, w, bs, with_ci(a), with_ci(b), _ratio(a, b), verdict], "flag": flag})
         elif metric == "latency_ms":
             latency.append({"cells": [m, s, w, bs, variant, with_ci(a), with_ci(b), _ratio(a, b), verdict],
                             "flag": flag})
-        elif bs is None and metric not in SIZE_METRICS + ("foreign_cpu_cores",):
+        elif bs is None and in_quality_table(metric):
             label = metric if variant in ("quantized", "paired", None) else f"{metric} ({variant})"
             quality.append({"cells": [m, s, w, label, with_ci(a), with_ci(b), _delta(a, b, metric), verdict],
                             "flag": flag})
@@ -114,7 +116,7 @@ def _run_info(t: ResultsTable, folder: str) -> dict:
     return {
         "folder": folder,
         "experiment_name": str(meta.get("experiment_name") or exp.get("name") or DASH),
-        "date": _when(meta.get("created")),
+        "date": when(meta.get("created")),
         "status": str(meta.get("status") or DASH),
         "hardware_summary": str(meta.get("hardware_summary") or DASH),
         "fingerprint": str(meta.get("fingerprint") or DASH),
@@ -154,7 +156,7 @@ def _sorter(ta: ResultsTable, tb: ResultsTable):
     for field, col in (("models", "model"), ("schemes", "scheme"), ("workloads", "workload")):
         first = [x.get("name") or x.get("id") for t in (ta, tb)
                  for x in (t.meta.get("experiment") or {}).get(field, [])]
-        lists.append(_ordered(list(dict.fromkeys(first)), [c.get(col) for t in (ta, tb) for c in t.cells]))
+        lists.append(ordered(list(dict.fromkeys(first)), [c.get(col) for t in (ta, tb) for c in t.cells]))
 
     def key(k):
         pos = [lst.index(x) if x in lst else len(lst) for lst, x in zip(lists, k[:3])]
@@ -164,11 +166,20 @@ def _sorter(ta: ResultsTable, tb: ResultsTable):
     return key
 
 
-def _verdict(a: dict, b: dict) -> str:
-    ov = _overlap(a, b)
+def ci_verdict(a: dict, b: dict) -> str:
+    """How row B compares with row A: changed (95% CIs apart), overlap, equal or no CI (values differ)."""
+    ov = overlap(a, b)
     if ov is None:
         return "equal" if num(a.get("value")) == num(b.get("value")) else "no CI"
     return "overlap" if ov else "changed"
+
+
+def overlap(a: dict, b: dict) -> bool | None:
+    """Whether two rows' 95% confidence intervals overlap; None when either has none."""
+    lo_a, hi_a, lo_b, hi_b = (num(r.get(k)) for r in (a, b) for k in ("ci_low", "ci_high"))
+    if None in (lo_a, hi_a, lo_b, hi_b):
+        return None
+    return lo_a <= hi_b and lo_b <= hi_a
 
 
 def _ratio(a: dict, b: dict) -> str:

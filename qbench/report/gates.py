@@ -6,18 +6,17 @@
 A gate judges every row matching its metric, variant and filters. It fails when one row is outside
 its bound, and it is "no_data" (counted as failed) when nothing matches or when a row it should judge
 is missing or lacks the number it judges: a gate that cannot be checked never passes silently.
-Pure functions of their inputs; never imports torch.
+Gates are read as plain data from the run's stored experiment and checked against the metric registry
+(qbench.report.gate_spec). Pure functions of their inputs; never imports torch or the schema.
 """
 from __future__ import annotations
 
 from itertools import product
 
-from pydantic import ValidationError
+from qbench.report.fmt import DASH, num, table
+from qbench.report.gate_spec import GateSpec, InvalidGate, parse_gate
+from qbench.report.index import ordered
 
-from qbench.report.fmt import DASH, num
-from qbench.schema.experiment import GATE_METRICS, Gate
-
-STATUSES = ("pass", "fail", "no_data")
 _MAX_LISTED = 3
 
 
@@ -70,6 +69,18 @@ def status_text(status: str) -> str:
 STATUS_TEXT = {"pass": "pass", "fail": "FAIL", "no_data": "NO DATA (fails)"}
 
 
+def gates_section(verdicts: list) -> dict | None:
+    """The card's Gates section: overall verdict and one table row per gate; None when there are no gates."""
+    if not verdicts:
+        return None
+    rows = [{"cells": [v["index"] + 1, v["name"] or DASH, v["check"], v["applies_to"], v["matched"],
+                       v["worst_text"], status_text(v["status"]), v["detail"]],
+             "flag": v["status"] != "pass"} for v in verdicts]
+    return {"failed": gates_failed(verdicts), "verdict": gates_verdict(verdicts),
+            "table": table(["#", "Gate", "Check", "Applies to", "Rows", "Worst", "Status", "Detail"],
+                           rows, "rlllrrll")}
+
+
 class _Scope:
     """What the experiment says should exist: model, scheme and workload names, batch sizes, tasks."""
 
@@ -77,13 +88,13 @@ class _Scope:
         self.rows = [r for r in rows if isinstance(r, dict)]
         models = [m for m in exp.get("models") or [] if isinstance(m, dict)]
         self.alias = {m.get("id"): m.get("name") or m.get("id") for m in models}
-        self.models = _names([m.get("name") or m.get("id") for m in models], [r.get("model") for r in self.rows])
-        self.schemes = _names([s.get("name") for s in exp.get("schemes") or [] if isinstance(s, dict)],
-                              [r.get("scheme") for r in self.rows])
-        self.workloads = _names([w.get("name") for w in exp.get("workloads") or [] if isinstance(w, dict)],
-                                [r.get("workload") for r in self.rows])
-        self.batch_sizes = _names(list((exp.get("measure") or {}).get("batch_sizes") or []),
-                                  sorted({r["batch_size"] for r in self.rows if r.get("batch_size") is not None}))
+        self.models = ordered([m.get("name") or m.get("id") for m in models], [r.get("model") for r in self.rows])
+        self.schemes = ordered([s.get("name") for s in exp.get("schemes") or [] if isinstance(s, dict)],
+                               [r.get("scheme") for r in self.rows])
+        self.workloads = ordered([w.get("name") for w in exp.get("workloads") or [] if isinstance(w, dict)],
+                                 [r.get("workload") for r in self.rows])
+        self.batch_sizes = ordered(list((exp.get("measure") or {}).get("batch_sizes") or []),
+                                   sorted({r["batch_size"] for r in self.rows if r.get("batch_size") is not None}))
         self.tasks = {}  # model display name -> task, from the rows (what ran) or the experiment (if set)
         for m in models:
             if m.get("task") in ("encoder", "causal_lm"):
@@ -93,54 +104,25 @@ class _Scope:
                 self.tasks[r.get("model")] = r["task"]
 
 
-def _names(declared: list, seen: list) -> list:
-    out = [x for x in declared if x is not None]
-    return out + [x for x in dict.fromkeys(seen) if x is not None and x not in out]
-
-
 def _evaluate(i: int, raw, scope: _Scope) -> dict:
     try:
-        gate = raw if isinstance(raw, Gate) else Gate.model_validate(raw)
-    except ValidationError as e:
-        problem = e.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in problem.get("loc", ()))
-        msg = str(problem.get("msg", "")).removeprefix("Value error, ")
+        gate = parse_gate(raw)
+    except InvalidGate as e:
         metric = raw.get("metric") if isinstance(raw, dict) else None
-        return _verdict(i, None, str(metric or DASH), "value", DASH, {}, DASH, None, None, [], None, "no_data",
-                        f"invalid gate ({where + ': ' if where else ''}{msg}); it cannot be checked")
-    info = GATE_METRICS[gate.metric]
+        return _verdict_dict(i, None, str(metric or DASH), "value", DASH, {}, DASH, None, None, [], None,
+                             "no_data", f"invalid gate ({e}); it cannot be checked")
     variant = gate.resolved_variant
     model = scope.alias.get(gate.model, gate.model) if gate.model not in scope.models else gate.model
     filters = {k: v for k, v in (("model", model), ("scheme", gate.scheme), ("workload", gate.workload),
                                  ("batch_size", gate.batch_size), ("variant", gate.variant)) if v is not None}
-
-    def wanted(r) -> bool:
-        return (r.get("metric") == gate.metric and r.get("variant") == variant
-                and all(r.get(k) == v for k, v in filters.items() if k != "variant"))
-
-    matched = [r for r in scope.rows if wanted(r)]
-    # every (model, scheme, workload[, batch size]) the gate covers should have a row
-    models = [model] if model is not None else scope.models
-    not_measured = [m for m in models if info.task and scope.tasks.get(m) not in (None, info.task)]
-    models = [m for m in models if m not in not_measured]
-    schemes = [gate.scheme] if gate.scheme is not None else scope.schemes
-    workloads = [gate.workload] if gate.workload is not None else scope.workloads
-    sizes = ([gate.batch_size] if gate.batch_size is not None else scope.batch_sizes) if info.speed else [None]
-    have = {(r.get("model"), r.get("scheme"), r.get("workload"), r.get("batch_size")) for r in matched}
-    missing = [k for k in product(models, schemes, workloads, sizes) if k not in have]
-
-    judged, unjudged = [], []
-    for r in matched:
-        x = num(r.get(gate.use))
-        (unjudged if x is None else judged).append((x, r))
-
-    def margin(x: float) -> float:
-        return min(x - gate.min if gate.min is not None else float("inf"),
-                   gate.max - x if gate.max is not None else float("inf"))
-
-    worst = min(judged, key=lambda xr: margin(xr[0]), default=None)
-    bad = [(x, r) for x, r in judged if margin(x) < 0]
-    what = gate.metric if gate.use == "value" else f"{gate.metric} {gate.use}"
+    matched = [r for r in scope.rows if r.get("metric") == gate.metric and r.get("variant") == variant
+               and all(r.get(k) == v for k, v in filters.items() if k != "variant")]
+    models, not_measured, missing = _coverage(gate, model, matched, scope)
+    judged = [(num(r.get(gate.use)), r) for r in matched]
+    unjudged = [(x, r) for x, r in judged if x is None]
+    judged = [(x, r) for x, r in judged if x is not None]
+    worst = min(judged, key=lambda xr: _margin(gate, xr[0]), default=None)
+    bad = [(x, r) for x, r in judged if _margin(gate, x) < 0]
     problems = []
     if unjudged:
         problems.append(f"{_rows(len(unjudged))} without a {gate.use} ({_where(unjudged[0][1])}"
@@ -148,33 +130,55 @@ def _evaluate(i: int, raw, scope: _Scope) -> dict:
     if missing:
         problems.append(f"no {gate.metric} ({variant}) result for {_listed([_key_text(k) for k in missing])} "
                         "(cell failed, skipped or not run)")
+    status, detail = _judgement(gate, scope, judged, matched, bad, worst, problems, models, not_measured)
+    return _verdict_dict(i, gate, gate.metric, gate.use, variant, filters, _bound_text(gate), gate.min, gate.max,
+                         matched, worst, status, detail)
+
+
+def _coverage(gate: GateSpec, model, matched: list, scope: _Scope) -> tuple[list, list, list]:
+    """(models the gate covers, models it skips as another task, (model, scheme, workload, batch) it covers
+    that have no row)."""
+    spec = gate.spec
+    models = [model] if model is not None else scope.models
+    not_measured = [m for m in models if spec.task and scope.tasks.get(m) not in (None, spec.task)]
+    models = [m for m in models if m not in not_measured]
+    schemes = [gate.scheme] if gate.scheme is not None else scope.schemes
+    workloads = [gate.workload] if gate.workload is not None else scope.workloads
+    sizes = ([gate.batch_size] if gate.batch_size is not None else scope.batch_sizes) if spec.per_batch else [None]
+    have = {(r.get("model"), r.get("scheme"), r.get("workload"), r.get("batch_size")) for r in matched}
+    return models, not_measured, [k for k in product(models, schemes, workloads, sizes) if k not in have]
+
+
+def _margin(gate: GateSpec, x: float) -> float:
+    """Distance to the nearest bound, negative outside."""
+    return min(x - gate.min if gate.min is not None else float("inf"),
+               gate.max - x if gate.max is not None else float("inf"))
+
+
+def _judgement(gate: GateSpec, scope: _Scope, judged, matched, bad, worst, problems, models,
+               not_measured) -> tuple[str, str]:
+    """(status, detail sentence)."""
+    what = gate.metric if gate.use == "value" else f"{gate.metric} {gate.use}"
     if bad:
-        status = "fail"
         detail = (f"{len(bad)} of {_rows(len(judged))} outside the bound; worst {what} "
                   f"{_num_text(worst[0], gate)} at {_where(worst[1])}")
-        detail += "".join(f"; also {p}" for p in problems) + "."
-    elif not matched:
-        status = "no_data"
+        return "fail", detail + "".join(f"; also {p}" for p in problems) + "."
+    if not matched:
         if models:
-            detail = f"no rows match, so the gate cannot be checked: {problems[0]}." if problems else \
-                "no rows match, so the gate cannot be checked."
-        else:
-            tasks = ", ".join(f"{m}: {scope.tasks.get(m)}" for m in not_measured) or "no models"
-            detail = (f"{gate.metric} is only measured for {info.task} models ({tasks}), so the gate "
-                      "cannot be checked.")
-    elif problems:
-        status = "no_data"
-        detail = (f"{_rows(len(judged))} within the bound, but the gate cannot be fully checked: "
-                  f"{'; '.join(problems)}.")
-    else:
-        status = "pass"
-        detail = (f"{'all ' if len(judged) > 1 else ''}{_rows(len(judged))} within the bound; worst {what} "
-                  f"{_num_text(worst[0], gate)} at {_where(worst[1])}.")
-    return _verdict(i, gate, gate.metric, gate.use, variant, filters, _bound_text(gate), gate.min, gate.max,
-                    matched, worst, status, detail)
+            return "no_data", (f"no rows match, so the gate cannot be checked: {problems[0]}." if problems else
+                               "no rows match, so the gate cannot be checked.")
+        tasks = ", ".join(f"{m}: {scope.tasks.get(m)}" for m in not_measured) or "no models"
+        return "no_data", (f"{gate.metric} is only measured for {gate.spec.task} models ({tasks}), so the gate "
+                           "cannot be checked.")
+    if problems:
+        return "no_data", (f"{_rows(len(judged))} within the bound, but the gate cannot be fully checked: "
+                           f"{'; '.join(problems)}.")
+    return "pass", (f"{'all ' if len(judged) > 1 else ''}{_rows(len(judged))} within the bound; worst {what} "
+                    f"{_num_text(worst[0], gate)} at {_where(worst[1])}.")
 
 
-def _verdict(i, gate, metric, use, variant, filters, bound, lo, hi, matched, worst, status, detail):
+def _verdict_dict(i, gate, metric, use, variant, filters, bound, lo, hi, matched, worst, status, detail) -> dict:
+    """One gate's verdict as plain JSON-able data (the keys evaluate_gates documents)."""
     what = metric if use == "value" else f"{metric} ({use})"
     check = f"{what} {bound}"
     applies = [f"{k.replace('_', ' ')} {v}" for k, v in filters.items()]

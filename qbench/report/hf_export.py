@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from qbench.atomic import write_atomic
 from qbench.report.context import build_context
-from qbench.report.fmt import DASH, _ordered, table
+from qbench.report.fmt import DASH, table
+from qbench.report.index import card_order
 from qbench.report.render import make_env
-from qbench.results.table import write_atomic
-from qbench.results.table import load_results
+from qbench.results import load_results
 
 TEMPLATE = "hf_card.md.j2"
 TAGS = ["quantized", "qbench"]
@@ -86,9 +87,8 @@ def _context(run_dir: str | Path, model: str | None, scheme: str | None) -> dict
     ctx = build_context(t)
     meta, cells = t.meta, t.cells
     exp = meta.get("experiment") or {}
-    models = _ordered([m.get("name") or m.get("id") for m in exp.get("models", [])],
-                      [c.get("model") for c in cells])
-    schemes = _ordered([s.get("name") for s in exp.get("schemes", [])], [c.get("scheme") for c in cells])
+    order = card_order(exp, cells)
+    models, schemes = order["models"], order["schemes"]
     errors = []
     for kind, given, choices in (("model", model, models), ("scheme", scheme, schemes)):
         try:

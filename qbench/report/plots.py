@@ -8,7 +8,14 @@ from __future__ import annotations
 import io
 import math
 
-QUALITY = ("cosine_mean", "log_ppl_ratio")  # the quality metric plotted against speed
+from qbench.report.fmt import num
+from qbench.results.metrics import metric as metric_spec
+from qbench.results.metrics import plotted
+
+# Which metric each plot draws, from the registry's plot roles.
+QUALITY = tuple(m.name for m in plotted("quality_speed"))  # the quality metrics plotted against speed
+SPEEDUP = plotted("speedup")[0].name                        # speedup (paired) per batch size, and the x axis
+WEIGHTS = plotted("weights")[0].name                        # weight bytes, baseline and quantized
 MARKERS = "osD^vPX*<>"
 TITLES = {
     "speedup": "Speedup over baseline by batch size (95% CI)",
@@ -16,14 +23,6 @@ TITLES = {
     "sqnr": "Weight SQNR per module",
     "weights": "Weight memory by scheme",
 }
-
-
-def _f(x):
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def _label(model, scheme, models):
@@ -41,12 +40,12 @@ def collect(ix, order: dict, qcells: dict) -> list:
         w = ix.speed_workload(m, s, workloads)
         if w is None:
             continue
-        pts = {bs: ix.get(m, s, w, "speedup", "paired", bs) for bs in ix.batch_sizes(m, s, w)}
-        pts = {bs: r for bs, r in pts.items() if r and _f(r["value"]) is not None}
+        pts = {bs: ix.get(m, s, w, SPEEDUP, "paired", bs) for bs in ix.batch_sizes(m, s, w)}
+        pts = {bs: r for bs, r in pts.items() if r and num(r["value"]) is not None}
         if pts:
             groups |= set(pts)
             series.append({"label": _label(m, s, models), "workload": w, "points": {
-                str(bs): [_f(r["value"]), _f(r["ci_low"]), _f(r["ci_high"])] for bs, r in pts.items()}})
+                str(bs): [num(r["value"]), num(r["ci_low"]), num(r["ci_high"])] for bs, r in pts.items()}})
     if series:
         data["speedup"] = {"batch_sizes": sorted(groups), "series": series}
 
@@ -54,10 +53,10 @@ def collect(ix, order: dict, qcells: dict) -> list:
     for m, s in pairs:
         w0 = ix.speed_workload(m, s, workloads)
         bs = ix.batch_sizes(m, s, w0)[-1] if w0 else None
-        sp = _f((ix.get(m, s, w0, "speedup", "paired", bs) or {}).get("value")) if w0 else None
+        sp = num((ix.get(m, s, w0, SPEEDUP, "paired", bs) or {}).get("value")) if w0 else None
         for w in workloads:
             for metric in QUALITY:
-                q = _f((ix.get(m, s, w, metric) or {}).get("value"))
+                q = num((ix.get(m, s, w, metric) or {}).get("value"))
                 if sp is not None and q is not None:
                     points.append({"label": _label(m, s, models), "scheme": s, "workload": w,
                                    "metric": metric, "speedup": sp, "batch_size": bs, "quality": q})
@@ -67,7 +66,7 @@ def collect(ix, order: dict, qcells: dict) -> list:
     sq = []
     for m, s in pairs:
         c = qcells.get((m, s))
-        vals = [_f(q.get("sqnr_db")) for q in (c or {}).get("quant_map", [])]
+        vals = [num(q.get("sqnr_db")) for q in (c or {}).get("quant_map", [])]
         if any(v is not None for v in vals):
             sq.append({"label": _label(m, s, models), "values": vals})
     if sq:
@@ -76,14 +75,14 @@ def collect(ix, order: dict, qcells: dict) -> list:
     bars = []
     for m in models:
         base = next((r for s in schemes for w in workloads
-                     for r in [ix.get(m, s, w, "weight_bytes", "baseline")] if r and _f(r["value"])), None)
+                     for r in [ix.get(m, s, w, WEIGHTS, "baseline")] if r and num(r["value"])), None)
         if base:
-            bars.append({"label": m if len(models) > 1 else "baseline", "mib": _f(base["value"]) / 2 ** 20})
+            bars.append({"label": m if len(models) > 1 else "baseline", "mib": num(base["value"]) / 2 ** 20})
         for s in schemes:
-            r = next((r for w in workloads for r in [ix.get(m, s, w, "weight_bytes", "quantized")]
-                      if r and _f(r["value"])), None)
+            r = next((r for w in workloads for r in [ix.get(m, s, w, WEIGHTS, "quantized")]
+                      if r and num(r["value"])), None)
             if r:
-                bars.append({"label": _label(m, s, models), "mib": _f(r["value"]) / 2 ** 20})
+                bars.append({"label": _label(m, s, models), "mib": num(r["value"]) / 2 ** 20})
     if bars:
         data["weights"] = {"bars": bars}
 
@@ -123,7 +122,8 @@ def _quality_speed(fig, d):
                        marker=MARKERS[labels.index(p["label"]) % len(MARKERS)], s=60)
         ax.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
         ax.set_xlabel("speedup at the largest batch size (x)")
-        ax.set_ylabel(metric + (" (higher is better)" if metric == "cosine_mean" else " (lower is better)"))
+        better = {"higher": " (higher is better)", "lower": " (lower is better)"}.get(metric_spec(metric).direction, "")
+        ax.set_ylabel(metric + better)
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], linewidth=6, color=f"C{i % 10}", label=w) for i, w in enumerate(workloads)]

@@ -9,9 +9,10 @@ import base64
 import json
 from pathlib import Path
 
+from qbench.atomic import write_atomic
 from qbench.report.context import build_context
 from qbench.report.plots import draw_all
-from qbench.results.table import load_results, write_atomic
+from qbench.results import load_results
 
 TEMPLATES = ("card.md.j2", "card.html.j2")
 

@@ -1,89 +1,41 @@
 """The ResultsTable: long-form rows (one measured number each) plus run metadata.
 
 On disk, a run directory holds:
-  cells/<cell_id>.json   one file per finished cell (rows, realized quantization map, status)
-  results.csv            all rows, assembled from the cell files
-  meta.json              hardware, software, git commit, resolved experiment, plan, provenance
+  cells/<cell_id>.json   one file per finished cell (rows, realized quantization map, status): CellRecord
+  results.csv            all rows, assembled from the cell files: Row
+  meta.json              hardware, software, git commit, resolved experiment, plan, provenance: RunMeta
+
+load_results reads and validates them (qbench.results.records); a malformed file is a MalformedRun error
+naming the file and the field. Never imports torch.
 """
 from __future__ import annotations
 
 import json
-import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Type, TypeVar
 
-# column -> description; every row has every column (None where it does not apply)
-COLUMNS: dict[str, str] = {
-    "cell": "Cell id: model__scheme__workload.",
-    "model": "Model display name.",
-    "task": "encoder or causal_lm.",
-    "scheme": "Scheme name.",
-    "workload": "Workload name.",
-    "variant": "baseline, quantized, or paired (a comparison of the two measured interleaved).",
-    "batch_size": "Batch size for speed rows; empty for quality and size rows.",
-    "metric": "What was measured (see the card's glossary).",
-    "value": "Point estimate (median for timings, mean or proportion for quality).",
-    "ci_low": "Lower end of the 95% confidence interval.",
-    "ci_high": "Upper end of the 95% confidence interval.",
-    "p10": "10th percentile of the raw samples (timings).",
-    "p90": "90th percentile of the raw samples (timings).",
-    "n": "Number of samples behind the value.",
-    "unit": "Unit of value.",
-    "method": "How the value and its interval were computed.",
-    "kernel": "Kernel(s) that ran the quantized ops of this cell.",
-    "status": "ok, skipped or failed.",
-    "reason": "Why a cell was skipped or failed.",
-}
+from pydantic import BaseModel, ValidationError
+
+from qbench.atomic import atomic_path, write_atomic, write_json_atomic  # noqa: F401  (re-exported)
+from qbench.errors import ConfigError
+from qbench.results.records import CellRecord, Row, RunMeta
+
+# column -> description; every row has every column (None where it does not apply). Declared once, on Row.
+COLUMNS: dict[str, str] = {name: f.description or "" for name, f in Row.model_fields.items()}
+
+M = TypeVar("M", bound=BaseModel)
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and cards are meant to be shared
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Strict JSON (non-finite floats become null) written with write_atomic."""
-    write_atomic(path, json.dumps(_finite(data), indent=1, sort_keys=True, default=_json_default, allow_nan=False))
-
-
-def _finite(o):
-    """Strict JSON: non-finite floats (an exact layer's infinite SQNR, say) become null."""
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
-
-
-def _json_default(o):
-    if hasattr(o, "item"):
-        return o.item()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+class MalformedRun(ConfigError):
+    """A file of a run directory is not what qbench writes; `where` names the file and the field."""
 
 
 @dataclass
 class ResultsTable:
-    """All rows of a run and its metadata; cells keeps per-cell extras (quantization map, status)."""
+    """All rows of a run and its metadata; cells keeps per-cell extras (quantization map, status).
+
+    rows, meta and cells are the validated files' plain data, exactly as on disk."""
 
     rows: list[dict]
     meta: dict
@@ -97,21 +49,49 @@ class ResultsTable:
     def save(self, run_dir: Path) -> None:
         run_dir = Path(run_dir)
         frame = self.frame()
-        tmp = run_dir / ".results.csv.tmp"
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, run_dir / "results.csv")
+        with atomic_path(run_dir / "results.csv") as tmp:
+            frame.to_csv(tmp, index=False)
         write_json_atomic(run_dir / "meta.json", self.meta)
 
 
-def load_results(run_dir: str | Path) -> ResultsTable:
-    """Read a run directory (meta.json + cells/*.json); raises FileNotFoundError when absent."""
+def read_record(path: str | Path, model: Type[M], *, strict: bool = False) -> tuple[dict, M]:
+    """(the file's JSON, the record validated from it); MalformedRun naming the file and the field."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MalformedRun(f"unreadable: {e}", where=str(path)) from None
+    try:
+        return data, model.model_validate(data, context={"strict": strict})
+    except ValidationError as e:
+        raise MalformedRun(_first_problem(e, model), where=str(path)) from None
+
+
+def _first_problem(e: ValidationError, model: type) -> str:
+    errors = e.errors(include_url=False)
+    first = errors[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()))
+    msg = str(first.get("msg", "")).removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"not a valid {model.__name__}: {loc + ': ' if loc else ''}{msg}{more}"
+
+
+def cell_files(run_dir: str | Path) -> list[Path]:
+    """cells/*.json of a run directory, by name; names starting with '.' are a writer's temporaries."""
+    return sorted(p for p in (Path(run_dir) / "cells").glob("*.json") if not p.name.startswith("."))
+
+
+def load_results(run_dir: str | Path, *, strict: bool = False) -> ResultsTable:
+    """Read and validate a run directory (meta.json + cells/*.json), cells in the plan's order (cells the
+    plan does not name last, by file name). FileNotFoundError when it is not a run directory; MalformedRun
+    when a file is not a record qbench writes (strict: not what the current runner writes)."""
     run_dir = Path(run_dir)
     meta_path = run_dir / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a qbench run directory (no meta.json)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    cells = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((run_dir / "cells").glob("*.json"))]
-    order = {c: i for i, c in enumerate(meta.get("plan", {}).get("cells", []))}
+    meta, run = read_record(meta_path, RunMeta, strict=strict)
+    cells = [read_record(p, CellRecord, strict=strict)[0] for p in cell_files(run_dir)]
+    order = {c: i for i, c in enumerate(run.plan.cells if run.plan else ())}
     cells.sort(key=lambda c: order.get(c["cell"], len(order)))
-    rows = [dict({k: None for k in COLUMNS}, **r) for c in cells for r in c.get("rows", [])]
+    rows = [dict(r) for c in cells for r in c["rows"]]
     return ResultsTable(rows=rows, meta=meta, cells=cells)

@@ -1,4 +1,9 @@
-"""Measurements of one cell: quality on the evaluation samples, paired timing per batch size."""
+"""Measurements of one cell: quality on the evaluation samples, paired timing per batch size.
+
+Every row names a metric declared in the metric registry (qbench.results.metrics), which gives its unit and
+the variants it is recorded under; `row` refuses anything else. Each row's `method` says how this run
+computed the value (timer, repeats, interval), so it stays here with the code that computes it.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +13,7 @@ from qbench.metrics import stats
 from qbench.metrics.lm import per_sequence, prefix_match, python_prefix_ok, time_prefill_decode, token_stats
 from qbench.metrics.quality import cosine_per_sample, mean_pool, nn_agreement
 from qbench.metrics.timing import time_interleaved
+from qbench.results.metrics import metric as declared, row_problem
 
 LEVEL = 0.95
 QUALITY_BATCH = 8
@@ -74,10 +80,32 @@ def lm_stats(model, batch: dict, ref: dict) -> dict:
 
 def row(metric: str, value, unit: str, method: str, variant: str = "quantized", batch_size=None,
         ci=(None, None), p10=None, p90=None, n=None) -> dict:
+    """One measured number (a results row without its cell columns, which the record stage adds).
+
+    ValueError when the metric is not declared in qbench.results.metrics with this unit, variant and
+    per-batch-size-ness: a row the card, the gates and the schema would not know is a bug here."""
+    problem = row_problem(metric, unit, variant, batch_size)
+    if problem:
+        raise ValueError(f"{problem}: declare the metric in qbench/results/metrics.py or fix its producer")
     f = lambda x: None if x is None else float(x)  # noqa: E731
     return {"metric": metric, "value": f(value), "unit": unit, "method": method, "variant": variant,
             "batch_size": batch_size, "ci_low": f(ci[0]), "ci_high": f(ci[1]), "p10": f(p10), "p90": f(p90),
             "n": n}
+
+
+def measured(metric: str, value, method: str, variant: str = "quantized", batch_size=None, ci=(None, None),
+             p10=None, p90=None, n=None) -> dict:
+    """row() in the unit the registry declares for the metric."""
+    return row(metric, value, declared(metric).unit, method, variant, batch_size, ci, p10, p90, n)
+
+
+def _timer(device: str) -> str:
+    return "CUDA events" if device.startswith("cuda") else "time.perf_counter"
+
+
+def _median_how(repeats: int, warmup: int) -> str:
+    return (f"median of {repeats} repeats interleaved with the other variant after {warmup} warm-up runs; 95% "
+            "order-statistic CI of the median")
 
 
 def encoder_quality(base: torch.Tensor, quant: torch.Tensor) -> list[dict]:
@@ -86,12 +114,12 @@ def encoder_quality(base: torch.Tensor, quant: torch.Tensor) -> list[dict]:
     agree, n = nn_agreement(base, quant)
     p, plo, phi = stats.proportion_ci(agree, n, LEVEL)
     return [
-        row("cosine_mean", mean, "cosine", "mean cosine similarity of quantized vs baseline sentence "
-            "embeddings (mean-pooled, normalized), same inputs; 95% Student-t CI over samples",
-            ci=(lo, hi), n=len(cos)),
-        row("cosine_min", cos.min(), "cosine", "worst sample's cosine similarity", n=len(cos)),
-        row("nn_agreement", p, "share", "share of samples whose nearest neighbour (cosine, among the "
-            "other evaluation samples) is the same under both models; 95% Wilson CI", ci=(plo, phi), n=n),
+        measured("cosine_mean", mean, "mean cosine similarity of quantized vs baseline sentence "
+                 "embeddings (mean-pooled, normalized), same inputs; 95% Student-t CI over samples",
+                 ci=(lo, hi), n=len(cos)),
+        measured("cosine_min", cos.min(), "worst sample's cosine similarity", n=len(cos)),
+        measured("nn_agreement", p, "share of samples whose nearest neighbour (cosine, among the "
+                 "other evaluation samples) is the same under both models; 95% Wilson CI", ci=(plo, phi), n=n),
     ]
 
 
@@ -119,26 +147,27 @@ def lm_rows(s: dict, k: int, vocab: int) -> list[dict]:
               f"the {vocab}-token vocabulary (a lower bound of the full KL" + (", here exact" if k >= vocab else "")
               + ")")
     q = lambda p: float(np.quantile(tok_kl, p))  # noqa: E731
+    ppl_how = "exp(mean next-token NLL over all scored tokens)"
     return [
-        row("ppl", ppl(nb), "ppl", "exp(mean next-token NLL over all scored tokens)", variant="baseline",
-            n=tokens),
-        row("ppl", ppl(nq), "ppl", "exp(mean next-token NLL over all scored tokens)", n=tokens),
-        row("log_ppl_ratio", log_ratio(idx), "nats", "log(ppl quantized / ppl baseline) on the same "
-            "tokens; 95% CI by paired bootstrap over sequences", variant="paired", ci=(lo, hi), n=seqs),
-        row("kl_mean", kl_mean, "nats", kl_how + "; mean per sequence then over sequences; 95% t CI over "
-            "sequences", ci=(kl_lo, kl_hi), n=seqs),
-        row("kl_median", q(0.5), "nats", "median of the per-token KL", n=tokens),
-        row("kl_p90", q(0.9), "nats", "90th percentile of the per-token KL", n=tokens),
-        row("kl_p99", q(0.99), "nats", "99th percentile of the per-token KL", n=tokens),
-        row("kl_max", float(tok_kl.max()) if len(tok_kl) else None, "nats", "largest per-token KL", n=tokens),
-        row("top1_agreement", top1, "share", "share of positions where both models' most likely next "
-            "token agree, per sequence then mean; 95% t CI over sequences", ci=(t_lo, t_hi), n=seqs),
-        row("top1_agreement_se", float(top1_seq.std(ddof=1) / np.sqrt(seqs)) if seqs > 1 else None, "share",
-            "standard error of top1_agreement (sample std of per-sequence agreement / sqrt(sequences))", n=seqs),
-        row("p_top_change", dp_mean, "probability", "quantized minus baseline probability of the baseline's "
-            "most likely token; mean per sequence then over sequences, 95% t CI; p10/p90 over tokens",
-            ci=(dp_lo, dp_hi), p10=np.quantile(dp, 0.1) if len(dp) else None,
-            p90=np.quantile(dp, 0.9) if len(dp) else None, n=tokens),
+        measured("ppl", ppl(nb), ppl_how, variant="baseline", n=tokens),
+        measured("ppl", ppl(nq), ppl_how, n=tokens),
+        measured("log_ppl_ratio", log_ratio(idx), "log(ppl quantized / ppl baseline) on the same "
+                 "tokens; 95% CI by paired bootstrap over sequences", variant="paired", ci=(lo, hi), n=seqs),
+        measured("kl_mean", kl_mean, kl_how + "; mean per sequence then over sequences; 95% t CI over "
+                 "sequences", ci=(kl_lo, kl_hi), n=seqs),
+        measured("kl_median", q(0.5), "median of the per-token KL", n=tokens),
+        measured("kl_p90", q(0.9), "90th percentile of the per-token KL", n=tokens),
+        measured("kl_p99", q(0.99), "99th percentile of the per-token KL", n=tokens),
+        measured("kl_max", float(tok_kl.max()) if len(tok_kl) else None, "largest per-token KL", n=tokens),
+        measured("top1_agreement", top1, "share of positions where both models' most likely next "
+                 "token agree, per sequence then mean; 95% t CI over sequences", ci=(t_lo, t_hi), n=seqs),
+        measured("top1_agreement_se", float(top1_seq.std(ddof=1) / np.sqrt(seqs)) if seqs > 1 else None,
+                 "standard error of top1_agreement (sample std of per-sequence agreement / sqrt(sequences))",
+                 n=seqs),
+        measured("p_top_change", dp_mean, "quantized minus baseline probability of the baseline's "
+                 "most likely token; mean per sequence then over sequences, 95% t CI; p10/p90 over tokens",
+                 ci=(dp_lo, dp_hi), p10=np.quantile(dp, 0.1) if len(dp) else None,
+                 p90=np.quantile(dp, 0.9) if len(dp) else None, n=tokens),
     ]
 
 
@@ -151,22 +180,22 @@ def generation_rows(base_gen: torch.Tensor, quant_gen: torch.Tensor, prompts: to
     exact = int((match == g).sum())
     e, elo, ehi = stats.proportion_ci(exact, len(match), LEVEL)
     rows = [
-        row("gen_prefix_match", mean, "tokens", f"greedy continuation of {prompts.shape[1]}-token held-out "
-            f"prompts for {g} tokens: leading tokens identical to the baseline's continuation; mean over "
-            "prompts, 95% t CI", ci=(lo, hi), p10=np.quantile(match, 0.1), p90=np.quantile(match, 0.9),
-            n=len(match)),
-        row("gen_exact_match", e, "share", f"share of prompts whose {g}-token greedy continuation equals "
-            "the baseline's; 95% Wilson CI", ci=(elo, ehi), n=len(match)),
+        measured("gen_prefix_match", mean, f"greedy continuation of {prompts.shape[1]}-token held-out "
+                 f"prompts for {g} tokens: leading tokens identical to the baseline's continuation; mean over "
+                 "prompts, 95% t CI", ci=(lo, hi), p10=np.quantile(match, 0.1), p90=np.quantile(match, 0.9),
+                 n=len(match)),
+        measured("gen_exact_match", e, f"share of prompts whose {g}-token greedy continuation equals "
+                 "the baseline's; 95% Wilson CI", ci=(elo, ehi), n=len(match)),
     ]
     if python:
         for variant, gen in (("baseline", base_gen), ("quantized", quant_gen)):
             texts = tokenizer.batch_decode(torch.cat([prompts, gen], dim=1), skip_special_tokens=True)
             ok = sum(python_prefix_ok(t) for t in texts)
             p, plo, phi = stats.proportion_ci(ok, len(texts), LEVEL)
-            rows.append(row("gen_parse_rate", p, "share", "share of prompt + greedy continuations that are "
-                            "valid Python up to their last line break (ast.parse; input that merely stops "
-                            "inside an open bracket, block or string counts as valid); 95% Wilson CI",
-                            variant=variant, ci=(plo, phi), n=len(texts)))
+            rows.append(measured("gen_parse_rate", p, "share of prompt + greedy continuations that are "
+                                 "valid Python up to their last line break (ast.parse; input that merely stops "
+                                 "inside an open bracket, block or string counts as valid); 95% Wilson CI",
+                                 variant=variant, ci=(plo, phi), n=len(texts)))
     return rows
 
 
@@ -176,32 +205,30 @@ def lm_speed_rows(base_model, quant_model, batch: dict, batch_size: int, seq_len
     ids = batch["input_ids"][:batch_size]
     t = time_prefill_decode(base_model, quant_model, ids, decode_tokens, warmup=warmup, repeats=repeats,
                             device=device)
-    timer = "CUDA events" if device.startswith("cuda") else "time.perf_counter"
     rows = []
-    for phase, metric, unit, what, tokens in (
-            ("prefill", "latency_ms", "ms", f"prefill: one forward pass over {seq_len} prompt tokens with the KV "
-             "cache, up to the first output token (time to first token)", batch_size * seq_len),
-            ("decode", "decode_ms_per_token", "ms", f"decode: {decode_tokens} greedy steps with the KV cache "
-             f"after a {seq_len}-token prompt, divided by {decode_tokens} (time per output token)", batch_size)):
+    for phase, metric, tput, speedup, what, tokens in (
+            ("prefill", "latency_ms", "throughput_tok_s", "speedup", f"prefill: one forward pass over {seq_len} "
+             "prompt tokens with the KV cache, up to the first output token (time to first token)",
+             batch_size * seq_len),
+            ("decode", "decode_ms_per_token", "decode_tok_s", "decode_speedup", f"decode: {decode_tokens} greedy "
+             f"steps with the KV cache after a {seq_len}-token prompt, divided by {decode_tokens} (time per output "
+             "token)", batch_size)):
         pair = []
         for variant, key in (("baseline", f"{phase}_base"), ("quantized", f"{phase}_quant")):
             ms = t[key]
             pair.append(ms)
             s = stats.summarize(ms)
             lo, hi = stats.median_ci(ms, LEVEL)
-            rows.append(row(metric, s["median"], unit, f"{timer}; {what}; median of {repeats} repeats "
-                            f"interleaved with the other variant after {warmup} warm-up runs; 95% "
-                            "order-statistic CI of the median", variant, batch_size, (lo, hi), s["p10"], s["p90"],
-                            len(ms)))
-            tput = "throughput_tok_s" if phase == "prefill" else "decode_tok_s"
-            rows.append(row(tput, tokens / s["median"] * 1e3, "tokens/s", f"{phase} tokens per second: "
-                            f"{'batch x prompt tokens' if phase == 'prefill' else 'batch size'} / median "
-                            "latency; CI from the latency CI", variant, batch_size,
-                            (tokens / hi * 1e3, tokens / lo * 1e3), n=len(ms)))
+            rows.append(measured(metric, s["median"], f"{_timer(device)}; {what}; {_median_how(repeats, warmup)}",
+                                 variant, batch_size, (lo, hi), s["p10"], s["p90"], len(ms)))
+            rows.append(measured(tput, tokens / s["median"] * 1e3, f"{phase} tokens per second: "
+                                 f"{'batch x prompt tokens' if phase == 'prefill' else 'batch size'} / median "
+                                 "latency; CI from the latency CI", variant, batch_size,
+                                 (tokens / hi * 1e3, tokens / lo * 1e3), n=len(ms)))
         ratio, lo, hi = stats.paired_ratio(pair[0], pair[1], LEVEL)
-        rows.append(row("speedup" if phase == "prefill" else "decode_speedup", ratio, "x",
-                        f"median baseline / median quantized {phase} latency; 95% CI by paired bootstrap "
-                        "over interleaved repeat pairs", "paired", batch_size, (lo, hi), n=len(pair[0])))
+        rows.append(measured(speedup, ratio, f"median baseline / median quantized {phase} latency; 95% CI by "
+                             "paired bootstrap over interleaved repeat pairs", "paired", batch_size, (lo, hi),
+                             n=len(pair[0])))
     return rows
 
 
@@ -212,21 +239,19 @@ def speed_rows(base_model, quant_model, task: str, batch: dict, batch_size: int,
     base_ms, quant_ms = time_interleaved(lambda: forward(base_model, task, b),
                                          lambda: forward(quant_model, task, b),
                                          warmup=warmup, repeats=repeats, device=device)
-    timer = "CUDA events" if device.startswith("cuda") else "time.perf_counter"
     rows = []
     for variant, ms in (("baseline", base_ms), ("quantized", quant_ms)):
         s = stats.summarize(ms)
         lo, hi = stats.median_ci(ms, LEVEL)
-        rows.append(row("latency_ms", s["median"], "ms", f"{timer} around one forward pass; median of "
-                        f"{repeats} repeats interleaved with the other variant after {warmup} warm-up "
-                        "runs; 95% order-statistic CI of the median", variant, batch_size, (lo, hi),
-                        s["p10"], s["p90"], len(ms)))
+        rows.append(measured("latency_ms", s["median"], f"{_timer(device)} around one forward pass; "
+                             f"{_median_how(repeats, warmup)}", variant, batch_size, (lo, hi), s["p10"], s["p90"],
+                             len(ms)))
         tokens = batch_size * seq_len
-        rows.append(row("throughput_tok_s", tokens / s["median"] * 1e3, "tokens/s",
-                        "batch tokens / median latency; CI from the latency CI", variant, batch_size,
-                        (tokens / hi * 1e3, tokens / lo * 1e3), n=len(ms)))
+        rows.append(measured("throughput_tok_s", tokens / s["median"] * 1e3,
+                             "batch tokens / median latency; CI from the latency CI", variant, batch_size,
+                             (tokens / hi * 1e3, tokens / lo * 1e3), n=len(ms)))
     ratio, lo, hi = stats.paired_ratio(base_ms, quant_ms, LEVEL)
-    rows.append(row("speedup", ratio, "x", "median baseline latency / median quantized latency; 95% CI "
-                    "by paired bootstrap over interleaved repeat pairs", "paired", batch_size, (lo, hi),
-                    n=len(base_ms)))
+    rows.append(measured("speedup", ratio, "median baseline latency / median quantized latency; 95% CI "
+                         "by paired bootstrap over interleaved repeat pairs", "paired", batch_size, (lo, hi),
+                         n=len(base_ms)))
     return rows

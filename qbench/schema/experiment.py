@@ -6,10 +6,12 @@ from typing import Literal, NamedTuple, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
+from qbench.errors import ConfigError
 from qbench.registry import did_you_mean
+from qbench.results.metrics import gate_metric, gate_metrics, gate_problem
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
-OP_KINDS = ("linear", "embedding", "lm_head")
+OpKind = Literal["linear", "embedding", "lm_head"]  # the op kinds a scheme can quantize
 
 
 class FieldError(ValueError):
@@ -96,7 +98,7 @@ class Scheme(_Strict):
     activations: Optional[ActivationQuant] = Field(
         None, description="Activation quantization; omit for weight-only schemes."
     )
-    ops: tuple[Literal["linear", "embedding", "lm_head"], ...] = Field(
+    ops: tuple[OpKind, ...] = Field(
         ("linear",), min_length=1, description="Op kinds to quantize: linear (nn.Linear and transformers "
         "Conv1D), lm_head (the output projection of causal LMs), embedding (weight-only)."
     )
@@ -205,7 +207,7 @@ class Measure(_Strict):
 
 
 class GateMetric(NamedTuple):
-    """What the runner records for a metric a gate can judge."""
+    """What the runner records for a metric a gate can judge (a view of qbench.results.metrics)."""
 
     variants: tuple[str, ...]  # variants the metric is recorded under; the first is a gate's default
     has_ci: bool  # rows carry ci_low / ci_high
@@ -213,31 +215,9 @@ class GateMetric(NamedTuple):
     task: Optional[str]  # only measured for this task (encoder or causal_lm); None: every task
 
 
-_Q, _BQ, _P = ("quantized",), ("quantized", "baseline"), ("paired",)
+# The old public catalogue, derived from the metric registry (qbench.results.metrics) where each metric is declared.
 GATE_METRICS: dict[str, GateMetric] = {
-    "latency_ms": GateMetric(_BQ, True, True, None),
-    "throughput_tok_s": GateMetric(_BQ, True, True, None),
-    "speedup": GateMetric(_P, True, True, None),
-    "weight_bytes": GateMetric(_BQ, False, False, None),
-    "peak_rss_bytes": GateMetric(_P, False, False, None),
-    "cosine_mean": GateMetric(_Q, True, False, "encoder"),
-    "cosine_min": GateMetric(_Q, False, False, "encoder"),
-    "nn_agreement": GateMetric(_Q, True, False, "encoder"),
-    "ppl": GateMetric(_BQ, False, False, "causal_lm"),
-    "log_ppl_ratio": GateMetric(_P, True, False, "causal_lm"),
-    "kl_mean": GateMetric(_Q, True, False, "causal_lm"),
-    "kl_p99": GateMetric(_Q, False, False, "causal_lm"),
-    "top1_agreement": GateMetric(_Q, True, False, "causal_lm"),
-    "kl_median": GateMetric(_Q, False, False, "causal_lm"),
-    "kl_p90": GateMetric(_Q, False, False, "causal_lm"),
-    "kl_max": GateMetric(_Q, False, False, "causal_lm"),
-    "p_top_change": GateMetric(_Q, True, False, "causal_lm"),
-    "gen_prefix_match": GateMetric(_Q, True, False, "causal_lm"),
-    "gen_exact_match": GateMetric(_Q, True, False, "causal_lm"),
-    "gen_parse_rate": GateMetric(_BQ, True, False, "causal_lm"),
-    "decode_ms_per_token": GateMetric(_BQ, True, True, "causal_lm"),
-    "decode_tok_s": GateMetric(_BQ, True, True, "causal_lm"),
-    "decode_speedup": GateMetric(_P, True, True, "causal_lm"),
+    name: GateMetric(m.variants, m.has_ci, m.per_batch, m.task) for name, m in gate_metrics().items()
 }
 
 
@@ -275,32 +255,28 @@ class Gate(_Strict):
     @field_validator("metric")
     @classmethod
     def _metric(cls, v: str) -> str:
-        if v not in GATE_METRICS:
-            raise ValueError(f"unknown metric '{v}'{did_you_mean(v, list(GATE_METRICS))}; "
-                             f"known: {', '.join(GATE_METRICS)}")
+        try:
+            gate_metric(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
         return v
 
     @model_validator(mode="after")
     def _bounds(self):
-        info = GATE_METRICS[self.metric]
         if self.min is None and self.max is None:
             raise FieldError((), "a gate needs min, max or both")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise FieldError(("max",), f"max ({self.max:g}) is below min ({self.min:g})")
-        if self.use != "value" and not info.has_ci:
-            raise FieldError(("use",), f"{self.metric} has no confidence interval; use: value")
-        if self.batch_size is not None and not info.speed:
-            raise FieldError(("batch_size",), f"{self.metric} is not measured per batch size; batch_size "
-                             "only applies to latency_ms, throughput_tok_s and speedup")
-        if self.variant is not None and self.variant not in info.variants:
-            raise FieldError(("variant",), f"{self.metric} is recorded for variant(s) "
-                             f"{', '.join(info.variants)}, not {self.variant}")
+        problem = gate_problem(gate_metric(self.metric), use=self.use, batch_size=self.batch_size,
+                               variant=self.variant)
+        if problem:
+            raise FieldError((problem[0],), problem[1])
         return self
 
     @property
     def resolved_variant(self) -> str:
         """The variant whose rows are judged (the default made explicit)."""
-        return self.variant or GATE_METRICS[self.metric].variants[0]
+        return self.variant or gate_metric(self.metric).variants[0]
 
     @model_serializer(mode="wrap")
     def _compact(self, handler):

@@ -355,15 +355,3 @@ def test_proportion_ci_matches_scipy_wilson(k, n, level):
 def test_proportion_ci_rejects_bad_counts(k, n):
     with pytest.raises(ValueError):
         stats.proportion_ci(k, n)
-
-
-def test_proportion_se_hand_computed():
-    # p = 0.3: sqrt(0.3 * 0.7 / 10) = sqrt(0.021) = 0.1449137674618944
-    assert stats.proportion_se(3, 10) == pytest.approx(0.1449137674618944, rel=1e-12)
-    assert stats.proportion_se(0, 10) == 0.0
-
-
-@pytest.mark.parametrize("k,n", [(0, 0), (5, 4)])
-def test_proportion_se_rejects_bad_counts(k, n):
-    with pytest.raises(ValueError):
-        stats.proportion_se(k, n)

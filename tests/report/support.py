@@ -35,3 +35,27 @@ def assert_no_heavy_imports(call: str, run: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert "clean" in out.stdout
+
+
+ANY = object()
+
+
+def _matches(r: dict, metric: str, variant, batch_size) -> bool:
+    return (r["metric"] == metric and (variant is ANY or r["variant"] == variant)
+            and (batch_size is ANY or r["batch_size"] == batch_size))
+
+
+def get_row(run: Path, cell: str, metric: str, variant=ANY, batch_size=ANY) -> dict:
+    """The first row of cells/<cell>.json with this metric (and variant, batch size when given)."""
+    rows = json.loads((run / "cells" / f"{cell}.json").read_text(encoding="utf-8"))["rows"]
+    return next(r for r in rows if _matches(r, metric, variant, batch_size))
+
+
+def set_rows(run: Path, cell: str, metric: str, variant=ANY, batch_size=ANY, **values) -> None:
+    """Set fields (value, ci_low, ...) of the matching rows of cells/<cell>.json; at least one must match."""
+    def edit(c):
+        hits = [r for r in c["rows"] if _matches(r, metric, variant, batch_size)]
+        assert hits, f"no {metric} row in {cell}"
+        for r in hits:
+            r.update(values)
+    edit_json(run / "cells" / f"{cell}.json", edit)

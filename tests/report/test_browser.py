@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.report.support import get_row
+
 from qbench.report import render_card
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +119,8 @@ def test_loads_without_errors_or_network(open_page, card_html, tmp_path):
         "img", "els => els.map(e => [e.getAttribute('src').slice(0, 22), e.complete, e.naturalWidth])")
     assert len(imgs) == 4
     assert all(src == "data:image/png;base64," and done and w > 0 for src, done, w in imgs), imgs
-    assert "1.43x [1.38, 1.49]" in p.page.inner_text("body")
+    sp = get_row(FIXTURE, "minilm__w8a8-dyn__text", "speedup", "paired", 8)
+    assert f"{sp['value']:.2f}x [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]" in p.page.inner_text("body")
     shot = tmp_path / "card.png"
     data = p.page.screenshot(path=str(shot), full_page=True)
     assert shot.read_bytes() == data and len(data) > 10_000

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.report.support import set_rows
+
 from qbench.report import build_context, render_card
 from qbench.report.gates import evaluate_gates, gates_failed, gates_verdict, verdict_lines
 from qbench.results.table import COLUMNS
@@ -181,6 +183,55 @@ def test_invalid_gate_in_meta_is_no_data():
     assert v["status"] == "no_data" and "invalid gate" in v["detail"] and "did you mean 'kl_p99'" in v["detail"]
 
 
+@pytest.mark.parametrize("gate, problem", [
+    ({"metric": "cosine_mean", "max": 2, "bogus": 1}, "bogus: unknown field"),
+    ({"metric": "cosine_mean", "mn": 0.9}, "mn: unknown field (did you mean 'min'?)"),
+    ({"min": 0.9}, "metric: a metric name is required"),
+    ({"metric": "energy_ratio", "min": 1.0}, "metric: energy_ratio is not judged by gates"),
+    ({"metric": "cosine_mean", "min": "high"}, "min: 'high' is not a finite number"),
+    ({"metric": "cosine_mean", "min": True}, "min: True is not a finite number"),
+    ({"metric": "cosine_mean", "min": 0.9, "use": "median"}, "use: 'median' is not one of value, ci_low, ci_high"),
+    ({"metric": "cosine_mean", "min": 0.9, "name": ""}, "name: a name has 1 to 80 characters"),
+    ({"metric": "speedup", "min": 1.0, "batch_size": 0}, "batch_size: 0 is not a batch size"),
+    ({"metric": "cosine_mean"}, "a gate needs min, max or both"),
+    ({"metric": "cosine_mean", "min": 0.9, "max": 0.8}, "max (0.8) is below min (0.9)"),
+    ({"metric": "ppl", "max": 2, "use": "ci_low"}, "ppl has no confidence interval; use: value"),
+    ({"metric": "cosine_mean", "min": 0.9, "batch_size": 8}, "cosine_mean is not measured per batch size; "
+     "batch_size only applies to latency_ms, throughput_tok_s, speedup, decode_ms_per_token, decode_tok_s, "
+     "decode_speedup"),
+    ({"metric": "speedup", "min": 1.2, "variant": "quantized"}, "speedup is recorded for variant(s) paired, not "
+     "quantized"),
+    ("speedup >= 1.2", "a gate is a mapping of metric, min, max"),
+])
+def test_a_stored_gate_that_cannot_be_checked_is_no_data(gate, problem):
+    v = one(gate, cosine_rows(GOOD))
+    assert v["status"] == "no_data" and v["matched"] == 0
+    assert v["detail"].startswith(f"invalid gate ({problem}") and v["detail"].endswith("it cannot be checked")
+
+
+def test_the_report_reads_the_fields_the_schema_defines():
+    from qbench.report.gate_spec import FIELDS
+    from qbench.schema import Gate
+
+    assert set(FIELDS) == set(Gate.model_fields)
+
+
+def test_every_gate_the_schema_accepts_the_report_accepts():
+    from qbench.report.gate_spec import parse_gate
+    from qbench.schema import Gate
+    from qbench.schema.experiment import GATE_METRICS
+
+    for metric, info in GATE_METRICS.items():
+        for gate in ({"metric": metric, "max": 1.0}, {"metric": metric, "min": 0.0, "max": 2, "name": "g"},
+                     {"metric": metric, "min": 0.5, "variant": info.variants[-1],
+                      **({"use": "ci_low"} if info.has_ci else {}), **({"batch_size": 8} if info.speed else {})}):
+            dumped = Gate.model_validate(gate).model_dump(mode="json")
+            parsed = parse_gate(dumped)
+            assert parsed.resolved_variant == Gate.model_validate(gate).resolved_variant
+            assert (parsed.min, parsed.max, parsed.use) == (dumped.get("min"), dumped.get("max"),
+                                                             dumped.get("use", "value"))
+
+
 def test_worst_text_never_reads_as_the_bound():
     rows = [row("speedup", 1.19996, variant="paired", batch_size=1)]
     v = one({"metric": "speedup", "min": 1.2}, rows, schemes=("w8",), workloads=("text",), batch_sizes=(1,))
@@ -243,27 +294,37 @@ def test_card_without_gates_has_no_section(run):
 
 
 def test_card_gates_section(run):
+    for cell, sp in (("minilm__w8a8-dyn__text", 1.45), ("minilm__w8a8-dyn__code", 1.4), ("reflm__w8a8-dyn__text", 1.5),
+                     ("reflm__w8a8-dyn__code", 1.5)):
+        set_rows(run, cell, "speedup", "paired", 8, value=sp, ci_low=sp - 0.05, ci_high=sp + 0.05)
+    set_rows(run, "minilm__w8a8-dyn__text", "cosine_mean", ci_low=0.99)
     _set_gates(run, [{"metric": "speedup", "min": 1.2, "batch_size": 8, "scheme": "w8a8-dyn", "name": "fast"},
                      {"metric": "cosine_mean", "min": 0.995, "use": "ci_low"},
-                     {"metric": "kl_p99", "max": 0.05}])
+                     {"metric": "gen_parse_rate", "min": 0.5, "workload": "text"}])  # only code is parsed
     render_card(run)
     md = (run / "card.md").read_text(encoding="utf-8")
     html = (run / "card.html").read_text(encoding="utf-8")
     assert md.index("## Summary") < md.index("## Gates") < md.index("## Setup")
     assert "**FAIL: 2 of 3 gates failed: 1 out of bounds, 1 with no data to judge.**" in md
-    assert "| 1 | fast | speedup ≥ 1.2 | scheme w8a8-dyn, batch size 8 | 2 | 1.4 | pass |" in md
+    assert "| 1 | fast | speedup ≥ 1.2 | scheme w8a8-dyn, batch size 8 | 4 | 1.4 | pass |" in md
     assert "worst speedup 1.4 at minilm / w8a8-dyn / code, batch 8." in md
-    assert "| 3 | — | kl_p99 ≤ 0.05 | all rows | 0 | — | NO DATA (fails) |" in md
+    assert "| 3 | — | gen_parse_rate ≥ 0.5 | workload text | 0 | — | NO DATA (fails) |" in md
+    assert "no gen_parse_rate (quantized) result for reflm / w8a8-dyn / text" in md
     assert html.index('id="summary"') < html.index('id="gates"') < html.index('id="setup"')
     assert 'href="#gates"' in html and 'class="verdict fail"' in html
     data = json.loads((run / "card.json").read_text(encoding="utf-8"))
     assert [v["status"] for v in data["gates"]] == ["pass", "fail", "no_data"]
+    lows = [r["ci_low"] for p in (run / "cells").glob("minilm__*.json")
+            for r in json.loads(p.read_text(encoding="utf-8"))["rows"] if r["metric"] == "cosine_mean"]
+    assert data["gates"][1]["worst"] == min(lows) <= 0.99 and data["gates"][1]["matched"] == 4
     assert data["gates_section"]["failed"] is True
     assert data == json.loads(json.dumps(build_context(run)))
 
 
 def test_card_gates_all_pass(run):
-    _set_gates(run, [{"metric": "weight_bytes", "max": 6_000_000}])
+    largest = max(r["value"] for p in (run / "cells").glob("*.json")
+                  for r in json.loads(p.read_text(encoding="utf-8"))["rows"] if r["metric"] == "weight_bytes")
+    _set_gates(run, [{"metric": "weight_bytes", "max": largest}])
     render_card(run)
     md = (run / "card.md").read_text(encoding="utf-8")
     assert "**PASS: the gate passed.**" in md

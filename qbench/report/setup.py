@@ -1,0 +1,125 @@
+"""The card's Setup, Hardware and Reproduce sections: what ran, where, and how to run it again."""
+from __future__ import annotations
+
+import re
+
+from qbench.report.fmt import DASH, num, sig, table
+
+
+def setup(meta: dict, cells: list, order: dict) -> dict:
+    """The Setup section: schemes as configured and as they ran, baseline, measurement settings, models and
+    workloads."""
+    exp = meta.get("experiment") or {}
+    ms = exp.get("measure") or {}
+    measure = [["Batch sizes", ", ".join(str(b) for b in ms.get("batch_sizes") or []) or DASH]] + [
+        [label, DASH if ms.get(k) is None else ms[k]] for label, k in (
+            ("Sequence length (tokens)", "seq_len"), ("Warmup runs", "warmup"),
+            ("Timed repeats", "repeats"), ("Eval samples", "eval_samples"),
+            ("Threads", "threads"), ("Seed", "seed"))]
+    b = meta.get("baseline") or {}
+    return {
+        "schemes": table(["Scheme", "Bits", "Signed", "Symmetry", "Granularity", "Activations", "Ops",
+                          "Exclusions", "Calibration", "Kernel(s)", "Emulated"],
+                         [_scheme_row(sc, cells) for sc in exp.get("schemes", [])]),
+        "baseline": {"requested": b.get("requested") or (exp.get("baseline") or {}).get("dtype") or DASH,
+                     "resolved": b.get("resolved") or DASH, "note": b.get("note") or ""},
+        "measure": table(["Setting", "Value"], measure, "lr"),
+        "models": table(["Model", "Id", "Task", "Parameters", "Source", "Baseline reference (causal LMs)"],
+                        [_model_row(meta, name) for name in order["models"]], "lllrll"),
+        "workloads": table(["Workload", "Dataset", "Eval samples", "Eval hash"],
+                           [_workload_row(wl, cells) for wl in exp.get("workloads", [])], "llrl"),
+    }
+
+
+def _scheme_row(sc: dict, cells: list) -> list:
+    w, a, cal = sc.get("weights") or {}, sc.get("activations"), sc.get("calibration")
+    mine = [c for c in cells if c.get("scheme") == sc.get("name")]
+    kernels = list(dict.fromkeys(k for c in mine for k in c.get("kernels") or []))
+    info = {k: v for c in mine for k, v in (c.get("kernel_info") or {}).items()}
+    emulated = [k for k in kernels if (info.get(k) or {}).get("emulated")]
+    gran = w.get("granularity", DASH) + (f" ({w['group_size']})" if w.get("group_size") else "")
+    act = "weight-only" if not a else " ".join([
+        f"{a.get('bits')}-bit", "signed" if a.get("signed") else "unsigned",
+        "sym" if a.get("symmetric") else "asym", str(a.get("granularity")),
+        "dynamic" if a.get("dynamic") else "static"])
+    return [sc.get("name"), w.get("bits", DASH), "signed" if w.get("signed") else "unsigned",
+            "sym" if w.get("symmetric") else "asym", gran, act, ", ".join(sc.get("ops") or []),
+            ", ".join(sc.get("exclude") or []) or "none", _calibration_text(cal, a, mine),
+            ", ".join(kernels) or DASH,
+            (f"yes ({', '.join(emulated)})" if emulated else "no") if kernels else DASH]
+
+
+def _calibration_text(cal: dict | None, activations, mine: list) -> str:
+    """Calibration as configured, with the hash and overlap the cells recorded."""
+    if not cal:
+        return "none (dynamic)" if activations else "none (weight-only)"
+    got = next((c["calibration"] for c in mine if c.get("calibration")), None) or {}
+    bits = [str(cal.get("dataset")), f"{cal.get('size')} samples", str(cal.get("method"))]
+    if got.get("hash"):
+        bits.append(f"hash {str(got['hash'])[:8]}")
+    ov = got.get("overlap_with_eval")
+    bits.append("overlap not checked" if ov is None else
+                "no overlap with eval" if ov == 0 else f"⚠ {ov} samples overlap eval")
+    return ", ".join(bits)
+
+
+def _model_row(meta: dict, name: str) -> list:
+    mm = (meta.get("models") or {}).get(name) or {}
+    p = num(mm.get("params"))
+    refs = mm.get("lm_reference") or {}
+    ref_s = DASH
+    if refs:
+        r0 = next(iter(refs.values()))
+        how = sorted({"reused from cache" if r.get("cache") == "hit" else "computed" for r in refs.values()})
+        ref_s = f"top-{r0.get('k')} of {r0.get('vocab')} tokens per position, {' / '.join(how)}"
+    return [name, mm.get("id", DASH), mm.get("task", DASH), DASH if p is None else f"{sig(p / 1e6)}M",
+            mm.get("source_origin") or DASH, ref_s]
+
+
+def _workload_row(wl: dict, cells: list) -> list:
+    ev = next((c["evaluation"] for c in cells
+               if c.get("workload") == wl.get("name") and c.get("evaluation")), None) or {}
+    return [wl.get("name"), wl.get("dataset"), ev.get("n", DASH), str(ev.get("hash") or DASH)[:8]]
+
+
+def hardware(meta: dict) -> dict:
+    hw = meta.get("hardware") or {}
+    gib = num(hw.get("ram_bytes"))
+    freq = [sig(f) for f in hw.get("cpu_freq_mhz") or []]
+    gpus = []
+    for g in hw.get("gpus") or []:
+        extra = [f"{num(g['memory_bytes']) / 2 ** 30:.1f} GiB" if num(g.get("memory_bytes")) else None,
+                 *(f"{label} {g[k]}" if g.get(k) is not None else None for label, k in (
+                     ("driver", "driver"), ("CUDA", "cuda_runtime"), ("compute capability", "compute_capability"))),
+                 f"{sig(g['power_limit_w'])} W limit" if num(g.get("power_limit_w")) else None,
+                 f"SM/mem clock {sig(g.get('sm_clock_mhz'))}/{sig(g.get('mem_clock_mhz'))} MHz"
+                 if g.get("sm_clock_mhz") or g.get("mem_clock_mhz") else None]
+        extra = ", ".join(e for e in extra if e)
+        gpus.append(f"#{g.get('index')} {g.get('name')}" + (f" ({extra})" if extra else ""))
+    items = [
+        ("CPU", f"{hw.get('cpu_model') or DASH} ({hw.get('cpu_arch') or DASH})"),
+        ("Cores", f"{hw.get('physical_cores') or DASH} physical / {hw.get('logical_cores') or DASH} logical"),
+        ("CPU frequency (current / max MHz)", " / ".join(freq) or DASH),
+        ("CPU governor", hw.get("cpu_governor") or DASH),
+        ("RAM", DASH if gib is None else f"{gib / 2 ** 30:.1f} GiB"),
+        ("ISA flags", ", ".join(hw.get("cpu_flags") or []) or "none detected"),
+        ("GPU(s)", "; ".join(gpus) or "none"),
+        ("OS", hw.get("os") or DASH),
+        ("Python", hw.get("python") or DASH),
+        ("Packages", ", ".join(f"{k} {v}" for k, v in (hw.get("packages") or {}).items()) or DASH),
+        ("torch threads", hw.get("torch_threads") or DASH),
+        ("torch CPU capability", hw.get("torch_cpu_capability") or DASH),
+        ("Device used", meta.get("device") or DASH),
+        ("git commit", meta.get("git_commit") or "unknown"),
+        ("qbench version", meta.get("qbench_version") or DASH),
+    ]
+    return table(["Item", "Value"], [list(i) for i in items])
+
+
+def reproduce(meta: dict) -> dict:
+    import yaml
+
+    text = yaml.safe_dump(meta.get("experiment") or {}, sort_keys=False, allow_unicode=True)
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return {"command": meta.get("command") or DASH, "experiment_file": meta.get("experiment_file") or DASH,
+            "yaml": text, "fence": "`" * max(3, longest + 1)}
