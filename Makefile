@@ -19,7 +19,9 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(VENV)/bin/qbench run $(EXP)
 
+# The import contract first (the layers of ARCHITECTURE.md, pyproject.toml [tool.importlinter]), then the suite.
 test: setup browser
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 # Chromium for tests/report/test_browser.py (driven by playwright, which never downloads a browser

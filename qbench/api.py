@@ -1,13 +1,16 @@
-"""The Python facade behind the CLI: validate, plan, run, card, env."""
+"""The Python facade behind the CLI: validate, plan, dry_run, run, card, compare, gates, env, lists.
+
+Everything the `qbench` command does goes through here, so a Python user has the same entry points.
+"""
 from __future__ import annotations
 
-import subprocess
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
-from qbench.errors import ConfigError, RunError
+from qbench.errors import ConfigError, GateFailed, RunError  # noqa: F401  (part of the facade)
 from qbench.schema import Experiment, load_experiment
 
 
@@ -18,6 +21,10 @@ class RunOutcome:
     statuses: dict[str, str]     # cell id -> ok | failed | skipped
     card: dict[str, Path]
     gates: list = field(default_factory=list)   # one verdict per gate (qbench.report.gates)
+
+    @property
+    def failed(self) -> list[str]:
+        return [c for c, s in self.statuses.items() if s == "failed"]
 
 
 def validate(paths: list[str | Path]) -> list[Experiment]:
@@ -34,112 +41,114 @@ def plan(path: str | Path, *, with_torch: bool = False):
 
 
 def preflight(exp: Experiment, source: str | Path = "experiment") -> None:
-    """Everything that can fail on bad input fails here, before any measurement."""
-    from qbench.datasets import pools
-    from qbench.errors import DatasetError
-    from qbench.models import check_model_ref
+    """The checks of an experiment's inputs that need no torch (model ids, datasets, sizes)."""
+    from qbench.runner.preflight import check_inputs
 
-    for i, m in enumerate(exp.models):
-        try:
-            check_model_ref(m)
-        except ConfigError:
-            raise
-        except Exception as e:
-            raise ConfigError(str(e), where=f"{source}: models[{i}].id") from None
-    need = {w.dataset: exp.measure.eval_samples for w in exp.workloads}
-    for i, w in enumerate(exp.workloads):
-        try:
-            _, evaluation = pools(w.dataset, seed=exp.measure.seed)
-        except DatasetError as e:
-            raise ConfigError(str(e), where=f"{source}: workloads[{i}].dataset") from None
-        if len(evaluation) < need[w.dataset]:
-            raise ConfigError(f"{w.dataset} holds {len(evaluation)} evaluation samples, measure.eval_samples "
-                              f"asks for {need[w.dataset]}", where=f"{source}: workloads[{i}].dataset")
-        if max(exp.measure.batch_sizes) > exp.measure.eval_samples:
-            raise ConfigError(f"largest batch size {max(exp.measure.batch_sizes)} exceeds eval_samples "
-                              f"{exp.measure.eval_samples}", where=f"{source}: measure.batch_sizes")
-    for i, s in enumerate(exp.schemes):
-        spec = exp.calibration_dataset(s)
-        if spec is None:
-            continue
-        try:
-            calibration, _ = pools(spec, seed=exp.measure.seed)
-        except DatasetError as e:
-            raise ConfigError(str(e), where=f"{source}: schemes[{i}].calibration.dataset") from None
-        if len(calibration) < s.calibration.size:
-            raise ConfigError(f"{spec} holds {len(calibration)} calibration samples, {s.calibration.size} "
-                              "requested", where=f"{source}: schemes[{i}].calibration.size")
+    check_inputs(exp, source)
+
+
+def dry_run(path: str | Path, *, log: Callable[[str], None] = print):
+    """Every check `run` makes before measuring (meta-device shapes included), then the plan; measures
+    nothing. Raises ConfigError (exit 2) for what the real run would reject."""
+    exp = load_experiment(path)
+    the_plan, _ = _checked_plan(exp, path, log)
+    return the_plan
+
+
+def _checked_plan(exp: Experiment, source, log):
+    """(plan, hardware) after every pre-measurement check, warnings logged."""
+    from qbench.hardware import detect
+    from qbench.runner.plan import make_plan
+    from qbench.runner.preflight import check_inputs, preflight as check_all
+
+    check_inputs(exp, source)              # cheap checks first: a bad path fails before torch loads
+    for w in exp.warnings():
+        log(f"warning: {source}: {w}")
+    hw = detect(include_torch=True)
+    the_plan = make_plan(exp, hw)
+    check_all(the_plan, source, warn=lambda s: log(f"warning: {s}"))
+    return the_plan, hw
 
 
 def git_commit() -> Optional[str]:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=5, cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    """The commit of qbench's source tree (with -dirty when it has changes), or None outside a checkout."""
+    from qbench.hardware.provenance import git_commit as commit
+
+    return commit()
 
 
-def run(path: str | Path, *, out: str | Path = "reports", resume: Optional[str | Path] = None,
-        progress: bool = True, log: Callable[[str], None] = print) -> RunOutcome:
-    """Run an experiment end to end and render its card."""
-    import qbench
-    from qbench.hardware import detect, fingerprint
-    from qbench.results.table import write_json_atomic
-    from qbench.runner.execute import execute, finished_meta, now
-    from qbench.runner.plan import make_plan
+def run(path: Optional[str | Path] = None, *, out: str | Path = "reports", resume: Optional[str | Path] = None,
+        progress: bool = True, log: Callable[[str], None] = print, executor: str = "auto") -> RunOutcome:
+    """Run an experiment end to end and render its card.
 
-    exp = load_experiment(path)
-    preflight(exp, path)
-    for w in exp.warnings():
-        log(f"warning: {path}: {w}")
-    hw = detect(include_torch=True)
-    the_plan = make_plan(exp, hw)
-    from qbench.runner.preflight import check
+    With `resume`, finish the run in that folder: the experiment is the one the folder stores; a `path`
+    given too must describe the same measurements (its gates may differ).
+    """
+    from qbench.runner.executors import executor_for
+    from qbench.runner.execute import execute, finished_meta
 
-    check(the_plan, path, warn=lambda s: log(f"warning: {s}"))
-    resolved = exp.model_dump(mode="json")
-    if resume:
-        run_dir = Path(resume)
-        old = _read_meta(run_dir)
-        if _measured(old.get("experiment") or {}) != _measured(resolved):
-            raise ConfigError("the experiment changed since this run started; start a new run instead of "
-                              "--resume", where=str(path))
-        meta = dict(old, experiment=resolved)  # gates may change between runs; they judge, not measure
-    else:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        run_dir = Path(out) / exp.name / f"{stamp}-{fingerprint(hw)}"
-        run_dir.mkdir(parents=True, exist_ok=False)
-        meta = {
-            "qbench_version": qbench.__version__, "created": now(), "finished": None,
-            "experiment_name": exp.name, "experiment_file": str(path), "experiment": resolved,
-            "hardware": hw.to_dict(), "hardware_summary": hw.summary(), "fingerprint": fingerprint(hw),
-            "git_commit": git_commit(), "device": the_plan.device, "command": f"qbench run {path}",
-            "baseline": {"requested": exp.baseline.dtype, "resolved": the_plan.baseline_dtype,
-                         "note": the_plan.baseline_note},
-            "plan": {"cells": [c.id for c in the_plan.cells] + [c.id for c, _ in the_plan.skipped],
-                     "skipped": [{"cell": c.id, "reason": r} for c, r in the_plan.skipped]},
-            "status": "running",
-        }
-        write_json_atomic(run_dir / "meta.json", meta)
+    if path is None and resume is None:
+        raise ConfigError("give an experiment file, or --resume RUN_DIR to finish a run")
+    exp, source = _experiment(path, resume)
+    the_plan, hw = _checked_plan(exp, source, log)
+    run_dir, meta = _resume_dir(Path(resume), exp, source) if resume else _new_dir(exp, the_plan, hw, out, source)
     for line in the_plan.describe()[:2]:
         log(line)
     log(f"writing to {run_dir}")
-    statuses = execute(the_plan, run_dir, meta, log=log, progress=progress)
+    statuses = execute(the_plan, run_dir, meta, log=log, progress=progress,
+                       executor=executor_for(exp.measure, executor))
     meta = finished_meta(run_dir, meta, statuses)
-    from qbench.report import render_card
-
-    card = render_card(run_dir)
+    card_paths = card(run_dir)
     verdicts = gate_verdicts(run_dir)
-    from qbench.report.gates import verdict_lines
-
     for line in verdict_lines(verdicts):
         log(line)
-    return RunOutcome(run_dir, meta["status"], statuses, card, verdicts)
+    return RunOutcome(run_dir, meta["status"], statuses, card_paths, verdicts)
+
+
+def _experiment(path, resume) -> tuple[Experiment, str]:
+    """The experiment to run and how to name it in messages: the file, else the one a run folder stores."""
+    if path is not None:
+        return load_experiment(path), str(path)
+    stored = _read_meta(Path(resume)).get("experiment")
+    if not stored:
+        raise ConfigError("this run folder stores no experiment; give the experiment file too", where=str(resume))
+    try:
+        return Experiment.model_validate(stored), f"{resume}/meta.json"
+    except Exception as e:
+        raise ConfigError(f"the stored experiment no longer validates ({e}); give the experiment file too",
+                          where=str(resume)) from None
+
+
+def _resume_dir(run_dir: Path, exp: Experiment, source: str) -> tuple[Path, dict]:
+    old = _read_meta(run_dir)
+    resolved = exp.model_dump(mode="json")
+    if _measured(old.get("experiment") or {}) != _measured(resolved):
+        raise ConfigError("the experiment changed since this run started; start a new run instead of "
+                          "--resume", where=source)
+    return run_dir, dict(old, experiment=resolved)  # gates may change between runs; they judge, not measure
+
+
+def _new_dir(exp: Experiment, the_plan, hw, out, source: str) -> tuple[Path, dict]:
+    import qbench
+    from qbench.hardware import fingerprint
+    from qbench.runner.execute import now, write_meta
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = Path(out) / exp.name / f"{stamp}-{fingerprint(hw)}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    meta = {
+        "qbench_version": qbench.__version__, "created": now(), "finished": None,
+        "experiment_name": exp.name, "experiment_file": source, "experiment": exp.model_dump(mode="json"),
+        "hardware": hw.to_dict(), "hardware_summary": hw.summary(), "fingerprint": fingerprint(hw),
+        "git_commit": git_commit(), "device": the_plan.device, "command": f"qbench run {source}",
+        "baseline": {"requested": exp.baseline.dtype, "resolved": the_plan.baseline_dtype,
+                     "note": the_plan.baseline_note},
+        "plan": {"cells": [c.id for c in the_plan.cells] + [c.id for c, _ in the_plan.skipped],
+                 "skipped": [{"cell": c.id, "reason": r} for c, r in the_plan.skipped]},
+        "status": "running",
+    }
+    write_meta(run_dir, meta)
+    return run_dir, meta
 
 
 def _measured(experiment: dict) -> dict:
@@ -147,22 +156,14 @@ def _measured(experiment: dict) -> dict:
     return {k: v for k, v in experiment.items() if k != "gates"}
 
 
-def gate_verdicts(run_dir: str | Path) -> list:
-    """Gate verdicts of a rendered card (evaluated once, while the card context was built)."""
-    import json
-
-    card = json.loads((Path(run_dir) / "card.json").read_text(encoding="utf-8"))
-    return card.get("gates") or []
-
-
 def _read_meta(run_dir: Path) -> dict:
-    import json
-
     p = Path(run_dir) / "meta.json"
     if not p.is_file():
         raise ConfigError("not a qbench run directory (no meta.json)", where=str(run_dir))
     return json.loads(p.read_text(encoding="utf-8"))
 
+
+# ---------------------------------------------------------------- cards, gates, compare, export
 
 def card(run_dir: str | Path) -> dict[str, Path]:
     """Re-render card.md / card.html / card.json from a results directory (no measurement)."""
@@ -172,10 +173,114 @@ def card(run_dir: str | Path) -> dict[str, Path]:
     return render_card(Path(run_dir))
 
 
+def gate_verdicts(run_dir: str | Path) -> list:
+    """Gate verdicts of a rendered card (evaluated once, while the card context was built)."""
+    data = json.loads((Path(run_dir) / "card.json").read_text(encoding="utf-8"))
+    return data.get("gates") or []
+
+
+def verdict_lines(verdicts: list) -> list[str]:
+    """One printable line per gate verdict."""
+    from qbench.report.gates import verdict_lines as lines
+
+    return lines(verdicts)
+
+
+def gates_failed(verdicts: list) -> bool:
+    """True when any gate failed or had no data to judge."""
+    from qbench.report.gates import gates_failed as failed
+
+    return failed(verdicts)
+
+
+def compare(run_a: str | Path, run_b: str | Path, out: Optional[str | Path] = None) -> dict[str, Path]:
+    """compare.md / .html / .json of run B against run A; ConfigError when either is not a run folder."""
+    from qbench.report.compare import compare_runs
+
+    try:
+        return compare_runs(run_a, run_b, out)
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+
+
+def hf_snippet(run_dir: str | Path, model: Optional[str] = None, scheme: Optional[str] = None) -> Path:
+    """A Hugging Face model-card snippet for one model and scheme of a run."""
+    from qbench.report.hf_export import write_hf_snippet
+
+    try:
+        return write_hf_snippet(run_dir, model=model, scheme=scheme)
+    except ValueError as e:
+        raise ConfigError(str(e), where=str(run_dir)) from None
+
+
+def card_schema() -> dict:
+    """JSON Schema of card.json."""
+    from qbench.report.card_schema import card_schema as schema
+
+    return schema()
+
+
+def record_schema(kind: str) -> dict:
+    """JSON Schema of what a run writes: "cell" (cells/<id>.json) or "meta" (meta.json), as the current
+    runner writes them."""
+    from qbench.results.schemas import cell_schema, meta_schema
+
+    if kind not in ("cell", "meta"):
+        raise ConfigError(f"no record schema '{kind}'; use cell or meta")
+    return cell_schema() if kind == "cell" else meta_schema()
+
+
+def experiment_schema() -> str:
+    """JSON Schema of experiment files."""
+    from qbench.schema import json_schema
+
+    return json_schema()
+
+
+# ---------------------------------------------------------------- the machine and what qbench offers
+
 def env():
+    """This machine's hardware and software, as every run records it."""
     from qbench.hardware import detect
 
     return detect(include_torch=True)
 
 
-__all__ = ["RunOutcome", "RunError", "validate", "plan", "run", "card", "env", "preflight"]
+def fingerprint(info) -> str:
+    """The short stable id of a machine's hardware and software (8 hex characters)."""
+    from qbench.hardware import fingerprint as fp
+
+    return fp(info)
+
+
+def kernels() -> dict:
+    """Registered kernels by name."""
+    from qbench.engine.kernels import KERNELS
+
+    return dict(KERNELS.items())
+
+
+def bundled_models() -> dict:
+    """Models qbench loads by a short id, with their origin and how to install them."""
+    from qbench.models.loaders import BUNDLED
+
+    return dict(BUNDLED)
+
+
+def builtin_datasets() -> dict[str, str]:
+    """Built-in datasets by name, with a description."""
+    from qbench.datasets import BUILTIN_SUITES
+
+    return dict(BUILTIN_SUITES)
+
+
+def bench_gemm(argv: list[str], prog: str = "qbench bench gemm") -> dict:
+    """The GEMM benchmark (qbench.bench.gemm) with command-line arguments."""
+    from qbench.bench.gemm import main
+
+    return main(argv, prog=prog)
+
+
+__all__ = ["RunOutcome", "RunError", "GateFailed", "validate", "plan", "dry_run", "run", "card", "compare",
+           "gate_verdicts", "verdict_lines", "gates_failed", "hf_snippet", "card_schema", "record_schema", "experiment_schema",
+           "env", "fingerprint", "kernels", "bundled_models", "builtin_datasets", "bench_gemm", "preflight"]

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from qbench.errors import QbenchError
+from qbench.errors import ConfigError, GateFailed, QbenchError, RunError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark quantized models against their baseline and render quantization cards.")
@@ -20,7 +20,7 @@ def _err(msg: str) -> None:
 
 
 def handled(fn):
-    """Turn qbench errors into one line on stderr and their exit code (2 bad input, 1 run failure)."""
+    """Turn qbench errors into one line on stderr and their exit code (qbench.errors lists them)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -29,43 +29,45 @@ def handled(fn):
             _err(str(e))
             raise typer.Exit(e.exit_code)
         except KeyboardInterrupt:
-            _err("interrupted; finished cells are on disk (qbench run EXP --resume RUN_DIR)")
+            _err("interrupted; finished cells are on disk (qbench run --resume RUN_DIR)")
             raise typer.Exit(130)
     return wrapper
 
 
 @app.command()
 @handled
-def run(experiment: Path = typer.Argument(..., help="Experiment YAML file."),
+def run(experiment: Optional[Path] = typer.Argument(None, help="Experiment YAML file (optional with --resume: "
+                                                     "the run folder stores its experiment)."),
         out: Path = typer.Option(Path("reports"), "--out", help="Base folder; the run goes in OUT/<name>/<time>-<hw>/."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the plan; measure nothing."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Make every check the run makes before measuring "
+                                     "(model shapes included) and print the plan; measure nothing."),
         resume: Optional[Path] = typer.Option(None, "--resume", help="Finish an interrupted run in this folder."),
+        executor: str = typer.Option("auto", "--executor", help="How cells run: auto (in process, or a "
+                                     "subprocess per cell when measure.isolate or cell_timeout_s is set), "
+                                     "inprocess or subprocess."),
         no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars.")):
     """Quantize, measure, and render the card of an experiment."""
     import signal
 
     from qbench import api
 
-    # SIGTERM (a scheduler, a CI timeout) stops like Ctrl-C: finished cells are already on disk
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    log = lambda s: typer.echo(s, err=True)  # noqa: E731
     if dry_run:
-        api.preflight(api.validate([experiment])[0], experiment)
-        for line in api.plan(experiment).describe():
+        if experiment is None:
+            raise ConfigError("--dry-run needs an experiment file")
+        for line in api.dry_run(experiment, log=log).describe():
             typer.echo(line)
         return
+    # SIGTERM (a scheduler, a CI timeout) stops like Ctrl-C: finished cells are already on disk
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     outcome = api.run(experiment, out=out, resume=resume, progress=not no_progress and sys.stderr.isatty(),
-                      log=lambda s: typer.echo(s, err=True))
-    failed = [c for c, s in outcome.statuses.items() if s == "failed"]
+                      log=log, executor=executor)
     for kind, path in outcome.card.items():
         typer.echo(f"{kind}: {path}")
-    if failed:
-        _err(f"{len(failed)} cell(s) failed: {', '.join(failed)} (reasons in the card)")
-        raise typer.Exit(1)
-    from qbench.report.gates import gates_failed
-
-    if gates_failed(outcome.gates):
-        _err("a gate failed (verdicts above and in the card)")
-        raise typer.Exit(3)
+    if outcome.failed:
+        raise RunError(f"{len(outcome.failed)} cell(s) failed: {', '.join(outcome.failed)} (reasons in the card)")
+    if api.gates_failed(outcome.gates):
+        raise GateFailed("a gate failed (verdicts above and in the card)")
 
 
 @app.command()
@@ -93,18 +95,10 @@ def card(results_dir: Path = typer.Argument(..., help="A run folder (holds meta.
 
     for kind, path in api.card(results_dir).items():
         typer.echo(f"{kind}: {path}")
-    from qbench.report.gates import verdict_lines
-
-    for line in verdict_lines(api.gate_verdicts(results_dir)):
+    for line in api.verdict_lines(api.gate_verdicts(results_dir)):
         typer.echo(line)
     if hf:
-        from qbench.errors import ConfigError
-        from qbench.report.hf_export import write_hf_snippet
-
-        try:
-            typer.echo(f"hf: {write_hf_snippet(results_dir, model=model, scheme=scheme)}")
-        except ValueError as e:
-            raise ConfigError(str(e), where=str(results_dir)) from None
+        typer.echo(f"hf: {api.hf_snippet(results_dir, model=model, scheme=scheme)}")
 
 
 @app.command()
@@ -114,9 +108,9 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     import json
 
     from qbench import api
-    from qbench.hardware import fingerprint
 
     info = api.env()
+    fingerprint = api.fingerprint
     if as_json:
         typer.echo(json.dumps(dict(info.to_dict(), fingerprint=fingerprint(info)), indent=2))
         return
@@ -130,18 +124,21 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
 
 @app.command()
 @handled
-def schema(card_schema: bool = typer.Option(False, "--card", help="Print the JSON Schema of card.json instead.")):
-    """JSON Schema of experiment files (or, with --card, of card.json)."""
-    if card_schema:
-        import json
+def schema(card_schema: bool = typer.Option(False, "--card", help="Print the JSON Schema of card.json instead."),
+           cell: bool = typer.Option(False, "--cell", help="Print the JSON Schema of a run's cells/<id>.json."),
+           meta: bool = typer.Option(False, "--meta", help="Print the JSON Schema of a run's meta.json.")):
+    """JSON Schema of experiment files (or of card.json, cell files, meta.json)."""
+    import json
 
-        from qbench.report.card_schema import card_schema as load
+    from qbench import api
 
-        typer.echo(json.dumps(load(), indent=1))
+    if card_schema + cell + meta > 1:
+        raise ConfigError("choose one of --card, --cell, --meta")
+    if card_schema or cell or meta:
+        typer.echo(json.dumps(api.card_schema() if card_schema else api.record_schema("cell" if cell else "meta"),
+                              indent=1))
         return
-    from qbench.schema import json_schema
-
-    typer.echo(json_schema())
+    typer.echo(api.experiment_schema())
 
 
 @app.command()
@@ -153,13 +150,9 @@ def compare(run_a: Path = typer.Argument(..., help="Reference run folder."),
     """Compare two runs: deltas with intervals, warnings when hardware or software differ."""
     import json
 
-    from qbench.errors import ConfigError
-    from qbench.report.compare import compare_runs
+    from qbench import api
 
-    try:
-        paths = compare_runs(run_a, run_b, out)
-    except FileNotFoundError as e:
-        raise ConfigError(str(e)) from None
+    paths = api.compare(run_a, run_b, out)
     ctx = json.loads(Path(paths["compare.json"]).read_text(encoding="utf-8"))
     for w in ctx.get("warnings", []):
         typer.echo(f"warning: {w}", err=True)
@@ -171,26 +164,21 @@ def compare(run_a: Path = typer.Argument(..., help="Reference run folder."),
 @handled
 def list_(what: str = typer.Argument("kernels", help="kernels, models or datasets")):
     """List kernels, bundled models or built-in datasets."""
-    if what == "kernels":
-        from qbench.engine.kernels import KERNELS
+    from qbench import api
 
-        for name, k in KERNELS.items():
+    if what == "kernels":
+        for name, k in api.kernels().items():
             typer.echo(f"{name:18s} {'emulated' if k.emulated else k.arithmetic:8s} "
                        f"{'/'.join(k.devices):9s} {k.backend}")
     elif what == "models":
-        from qbench.models.loaders import BUNDLED
-
-        for name, (_, _, _, origin, install) in BUNDLED.items():
-            typer.echo(f"{name:10s} {origin} ({install})")
+        for name, b in api.bundled_models().items():
+            typer.echo(f"{name:10s} {b.origin} ({b.install})")
         typer.echo("hf:<id>    any transformers model by hub id or local directory")
     elif what == "datasets":
-        from qbench.datasets import BUILTIN_SUITES
-
-        for name, desc in BUILTIN_SUITES.items():
+        for name, desc in api.builtin_datasets().items():
             typer.echo(f"{name:14s} {desc}")
         typer.echo("<path>.txt / <path>.jsonl  user files")
     else:
-        from qbench.errors import ConfigError
         from qbench.registry import did_you_mean
 
         raise ConfigError(f"cannot list '{what}'{did_you_mean(what, ['kernels', 'models', 'datasets'])}; "
@@ -206,10 +194,10 @@ app.add_typer(bench_app, name="bench")
                    add_help_option=False)
 def bench_gemm(ctx: typer.Context):
     """GEMM benchmark: qbench's int8/int4 kernels against fp32, bf16 and the best CPU peers (--help for options)."""
-    from qbench.bench.gemm import main as gemm_main
+    from qbench import api
 
     try:
-        gemm_main(list(ctx.args), prog="qbench bench gemm")
+        api.bench_gemm(list(ctx.args), prog="qbench bench gemm")
     except SystemExit as e:               # argparse: --help exits 0, bad options exit 2; a message: bad input
         if isinstance(e.code, str):
             _err(e.code)

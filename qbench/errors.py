@@ -1,6 +1,11 @@
 """One error hierarchy. Every error a user can cause carries its exit code.
 
-Exit codes: 0 ok, 1 run failure, 2 invalid input (experiment file, dataset, model path, options).
+Exit codes of the `qbench` command:
+  0    ok
+  1    a run failure: a cell failed (RunError), or an unexpected error
+  2    invalid input: experiment file, dataset, model path, options, a kernel that cannot run (ConfigError, ...)
+  3    the run finished but a gate failed or had no data to judge (GateFailed)
+  130  interrupted (Ctrl-C or SIGTERM); finished cells are on disk and `qbench run --resume RUN_DIR` finishes
 """
 from __future__ import annotations
 
@@ -43,3 +48,9 @@ class RunError(QbenchError):
     """A run finished with failed cells or could not finish."""
 
     exit_code = 1
+
+
+class GateFailed(QbenchError):
+    """A run finished and its card was written, but a gate failed or had no data to judge."""
+
+    exit_code = 3

@@ -1,14 +1,61 @@
-"""Checks that need the models' shapes, run before any measurement (exit 2 on failure).
+"""Every check a run makes before it measures anything (exit 2 on failure); `qbench run --dry-run` makes
+the same ones.
 
-Models are built from their config on the `meta` device: every module and shape, no weights read.
+`check_inputs` needs no torch: model ids, datasets and their sizes. `check` needs the models' shapes:
+they are built from their config on the `meta` device (every module and shape, no weights read) to check
+kernels, context length and group sizes against the real layers.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
 
-from qbench.errors import ConfigError, KernelUnavailable, ModelError
+from qbench.errors import ConfigError, DatasetError, KernelUnavailable, ModelError
 from qbench.runner.plan import Plan
+from qbench.schema import Experiment
+
+
+def preflight(plan: Plan, source: str | Path, warn: Callable[[str], None]) -> None:
+    """All checks, inputs first, then shapes: what `qbench run` and `qbench run --dry-run` both call."""
+    check_inputs(plan.experiment, source)
+    check(plan, source, warn)
+
+
+def check_inputs(exp: Experiment, source: str | Path = "experiment") -> None:
+    """Model ids, datasets and their sizes (calibration pools included); no torch."""
+    from qbench.models import check_model_ref
+
+    for i, m in enumerate(exp.models):
+        try:
+            check_model_ref(m)
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(str(e), where=f"{source}: models[{i}].id") from None
+    if max(exp.measure.batch_sizes) > exp.measure.eval_samples:
+        raise ConfigError(f"largest batch size {max(exp.measure.batch_sizes)} exceeds eval_samples "
+                          f"{exp.measure.eval_samples}", where=f"{source}: measure.batch_sizes")
+    for i, w in enumerate(exp.workloads):
+        _check_pool(w.dataset, exp.measure.seed, exp.measure.eval_samples, "evaluation", "measure.eval_samples asks "
+                    f"for {exp.measure.eval_samples}", f"{source}: workloads[{i}].dataset", evaluation=True)
+    for i, s in enumerate(exp.schemes):
+        spec = exp.calibration_dataset(s)
+        if spec is not None:
+            _check_pool(spec, exp.measure.seed, s.calibration.size, "calibration",
+                        f"{s.calibration.size} requested", f"{source}: schemes[{i}].calibration", evaluation=False)
+
+
+def _check_pool(spec: str, seed: int, need: int, kind: str, asked: str, where: str, evaluation: bool) -> None:
+    from qbench.datasets import pools
+
+    try:
+        calibration, evaluation_pool = pools(spec, seed=seed)
+    except DatasetError as e:
+        raise ConfigError(str(e), where=f"{where}.dataset" if not evaluation else where) from None
+    held = len(evaluation_pool if evaluation else calibration)
+    if held < need:
+        raise ConfigError(f"{spec} holds {held} {kind} samples, {asked}",
+                          where=where if evaluation else f"{where}.size")
 
 
 def check(plan: Plan, source: str | Path, warn: Callable[[str], None]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.runner.test_execute import SCHEMES, write_experiment
+from tests.runner.support import SCHEMES, write_experiment
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

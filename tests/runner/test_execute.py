@@ -2,46 +2,15 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from qbench import api
 from qbench.results import load_results
+from tests.runner.support import SCHEMES, write_experiment
 
 pytestmark = pytest.mark.slow
-
-
-def write_experiment(tmp_path: Path, models: dict, schemes: str, name: str = "tiny") -> Path:
-    model_lines = "\n".join(f"  - {{id: 'hf:{d}', name: {n}}}" for n, d in models.items())
-    text = textwrap.dedent("""\
-        schema_version: 1
-        name: {name}
-        models:
-        {models}
-        device: cpu
-        baseline: {{dtype: fp32}}
-        schemes:
-        {schemes}
-        workloads:
-          - {{name: text, dataset: "builtin:text"}}
-          - {{name: code, dataset: "builtin:code"}}
-        measure: {{batch_sizes: [1, 4], seq_len: 32, warmup: 1, repeats: 3, prompt_tokens: 8, generate_tokens: 8,
-                  decode_tokens: 4, eval_samples: 8}}
-        """).format(name=name, models=model_lines, schemes=textwrap.indent(schemes, ""))
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(text)
-    return path
-
-
-SCHEMES = """\
-  - name: w8a8
-    weights: {bits: 8, granularity: per_channel}
-    activations: {bits: 8, granularity: per_token}
-  - name: w4g16
-    weights: {bits: 4, symmetric: false, granularity: per_group, group_size: 16}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +50,19 @@ def test_rows_carry_measurements_for_each_task(tiny_run):
     wb = frame[frame.metric == "weight_bytes"].pivot_table(index=["model", "scheme"], columns="variant",
                                                            values="value", aggfunc="first")
     assert (wb["quantized"] < wb["baseline"]).all()
-    # kernels recorded on every row
-    assert set(frame[frame.scheme == "w8a8"].kernel) == {"int8_native"}
-    assert set(frame[frame.scheme == "w4g16"].kernel) == {"int4_wo_native"}
+    # kernels recorded on every row: the first of the preference order this host can run (int8_native and
+    # int4_wo_native with AVX-512 VNNI and a C compiler)
+    from qbench.engine.api import activation_spec, weight_spec
+    from qbench.engine.kernels import select_kernel
+    from qbench.schema import load_experiment
+
+    for scheme in load_experiment(tiny_run[0]).schemes:
+        expected = select_kernel(weight_spec(scheme), activation_spec(scheme), "cpu").name
+        assert set(frame[frame.scheme == scheme.name].kernel) == {expected}
+    native = api.kernels()["int8_native"]
+    if native.supports(weight_spec(load_experiment(tiny_run[0]).schemes[0]),
+                       activation_spec(load_experiment(tiny_run[0]).schemes[0]), "cpu") is None:
+        assert set(frame[frame.scheme == "w8a8"].kernel) == {"int8_native"}
 
 
 def test_quantized_lm_drifts_but_stays_close(tiny_run):
@@ -221,3 +200,35 @@ def test_noise_floor_and_reference_reuse_across_runs(tiny_models, tmp_path, monk
     assert caches[1]["builtin:text"]["key"] == caches[0]["builtin:text"]["key"]
     assert {r["cache"] for r in caches[0].values()} == {"miss"}
     assert {r["cache"] for r in caches[1].values()} == {"hit"}
+
+
+def test_every_cell_records_the_machine_it_ran_on(tiny_run):
+    """Provenance per cell, not per run: hardware, fingerprint and a host hash (never the host name)."""
+    import socket
+
+    _, outcome = tiny_run
+    here = api.env()
+    for p in (outcome.run_dir / "cells").glob("*.json"):
+        c = json.loads(p.read_text())
+        assert c["fingerprint"] == api.fingerprint(here)
+        assert c["hardware"]["cpu_model"] == here.to_dict()["cpu_model"]
+        assert len(c["host"]) == 12 and socket.gethostname() not in json.dumps(c)
+
+
+def test_the_subprocess_executor_gives_the_same_numbers(tiny_models, tmp_path):
+    """Executors differ in where a cell runs, not in what it measures."""
+    exp = write_experiment(tmp_path, {"bert": tiny_models["bert"]}, SCHEMES.split("  - name: w4g16")[0], name="ex")
+    exp.write_text(exp.read_text().replace("eval_samples: 8}", "eval_samples: 8, threads: 1}"))
+    runs = {name: api.run(exp, out=tmp_path / name, progress=False, log=lambda s: None, executor=name)
+            for name in ("inprocess", "subprocess")}
+
+    def quality(run_dir):
+        cells = [json.loads(p.read_text()) for p in sorted((run_dir / "cells").glob("*.json"))]
+        keep = {"cosine_mean", "cosine_min", "nn_agreement", "weight_bytes"}   # deterministic rows
+        return [(c["cell"], c["quant_map"], sorted((r["metric"], r["variant"], r["value"]) for r in c["rows"]
+                                                   if r["metric"] in keep)) for c in cells]
+
+    assert runs["inprocess"].status == runs["subprocess"].status == "ok"
+    assert quality(runs["inprocess"].run_dir) == quality(runs["subprocess"].run_dir)
+    with pytest.raises(Exception, match="unknown executor 'ray2'"):
+        api.run(exp, out=tmp_path / "bad", progress=False, log=lambda s: None, executor="ray2")

@@ -103,7 +103,7 @@ def test_run_on_gpu_records_kernels_telemetry_and_card(tiny_models, tmp_path):
     import json
 
     from qbench import api
-    from tests.runner.test_execute import SCHEMES, write_experiment
+    from tests.runner.support import SCHEMES, write_experiment
 
     path = write_experiment(tmp_path, {"gpt2": tiny_models["gpt2"], "bert": tiny_models["bert"]}, SCHEMES)
     path.write_text(path.read_text().replace("device: cpu", "device: cuda").replace("dtype: fp32", "dtype: fp16"))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from qbench import api
-from tests.runner.test_execute import SCHEMES, write_experiment
+from tests.runner.support import SCHEMES, write_experiment
 
 pytestmark = pytest.mark.slow
 QUALITY = {"cosine_mean", "cosine_min", "nn_agreement", "ppl", "log_ppl_ratio", "kl_mean", "kl_p99",
@@ -62,10 +62,37 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(tiny_models, tmp_
         assert json.loads(p.read_text())["status"] == "ok"
     assert not (run_dir / "card.md").exists()
 
-    resumed = api.run(exp, resume=run_dir, progress=False, log=lambda s: None)
-    assert resumed.status == "ok"
-    assert _quality(resumed.run_dir) == _quality(whole.run_dir)
-    assert _card_sections(resumed.run_dir) == _card_sections(whole.run_dir)
+    # the run folder holds its experiment: `qbench run --resume RUN_DIR` alone finishes it
+    exp.unlink()
+    resumed = subprocess.run([sys.executable, "-m", "qbench.cli", "run", "--resume", str(run_dir), "--no-progress"],
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming: {len(finished)} cell(s) already finished" in resumed.stderr
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "ok"
+    assert _quality(run_dir) == _quality(whole.run_dir)
+    assert _card_sections(run_dir) == _card_sections(whole.run_dir)
+
+
+def test_resume_with_a_changed_experiment_is_refused(tiny_run_dir, tmp_path):
+    """--resume RUN_DIR with an experiment file checks that it describes the stored measurements."""
+    from qbench.errors import ConfigError
+
+    exp, run_dir = tiny_run_dir
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(exp.read_text().replace("repeats: 3", "repeats: 4"))
+    with pytest.raises(ConfigError, match="the experiment changed since this run started"):
+        api.run(changed, resume=run_dir, progress=False, log=lambda s: None)
+    gated = tmp_path / "gated.yaml"               # gates judge, they do not measure: a new gate is allowed
+    gated.write_text(exp.read_text() + "gates:\n  - {metric: cosine_mean, min: 0.5}\n")
+    again = api.run(gated, resume=run_dir, progress=False, log=lambda s: None)
+    assert again.status == "ok" and len(again.gates) == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_run_dir(tiny_models, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("resumable")
+    exp = write_experiment(tmp, {"bert": tiny_models["bert"]}, SCHEMES.split("  - name: w4g16")[0], name="res")
+    return exp, api.run(exp, out=tmp / "reports", progress=False, log=lambda s: None).run_dir
 
 
 def test_isolated_cells_and_timeouts(tiny_models, tmp_path):

@@ -1,0 +1,181 @@
+"""One cell (model x scheme x workload) as its stages: quantize, quality, size, speed, record.
+
+`run_cell` never mutates its config and never writes to disk: it returns the cell record, and the
+executor that ran it hands the record to the driver, which writes it.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import traceback
+from typing import Callable, Optional
+
+from qbench.runner.cellstate import ModelState
+from qbench.runner.plan import Cell, Plan
+
+
+def cell_header(cell: Cell, status: str, reason: str = "") -> dict:
+    """The record of a cell before (or instead of) its measurements: ok, skipped or failed."""
+    return {"cell": cell.id, "model": cell.model.display, "scheme": cell.scheme.name,
+            "workload": cell.workload.name, "task": None, "status": status, "reason": reason,
+            "rows": [], "quant_map": [], "unmatched_excludes": [], "kernels": [], "kernel_info": {},
+            "calibration": None, "evaluation": None}
+
+
+def failed_record(cell: Cell, e: BaseException) -> dict:
+    """A failed cell with the exception as its reason and a short traceback."""
+    record = cell_header(cell, "failed", f"{type(e).__name__}: {e}")
+    record["traceback"] = traceback.format_exc(limit=8)
+    return record
+
+
+def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
+    """Quantize a copy of the baseline, measure quality and paired speed, and return the cell record.
+
+    On a CUDA device the cell also records GPU telemetry, peak GPU memory and energy (runner.gpu).
+    """
+    gpu = None
+    if plan.device.startswith("cuda"):
+        from qbench.runner.gpu import GpuCell
+
+        gpu = GpuCell(plan.device)
+        gpu.begin()  # peak-memory counters reset, NVML snapshot before the cell
+    try:
+        quant, records, cal_info = quantize_stage(plan, cell, state)
+        rows = quality_stage(plan, cell, state, quant)
+        rows += size_stage(state, quant, records)
+        rows += speed_stage(plan, cell, state, quant, gpu)
+        gpu_record = None
+        if gpu is not None:
+            gpu_rows, gpu_record = gpu.end(state.loaded.model, quant)
+            rows += gpu_rows
+        return record_stage(plan, cell, state, rows, records, cal_info, gpu_record)
+    finally:
+        if gpu is not None:
+            gpu.close()
+
+
+def quantize_stage(plan: Plan, cell: Cell, state: ModelState):
+    """(quantized copy of the baseline, realized per-module map, calibration provenance)."""
+    from qbench.engine.api import quantize_
+
+    quant = copy.deepcopy(state.loaded.model)
+    calibrate, cal_info = calibration(plan, cell, state)
+    records = quantize_(quant, cell.scheme, device=plan.device, calibrate=calibrate)
+    return quant, records, cal_info
+
+
+def quality_stage(plan: Plan, cell: Cell, state: ModelState, quant) -> list[dict]:
+    """Encoders: embedding agreement; causal LMs: token statistics against the cached top-k reference and,
+    when generation is measured, greedy continuations against the baseline's."""
+    from qbench.runner.measure import encoder_quality, generation_rows, lm_rows, lm_stats, outputs
+
+    task, m = state.loaded.task, plan.experiment.measure
+    batch, ref = state.inputs[cell.workload.name], state.reference[cell.workload.name]
+    if task == "encoder":
+        return encoder_quality(ref, outputs(quant, task, batch))
+    topk = ref["topk"]
+    rows = lm_rows(lm_stats(quant, batch, topk), topk["k"], topk["vocab"])
+    if ref.get("gen") is not None:
+        import torch
+
+        from qbench.metrics.lm import greedy
+
+        q_gen = torch.cat([greedy(quant, p, m.generate_tokens).cpu() for p in ref["prompts"].split(16)])
+        rows += generation_rows(ref["gen"], q_gen, ref["prompts"].cpu(), state.loaded.tokenizer,
+                                python=is_python(cell.workload.dataset))
+    return rows
+
+
+def size_stage(state: ModelState, quant, records) -> list[dict]:
+    """Weight bytes as held, baseline and quantized."""
+    from qbench.runner.measure import row
+
+    q_bytes = sum(t.numel() * t.element_size() for t in [*quant.parameters(), *quant.buffers()])
+    q_bytes += sum(r.bytes_after for r in records if r.applied)
+    method = "bytes of parameters, buffers and quantized weight state (codes, scales, zero points, sums)"
+    return [row("weight_bytes", state.baseline_bytes, "bytes", method, "baseline"),
+            row("weight_bytes", q_bytes, "bytes", method, "quantized")]
+
+
+def speed_stage(plan: Plan, cell: Cell, state: ModelState, quant, gpu) -> list[dict]:
+    """Paired, interleaved timing per batch size, with the process's peak RSS and the CPU contention seen."""
+    from qbench.metrics.timing import ForeignCpu, RssSampler
+    from qbench.runner.measure import lm_speed_rows, row, speed_rows
+
+    m, task, base = plan.experiment.measure, state.loaded.task, state.loaded.model
+    batch = state.inputs[cell.workload.name]
+    rows: list[dict] = []
+    with RssSampler() as rss, ForeignCpu() as foreign, (gpu.timing() if gpu else contextlib.nullcontext()):
+        for bs in m.batch_sizes:
+            if bs > batch["input_ids"].shape[0]:
+                raise ValueError(f"batch size {bs} exceeds the {batch['input_ids'].shape[0]} evaluation samples")
+            if task == "causal_lm":
+                rows += lm_speed_rows(base, quant, batch, bs, m.seq_len, m.decode_tokens, m.warmup, m.repeats,
+                                      plan.device)
+            else:
+                rows += speed_rows(base, quant, task, batch, bs, m.seq_len, m.warmup, m.repeats, plan.device)
+            if gpu is not None:
+                from qbench.runner.gpu import cell_energy_rows
+
+                rows += cell_energy_rows(gpu, base, quant, task, batch, bs, m.seq_len, m.decode_tokens)
+    rows.append(row("peak_rss_bytes", rss.peak, "bytes", "peak resident set size of the process while "
+                    "timing (baseline and quantized models both resident), sampled every 2 ms", "paired"))
+    rows.append(row("foreign_cpu_cores", foreign.cores, "cores", "average CPU cores busy with other processes "
+                    "while timing (system busy time minus this process's, over wall time); above 0.25 the "
+                    "timings are contended", "paired"))
+    return rows
+
+
+def record_stage(plan: Plan, cell: Cell, state: ModelState, rows: list[dict], records, cal_info,
+                 gpu_record: Optional[dict]) -> dict:
+    """Stamp every row with its cell and kernel, and assemble the cell record."""
+    from qbench.engine.api import unmatched_excludes
+    from qbench.engine.kernels import KERNELS
+
+    task, m = state.loaded.task, plan.experiment.measure
+    kernels = sorted({r.kernel for r in records if r.applied})
+    for r in rows:
+        r.update(cell=cell.id, model=cell.model.display, task=task, scheme=cell.scheme.name,
+                 workload=cell.workload.name, kernel=",".join(kernels), status="ok", reason="")
+    record = cell_header(cell, "ok")
+    suite = state.suites[cell.workload.name]
+    record.update(
+        task=task, rows=rows, quant_map=[r.to_dict() for r in records], kernels=kernels,
+        unmatched_excludes=unmatched_excludes(state.loaded.model, cell.scheme.exclude),
+        kernel_info={k: {"backend": KERNELS.get(k).backend, "emulated": KERNELS.get(k).emulated}
+                     for k in kernels if k in KERNELS},
+        calibration=cal_info,
+        evaluation={"dataset": cell.workload.dataset, "n": len(suite.evaluation),
+                    "hash": suite.evaluation_hash, "seq_len": m.seq_len})
+    if gpu_record is not None:
+        record["gpu"] = gpu_record
+    return record
+
+
+def is_python(dataset: str) -> bool:
+    """Workloads whose text is Python source: generation is also checked for syntax."""
+    return dataset == "builtin:code" or dataset.endswith(".py.txt") or dataset.endswith(".py.jsonl")
+
+
+def calibration(plan: Plan, cell: Cell, state: ModelState) -> tuple[Optional[Callable], Optional[dict]]:
+    """A function running calibration samples through a model, and their provenance."""
+    scheme = cell.scheme
+    if scheme.calibration is None:
+        return None, None
+    from qbench.datasets import load_suite
+    from qbench.runner.measure import outputs, tokenize
+
+    exp, m = plan.experiment, plan.experiment.measure
+    spec = exp.calibration_dataset(scheme)
+    suite = load_suite(spec, calibration_size=scheme.calibration.size, evaluation_size=0, seed=m.seed)
+    evaluation = state.suites[cell.workload.name].evaluation
+    eval_keys = {s.sha256 for s in evaluation} | {s.source for s in evaluation}
+    overlap = sum(1 for s in suite.calibration if s.sha256 in eval_keys or s.source in eval_keys)
+    batch = tokenize(state.loaded.tokenizer, [s.text for s in suite.calibration], m.seq_len, plan.device)
+    info = {"dataset": spec, "size": len(suite.calibration), "method": scheme.calibration.method,
+            "hash": suite.calibration_hash, "overlap_with_eval": overlap, "seq_len": m.seq_len,
+            "used": scheme.activations is not None and not scheme.activations.dynamic}
+    if not info["used"]:
+        return None, info
+    return (lambda model: outputs(model, state.loaded.task, batch)), info
