@@ -174,6 +174,7 @@ def list_(what: str = typer.Argument("kernels", help="kernels, models or dataset
         for name, b in api.bundled_models().items():
             typer.echo(f"{name:10s} {b.origin} ({b.install})")
         typer.echo("hf:<id>    any transformers model by hub id or local directory")
+        typer.echo("gguf:<path> any local GGUF file transformers can dequantize (baseline: its dequantization)")
     elif what == "datasets":
         for name, desc in api.builtin_datasets().items():
             typer.echo(f"{name:14s} {desc}")

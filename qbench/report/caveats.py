@@ -12,8 +12,27 @@ MIN_EVAL = 30     # fewer evaluation samples than this and quality intervals are
 
 def caveats(ix: Index, meta: dict, cells: list) -> list:
     """Sentences on what limits the card: emulation, baseline, noise, contention, GPU, failures, samples."""
-    return [*_emulation(cells), *_baseline(meta), *_timing(ix), *(s for c in cells for s in _gpu(c)),
-            *_missing(meta, cells), *_samples(meta, cells)]
+    return [*_emulation(cells), *_baseline(meta), *_source(meta, cells), *_timing(ix),
+            *(s for c in cells for s in _gpu(c)), *_missing(meta, cells), *_samples(meta, cells)]
+
+
+def _source(meta: dict, cells: list) -> list:
+    """Models whose weights were already quantized (GGUF): the baseline is a dequantization, and a scheme
+    whose grid contains the file's grid measures nothing on those weights."""
+    out = []
+    for name, mm in (meta.get("models") or {}).items():
+        fmt = mm.get("source_format")
+        if fmt:
+            what = fmt.get("file_type") or "a quantized GGUF file"
+            out.append(f"{name}'s weights were quantized before qbench saw them ({what}): its baseline is their "
+                       "fp32 dequantization, not the original model, and every degradation is measured against "
+                       "that.")
+    flagged: dict = {}
+    for c in cells:
+        if c.get("source_grid"):
+            flagged.setdefault((c.get("model"), c.get("scheme")), c["source_grid"])
+    out += [f"{model} / {scheme}: {why}." for (model, scheme), why in flagged.items()]
+    return out
 
 
 def _emulation(cells: list) -> list:

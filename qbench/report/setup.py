@@ -73,7 +73,20 @@ def _model_row(meta: dict, name: str) -> list:
         how = sorted({"reused from cache" if r.get("cache") == "hit" else "computed" for r in refs.values()})
         ref_s = f"top-{r0.get('k')} of {r0.get('vocab')} tokens per position, {' / '.join(how)}"
     return [name, mm.get("id", DASH), mm.get("task", DASH), DASH if p is None else f"{sig(p / 1e6)}M",
-            mm.get("source_origin") or DASH, ref_s]
+            _source_text(mm), ref_s]
+
+
+def _source_text(mm: dict) -> str:
+    """Where the weights came from; for a model that was quantized before qbench saw it (a GGUF file), what
+    the baseline really is."""
+    text = mm.get("source_origin") or DASH
+    fmt = mm.get("source_format")
+    if fmt:
+        types = ", ".join(f"{n} {t}" for t, n in sorted((fmt.get("tensor_types") or {}).items(),
+                                                         key=lambda kv: -kv[1]))
+        text += (f" [dequantized from {fmt.get('file_type') or 'a quantized file'}"
+                 f"{' (' + types + ')' if types else ''}, sha256 {str(fmt.get('sha256', ''))[:12]}]")
+    return text
 
 
 def _workload_row(wl: dict, cells: list) -> list:

@@ -149,6 +149,9 @@ class CellRecord(_Record):
     hardware: Optional[dict] = Field(None, description="The machine the cell ran on (HardwareInfo.to_dict()).")
     fingerprint: Optional[str] = Field(None, description="Short stable id of that machine's hardware.")
     host: Optional[str] = Field(None, description="Hash of the host name the cell ran on.")
+    source_grid: Optional[str] = Field(None, description="Why this scheme's weight grid contains the grid the "
+                                       "model's source file already stored (its zero error there measures "
+                                       "nothing); None when it provably does not, or the model was float.")
 
     @classmethod
     def strict_required(cls, data: dict) -> tuple[str, ...]:
@@ -200,6 +203,9 @@ class ModelInfo(_Record):
     baseline_bytes: int = Field(ge=0)
     max_positions: Optional[int]
     lm_reference: Optional[dict[str, LmReference]] = Field(None, description="Causal LMs: per dataset.")
+    source_format: Optional[dict] = Field(None, description="Models whose weights were quantized before qbench "
+                                          "saw them (GGUF): file, sha256, architecture, file type, tensors per "
+                                          "GGML type (LoadedModel.source_format without its per-tensor list).")
 
 
 class RunMeta(_Record):

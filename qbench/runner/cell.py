@@ -148,9 +148,25 @@ def record_stage(plan: Plan, cell: Cell, state: ModelState, rows: list[dict], re
         calibration=cal_info,
         evaluation={"dataset": cell.workload.dataset, "n": len(suite.evaluation),
                     "hash": suite.evaluation_hash, "seq_len": m.seq_len})
+    grid = source_grid(state, cell, records)
+    if grid:
+        record["source_grid"] = grid
     if gpu_record is not None:
         record["gpu"] = gpu_record
     return record
+
+
+def source_grid(state: ModelState, cell: Cell, records) -> Optional[str]:
+    """Why the scheme's weight grid contains the grid the model's source file stored (a GGUF model's weights
+    were quantized before qbench saw them), on the modules this cell quantized; None when it does not."""
+    fmt = state.loaded.source_format
+    names = [f"{r.name}.weight" for r in records if r.applied]     # parameter names, as the grid records name them
+    if not fmt or not names:
+        return None
+    from qbench.models.source_grid import reproduces_source_grid
+
+    w = cell.scheme.weights
+    return reproduces_source_grid(fmt, w.bits, w.symmetric, w.granularity, w.group_size, tensors=names)
 
 
 def is_python(dataset: str) -> bool:

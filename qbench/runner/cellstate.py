@@ -48,6 +48,8 @@ def load_model_state(plan: Plan, cell: Cell) -> tuple[ModelState, dict]:
     nbytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     info = {"id": cell.model.id, "task": loaded.task, "source_origin": loaded.origin, "params": params,
             "baseline_bytes": nbytes, "max_positions": loaded.max_positions}
+    if loaded.source_format is not None:     # per-tensor grid records stay in the loader's cache, not in meta
+        info["source_format"] = {k: v for k, v in loaded.source_format.items() if k != "tensors"}
     inputs, reference, suites = {}, {}, {}
     for wl in exp.workloads:
         suite = load_suite(wl.dataset, calibration_size=0, evaluation_size=m.eval_samples, seed=m.seed)

@@ -124,18 +124,21 @@ class ModelRef(_Strict):
     """A model to benchmark."""
 
     id: str = Field(
-        min_length=1, description="`minilm` (bundled offline all-MiniLM-L6-v2), or `hf:<hub id or local "
-        "directory>` for any transformers model."
+        min_length=1, description="A bundled model (`minilm`: all-MiniLM-L6-v2; `reflm`: qbench's reference LM; "
+        "`smollm2-135m`: SmolLM2-135M-Instruct from a Q4_1 GGUF; `gemma3-270m`: Gemma-3-270M from a Q4_K_M GGUF, "
+        "optional, under the Gemma Terms of Use), `hf:<hub id or local directory>` for any transformers model, or "
+        "`gguf:<path to a .gguf file>` for any GGUF file transformers can dequantize. A GGUF model's baseline is "
+        "the fp32 dequantization of its already-quantized weights (the card says so)."
     )
     name: Optional[str] = Field(None, max_length=80, description="Display name (defaults to the id).")
     task: Literal["auto", "encoder", "causal_lm"] = Field(
         "auto", description="How the model is run and scored; auto reads the model config."
     )
     revision: Optional[str] = Field(None, description="Hub revision (branch, tag or commit) for hf: ids.")
-    trust_remote_code: bool = Field(False, description="Allow code shipped with the model to run.")
+    trust_remote_code: bool = Field(False, description="Allow code shipped with the model to run (hf: ids only).")
     allow_pickle: bool = Field(
         False, description="Allow pickle weight files (.bin), which can run code when loaded; by default "
-        "only safetensors weights are read."
+        "only safetensors weights are read (hf: ids only)."
     )
 
     @property
