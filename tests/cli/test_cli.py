@@ -122,7 +122,7 @@ def test_light_commands_do_not_import_torch(argv, tmp_path):
 def test_validate_default_experiment():
     out = qbench("validate", "experiments/int8_vs_fp16.yaml")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "experiments/int8_vs_fp16.yaml: ok (2 models x 6 schemes x 2 workloads)"
+    assert out.stdout.strip() == "experiments/int8_vs_fp16.yaml: ok (2 models x 3 schemes x 2 workloads)"
     assert out.stderr == ""
 
 
@@ -229,10 +229,10 @@ def test_dry_run_default_experiment(tmp_path):
     plan = make_plan_for(DEFAULT)
     lines = out.stdout.splitlines()
     assert lines == plan.describe()
-    assert len(plan.cells) == 24
+    assert len(plan.cells) == 12
     for cell in plan.cells:
         assert f"  run  {cell.id}" in lines
-    assert lines[0].startswith(f"experiment int8_vs_fp16: 24 cells on {plan.device}, baseline ")
+    assert lines[0].startswith(f"experiment int8_vs_fp16: 12 cells on {plan.device}, baseline ")
     if plan.device == "cpu" and not has_fast_fp16(detect(include_torch=False), "cpu")[0]:
         assert "baseline fp32 (requested fp16, ran fp32: " in lines[0]
 
@@ -247,7 +247,7 @@ def test_dry_run_on_cpu_prints_the_fp32_note(tmp_path):
     out = qbench("run", exp, "--dry-run")
     assert out.returncode == 0, out.stderr
     first = out.stdout.splitlines()[0]
-    assert "12 cells on cpu, baseline fp32 (requested fp16, ran fp32: CPU lacks AVX512-FP16/AMX" in first
+    assert "6 cells on cpu, baseline fp32 (requested fp16, ran fp32: CPU lacks AVX512-FP16/AMX" in first
 
 
 def test_dry_run_cuda_without_gpu(tmp_path):

@@ -89,13 +89,11 @@ def test_shipped_experiment_round_trips(path):
 
 def test_default_experiment_contents():
     exp = load_experiment(DEFAULT)
-    assert [s.name for s in exp.schemes] == ["w8a8-per-channel", "w8a8-static", "w8-per-channel", "w4-per-group",
-                                             "w4-per-tensor", "torch-ao-dynamic"]
-    assert [m.id for m in exp.models] == ["minilm", "reflm"]
+    assert [s.name for s in exp.schemes] == ["w8a8-per-channel", "w8-per-channel", "w4-per-group"]
+    assert [m.id for m in exp.models] == ["minilm", "smollm2-135m"]
     assert [w.name for w in exp.workloads] == ["text", "code"]
     assert exp.baseline.dtype == "fp16"
-    assert exp.calibration_dataset(exp.schemes[1]) == "builtin:text"
-    assert exp.calibration_dataset(exp.schemes[0]) is None
+    assert all(exp.calibration_dataset(s) is None for s in exp.schemes)   # dynamic activations: no calibration
 
 
 def test_models_are_frozen():
@@ -205,7 +203,8 @@ def _mutated(mutate) -> str:
     (lambda d: d["schemes"][0].update(ops=["conv"]), "schemes[0].ops[0]", "got 'conv'"),
     (lambda d: d["schemes"][0].update(ops=[]), "schemes[0].ops", "at least 1"),
     (lambda d: d["schemes"][0].update(name="has space"), "schemes[0].name", "pattern"),
-    (lambda d: d["schemes"][1]["calibration"].update(methd="mse"), "schemes[1].calibration.methd",
+    (lambda d: d["schemes"][1].update(calibration={"dataset": "text", "size": 8, "methd": "mse"}),
+     "schemes[1].calibration.methd",
      "did you mean 'method'"),
     (lambda d: d["schemes"][0]["activations"].update(granularity="per_row"),
      "schemes[0].activations.granularity", "got 'per_row'"),
@@ -232,7 +231,7 @@ def test_valid_devices(device):
 
 @pytest.mark.parametrize("dataset", ["builtin:code", "data/calib.txt", "x.jsonl", "code"])
 def test_calibration_dataset_may_be_workload_or_spec(dataset):
-    exp = parse_experiment(_mutated(lambda d: d["schemes"][1]["calibration"].update(dataset=dataset)))
+    exp = parse_experiment(_mutated(lambda d: d["schemes"][1].update(calibration={"dataset": dataset, "size": 8})))
     expected = "builtin:code" if dataset == "code" else dataset
     assert exp.calibration_dataset(exp.schemes[1]) == expected
 
