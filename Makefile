@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 EXP    ?= experiments/int8_vs_fp16.yaml
 
-.PHONY: setup run test browser bench clean
+.PHONY: setup run test browser bench clean llamacpp
 
 setup: $(VENV)/.installed
 
@@ -22,8 +22,14 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(VENV)/bin/qbench run $(EXP)
 
+# the [llamacpp] extra (llama-cpp-python, compiled once from source) for the llama.cpp oracle tests
+llamacpp: $(VENV)/.llamacpp
+$(VENV)/.llamacpp: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[llamacpp]"
+	touch $@
+
 # The import contract first (the layers of ARCHITECTURE.md, pyproject.toml [tool.importlinter]), then the suite.
-test: setup browser
+test: setup browser llamacpp
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
