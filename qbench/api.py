@@ -59,14 +59,14 @@ def _checked_plan(exp: Experiment, source, log):
     """(plan, hardware) after every pre-measurement check, warnings logged."""
     from qbench.hardware import detect
     from qbench.runner.plan import make_plan
-    from qbench.runner.preflight import check_inputs, preflight as check_all
+    from qbench.runner.preflight import check, check_inputs
 
     check_inputs(exp, source)              # cheap checks first: a bad path fails before torch loads
     for w in exp.warnings():
         log(f"warning: {source}: {w}")
     hw = detect(include_torch=True)
     the_plan = make_plan(exp, hw)
-    check_all(the_plan, source, warn=lambda s: log(f"warning: {s}"))
+    check(the_plan, source, warn=lambda s: log(f"warning: {s}"))   # shapes on the meta device
     return the_plan, hw
 
 

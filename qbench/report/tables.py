@@ -107,7 +107,7 @@ def gpu(ix: Index, cells: list) -> dict | None:
         g = c.get("gpu")
         if not g:
             continue
-        b, a, t = g.get("before") or {}, g.get("after") or {}, g.get("while_timed") or {}
+        b, a = g.get("before") or {}, g.get("after") or {}
         m, s, w = c.get("model"), c.get("scheme"), c.get("workload")
         bss = ix.batch_sizes(m, s, w)
         energy = DASH

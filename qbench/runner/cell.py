@@ -16,10 +16,14 @@ from qbench.runner.plan import Cell, Plan
 
 def cell_header(cell: Cell, status: str, reason: str = "") -> dict:
     """The record of a cell before (or instead of) its measurements: ok, skipped or failed."""
-    return {"cell": cell.id, "model": cell.model.display, "scheme": cell.scheme.name,
-            "workload": cell.workload.name, "task": None, "status": status, "reason": reason,
-            "rows": [], "quant_map": [], "unmatched_excludes": [], "kernels": [], "kernel_info": {},
-            "calibration": None, "evaluation": None}
+    return blank_record({"cell": cell.id, "model": cell.model.display, "scheme": cell.scheme.name,
+                         "workload": cell.workload.name}, status, reason)
+
+
+def blank_record(names: dict, status: str, reason: str = "") -> dict:
+    """A record with no measurements, for the cell that `names` (cell, model, scheme, workload) identifies."""
+    return dict(names, task=None, status=status, reason=reason, rows=[], quant_map=[], unmatched_excludes=[],
+                kernels=[], kernel_info={}, calibration=None, evaluation=None)
 
 
 def failed_record(cell: Cell, e: BaseException) -> dict:

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 from qbench.atomic import write_json_atomic
 from qbench.results.records import CellRecord, RunMeta
 from qbench.results.table import load_results
-from qbench.runner.cell import cell_header
+from qbench.runner.cell import blank_record, cell_header
 from qbench.runner.cellstate import setup_torch
 from qbench.runner.executors import Executor, executor_for
 from qbench.runner.plan import Plan
@@ -72,10 +72,9 @@ def write_cell(run_dir: Path, record: dict) -> None:
     try:
         CellRecord.model_validate(record, context={"strict": True})
     except ValidationError as e:
-        bad = {k: record.get(k) for k in ("cell", "model", "scheme", "workload", "seconds", "finished")}
-        record = dict(bad, task=None, status="failed", reason=f"the cell's record is malformed: {e}", rows=[],
-                      quant_map=[], unmatched_excludes=[], kernels=[], kernel_info={}, calibration=None,
-                      evaluation=None)
+        kept = ("cell", "model", "scheme", "workload", "seconds", "finished", "hardware", "fingerprint", "host")
+        record = blank_record({k: record[k] for k in kept if k in record}, "failed",
+                              f"the cell's record is malformed: {e}")
     write_json_atomic(Path(run_dir) / "cells" / f"{record['cell']}.json", record)
 
 

@@ -15,12 +15,6 @@ from qbench.runner.plan import Plan
 from qbench.schema import Experiment
 
 
-def preflight(plan: Plan, source: str | Path, warn: Callable[[str], None]) -> None:
-    """All checks, inputs first, then shapes: what `qbench run` and `qbench run --dry-run` both call."""
-    check_inputs(plan.experiment, source)
-    check(plan, source, warn)
-
-
 def check_inputs(exp: Experiment, source: str | Path = "experiment") -> None:
     """Model ids, datasets and their sizes (calibration pools included); no torch."""
     from qbench.models import check_model_ref

@@ -131,8 +131,6 @@ SPECS = [(bits, sym, gran, gs) for bits in (4, 8) for sym in (False, True)
 def test_reproduction_verdicts_match_the_error_qbench_measures(smol, layer_tensor):
     """For each scheme: the verdict says exact exactly when quantize -> dequantize with qbench's own primitives
     gives zero error, and the recorded share of exact groups is the share of groups with zero error."""
-    import torch
-
     from qbench.engine.primitives import QuantSpec, dequantize, quantize
 
     name = f"model.layers.3.{layer_tensor}.weight"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -232,3 +231,21 @@ def test_the_subprocess_executor_gives_the_same_numbers(tiny_models, tmp_path):
     assert quality(runs["inprocess"].run_dir) == quality(runs["subprocess"].run_dir)
     with pytest.raises(Exception, match="unknown executor 'ray2'"):
         api.run(exp, out=tmp_path / "bad", progress=False, log=lambda s: None, executor="ray2")
+
+
+def test_a_malformed_record_is_written_as_a_failed_cell(tmp_path):
+    """The driver validates every record before writing it: one the card could not read becomes a failed
+    cell that names the problem and keeps the cell's identity, time and provenance."""
+    from qbench.results.records import CellRecord
+    from qbench.runner.cell import blank_record
+    from qbench.runner.execute import write_cell
+
+    names = {"cell": "m__s__w", "model": "m", "scheme": "s", "workload": "w"}
+    record = dict(blank_record(names, "ok"), task="encoder", seconds=1.5, finished="2026-01-01T00:00:00+00:00",
+                  fingerprint="abcd1234", surprise=1)
+    write_cell(tmp_path, record)
+    written = json.loads((tmp_path / "cells" / "m__s__w.json").read_text())
+    assert written["status"] == "failed" and "malformed" in written["reason"] and "surprise" in written["reason"]
+    assert {k: written[k] for k in (*names, "seconds", "finished", "fingerprint")} == \
+        {**names, "seconds": 1.5, "finished": "2026-01-01T00:00:00+00:00", "fingerprint": "abcd1234"}
+    CellRecord.model_validate(written, context={"strict": True})

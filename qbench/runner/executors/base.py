@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 from qbench.runner.cell import failed_record, run_cell
-from qbench.runner.cellstate import ModelState, load_model_state
+from qbench.runner.cellstate import ModelState
 from qbench.runner.plan import Cell, Plan
 
 
