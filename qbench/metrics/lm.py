@@ -139,11 +139,22 @@ def _decode_step(model) -> Callable:
     return lambda nxt, cache: model(input_ids=nxt[:, None], use_cache=True, **{key: cache})
 
 
+def _prefill(model) -> Callable:
+    """prefill(ids): the forward over a prompt that starts generation. Only the last position's logits are
+    asked for where the model's forward takes `logits_to_keep` (as transformers' generate does), so a prefill
+    does not pay for an output projection of every prompt position that nothing reads."""
+    import inspect
+
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        return lambda ids: model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    return lambda ids: model(input_ids=ids, use_cache=True)
+
+
 @torch.no_grad()
 def greedy(model, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
     """(B, P) prompt -> (B, new_tokens) greedy continuation, with the model's KV cache."""
     step = _decode_step(model)
-    out = model(input_ids=prompt, use_cache=True)
+    out = _prefill(model)(prompt)
     nxt = out.logits[:, -1].argmax(-1)
     toks = [nxt]
     for _ in range(new_tokens - 1):
@@ -187,12 +198,12 @@ def prefill_decode(model, ids: torch.Tensor, decode_tokens: int, sync: Callable[
     With cuda_events the marks are CUDA events on the current stream (read after one final synchronization),
     otherwise perf_counter after a synchronization at each mark.
     """
-    step = _decode_step(model)
+    step, prefill = _decode_step(model), _prefill(model)
     sync()
     marks = [torch.cuda.Event(enable_timing=True) for _ in range(3)] if cuda_events else []
     stamp = (lambda i: marks[i].record()) if cuda_events else (lambda i: sync() or time.perf_counter())
     t0 = stamp(0)
-    out = model(input_ids=ids, use_cache=True)
+    out = prefill(ids)
     nxt = out.logits[:, -1].argmax(-1)
     t1 = stamp(1)
     for _ in range(decode_tokens):

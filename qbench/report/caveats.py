@@ -12,7 +12,7 @@ MIN_EVAL = 30     # fewer evaluation samples than this and quality intervals are
 
 def caveats(ix: Index, meta: dict, cells: list) -> list:
     """Sentences on what limits the card: emulation, baseline, noise, contention, GPU, failures, samples."""
-    return [*_emulation(cells), *_baseline(meta), *_source(meta, cells), *_timing(ix),
+    return [*_emulation(cells), *_runtimes(cells), *_baseline(meta), *_source(meta, cells), *_timing(ix),
             *(s for c in cells for s in _gpu(c)), *_missing(meta, cells), *_samples(meta, cells)]
 
 
@@ -32,6 +32,25 @@ def _source(meta: dict, cells: list) -> list:
         if c.get("source_grid"):
             flagged.setdefault((c.get("model"), c.get("scheme")), c["source_grid"])
     out += [f"{model} / {scheme}: {why}." for (model, scheme), why in flagged.items()]
+    return out
+
+
+def _runtimes(cells: list) -> list:
+    """Schemes a peer runtime ran: what their numbers compare."""
+    seen: dict = {}
+    for c in cells:
+        rt = c.get("runtime")
+        if rt:
+            seen.setdefault((rt.get("name"), rt.get("version"), rt.get("kv_cache")), []).append(c.get("scheme"))
+    out = []
+    for (name, version, kv), schemes in seen.items():
+        kv_text = ("an F32 KV cache and no flash attention" if kv == "f32" else
+                   "its default F16 KV cache and flash-attention choice")
+        out.append(f"{', '.join(dict.fromkeys(schemes))} ran in {name} ({version}), not in qbench's engine: "
+                   f"{name} requantized the baseline's own fp32 weights and ran the whole model (attention, norms, "
+                   f"{kv_text}) on the same threads and token ids. Their speed-ups compare {name} with qbench's "
+                   "PyTorch baseline, and their quality differences include every numeric choice of that runtime, "
+                   "not only its weight format.")
     return out
 
 

@@ -34,6 +34,8 @@ def setup(meta: dict, cells: list, order: dict) -> dict:
 def _scheme_row(sc: dict, cells: list) -> list:
     w, a, cal = sc.get("weights") or {}, sc.get("activations"), sc.get("calibration")
     mine = [c for c in cells if c.get("scheme") == sc.get("name")]
+    if sc.get("runtime"):
+        return _runtime_row(sc, mine)
     kernels = list(dict.fromkeys(k for c in mine for k in c.get("kernels") or []))
     info = {k: v for c in mine for k, v in (c.get("kernel_info") or {}).items()}
     emulated = [k for k in kernels if (info.get(k) or {}).get("emulated")]
@@ -47,6 +49,21 @@ def _scheme_row(sc: dict, cells: list) -> list:
             ", ".join(sc.get("exclude") or []) or "none", _calibration_text(cal, a, mine),
             ", ".join(kernels) or DASH,
             (f"yes ({', '.join(emulated)})" if emulated else "no") if kernels else DASH]
+
+
+def _runtime_row(sc: dict, mine: list) -> list:
+    """A scheme a peer runtime quantized and ran: its file type, the tensor types it chose, what its matmuls
+    do to activations (from the quantization map the cells recorded)."""
+    rt = sc["runtime"]
+    got = next((c for c in mine if c.get("runtime")), None) or {}
+    info = got.get("runtime") or {}
+    types = ", ".join(f"{t} x{n}" for t, n in (info.get("tensor_types") or {}).items()) or DASH
+    acts = sorted({q.get("activations") for q in got.get("quant_map") or [] if q.get("op") != "embedding"})
+    kv = "KV cache F32" if rt.get("kv_cache") == "f32" else "KV cache F16"
+    kernels = list(dict.fromkeys(k for c in mine for k in c.get("kernels") or []))
+    return [sc.get("name"), f"{rt.get('name')} {rt.get('type')}", DASH, DASH, f"tensor types: {types}",
+            "; ".join([*acts, kv]) if acts else kv, f"whole model ({rt.get('name')})",
+            f"{rt.get('name')}'s own rules", "none", ", ".join(kernels) or DASH, "no" if kernels else DASH]
 
 
 def _calibration_text(cal: dict | None, activations, mine: list) -> str:

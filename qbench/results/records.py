@@ -149,6 +149,8 @@ class CellRecord(_Record):
     hardware: Optional[dict] = Field(None, description="The machine the cell ran on (HardwareInfo.to_dict()).")
     fingerprint: Optional[str] = Field(None, description="Short stable id of that machine's hardware.")
     host: Optional[str] = Field(None, description="Hash of the host name the cell ran on.")
+    runtime: Optional[dict] = Field(None, description="Schemes run by a peer runtime (qbench.runtimes): its name, "
+                                    "version, file type, threads, KV cache, realized tensor types and file bytes.")
     source_grid: Optional[str] = Field(None, description="Why this scheme's weight grid contains the grid the "
                                        "model's source file already stored (its zero error there measures "
                                        "nothing); None when it provably does not, or the model was float.")

@@ -44,6 +44,7 @@ def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
 
         gpu = GpuCell(plan.device)
         gpu.begin()  # peak-memory counters reset, NVML snapshot before the cell
+    quant = None
     try:
         quant, records, cal_info = quantize_stage(plan, cell, state)
         rows = quality_stage(plan, cell, state, quant)
@@ -53,16 +54,34 @@ def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
         if gpu is not None:
             gpu_rows, gpu_record = gpu.end(state.loaded.model, quant)
             rows += gpu_rows
-        return record_stage(plan, cell, state, rows, records, cal_info, gpu_record)
+        return record_stage(plan, cell, state, rows, records, cal_info, gpu_record, peer_state(quant))
     finally:
         if gpu is not None:
             gpu.close()
+        if peer_state(quant) is not None:
+            quant.close()      # a peer runtime's model lives outside torch: free it with the cell
+
+
+def peer_state(quant):
+    """The PeerState of a model a peer runtime built (qbench.runtimes), None for qbench's own."""
+    return getattr(quant, "peer", None)
 
 
 def quantize_stage(plan: Plan, cell: Cell, state: ModelState):
-    """(quantized copy of the baseline, realized per-module map, calibration provenance)."""
+    """(quantized copy of the baseline, realized per-module map, calibration provenance). A scheme with a
+    `runtime` gets the peer runtime's own model instead, built from the baseline's weights."""
     from qbench.engine.api import quantize_
 
+    if cell.scheme.runtime is not None:
+        import torch
+
+        from qbench.runtimes import RUNTIMES
+
+        m = plan.experiment.measure
+        peer = RUNTIMES.get(cell.scheme.runtime.name).build(
+            state.loaded, cell.scheme.runtime, threads=torch.get_num_threads(),
+            reserve=max(m.decode_tokens, m.generate_tokens))
+        return peer, peer.peer.records, None
     quant = copy.deepcopy(state.loaded.model)
     calibrate, cal_info = calibration(plan, cell, state)
     records = quantize_(quant, cell.scheme, device=plan.device, calibrate=calibrate)
@@ -95,9 +114,14 @@ def size_stage(state: ModelState, quant, records) -> list[dict]:
     """Weight bytes as held, baseline and quantized."""
     from qbench.runner.measure import row
 
-    q_bytes = sum(t.numel() * t.element_size() for t in [*quant.parameters(), *quant.buffers()])
-    q_bytes += sum(r.bytes_after for r in records if r.applied)
-    method = "bytes of parameters, buffers and quantized weight state (codes, scales, zero points, sums)"
+    peer = peer_state(quant)
+    if peer is not None:
+        q_bytes = peer.held_bytes
+        method = f"bytes of every tensor {peer.kernel} holds (quantized blocks with their scales, norms)"
+    else:
+        q_bytes = sum(t.numel() * t.element_size() for t in [*quant.parameters(), *quant.buffers()])
+        q_bytes += sum(r.bytes_after for r in records if r.applied)
+        method = "bytes of parameters, buffers and quantized weight state (codes, scales, zero points, sums)"
     return [row("weight_bytes", state.baseline_bytes, "bytes", method, "baseline"),
             row("weight_bytes", q_bytes, "bytes", method, "quantized")]
 
@@ -132,7 +156,7 @@ def speed_stage(plan: Plan, cell: Cell, state: ModelState, quant, gpu) -> list[d
 
 
 def record_stage(plan: Plan, cell: Cell, state: ModelState, rows: list[dict], records, cal_info,
-                 gpu_record: Optional[dict]) -> dict:
+                 gpu_record: Optional[dict], peer=None) -> dict:
     """Stamp every row with its cell and kernel, and assemble the cell record."""
     from qbench.engine.api import unmatched_excludes
     from qbench.engine.kernels import KERNELS
@@ -152,7 +176,10 @@ def record_stage(plan: Plan, cell: Cell, state: ModelState, rows: list[dict], re
         calibration=cal_info,
         evaluation={"dataset": cell.workload.dataset, "n": len(suite.evaluation),
                     "hash": suite.evaluation_hash, "seq_len": m.seq_len})
-    grid = source_grid(state, cell, records)
+    if peer is not None:
+        record["kernel_info"] = {peer.kernel: {"backend": peer.backend, "emulated": False}}
+        record["runtime"] = peer.info
+    grid = peer.source_grid if peer is not None else source_grid(state, cell, records)
     if grid:
         record["source_grid"] = grid
     if gpu_record is not None:

@@ -208,7 +208,8 @@ def lm_speed_rows(base_model, quant_model, batch: dict, batch_size: int, seq_len
     rows = []
     for phase, metric, tput, speedup, what, tokens in (
             ("prefill", "latency_ms", "throughput_tok_s", "speedup", f"prefill: one forward pass over {seq_len} "
-             "prompt tokens with the KV cache, up to the first output token (time to first token)",
+             "prompt tokens with the KV cache, up to the first output token (time to first token; logits of the "
+             "last position only where the model's forward takes logits_to_keep)",
              batch_size * seq_len),
             ("decode", "decode_ms_per_token", "decode_tok_s", "decode_speedup", f"decode: {decode_tokens} greedy "
              f"steps with the KV cache after a {seq_len}-token prompt, divided by {decode_tokens} (time per output "

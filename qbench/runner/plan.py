@@ -79,12 +79,19 @@ def make_plan(exp: Experiment, hw: HardwareInfo) -> Plan:
         for scheme in exp.schemes:
             for wl in exp.workloads:
                 cell = Cell(model, scheme, wl)
-                reason = _skip_reason(scheme, device)
+                reason = _skip_reason(scheme, device, model)
                 (skipped.append((cell, reason)) if reason else cells.append(cell))
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
         raise ConfigError("model, scheme or workload names collide after slugging; rename them")
     return Plan(exp, device, dtype, note, tuple(cells), tuple(skipped))
+
+
+def is_gguf_model(model: ModelRef) -> bool:
+    """A model read from a GGUF file (gguf: ids and the bundled GGUF models)."""
+    from qbench.models.bundled import BUNDLED
+
+    return model.id.startswith("gguf:") or (model.id in BUNDLED and BUNDLED[model.id].gguf is not None)
 
 
 # Kernels bound to one device type (kept in step with the kernels' `devices` by a test; no torch here)
@@ -93,8 +100,14 @@ CPU_ONLY_KERNELS = ("int8_native", "int8_onednn", "int8_int_mm", "int8_wo_native
 CUDA_ONLY_KERNELS = ("int8_int_mm_cuda", "triton_int8_wo", "triton_int4_wo", "fp8_e4m3_scaled_mm")
 
 
-def _skip_reason(scheme: Scheme, device: str) -> str:
-    """Decide up front what cannot run on this device (kernels are checked without torch here)."""
+def _skip_reason(scheme: Scheme, device: str, model: ModelRef | None = None) -> str:
+    """Decide up front what cannot run on this device or model (kernels are checked without torch here)."""
+    if scheme.runtime is not None:
+        if not device.startswith("cpu"):
+            return f"{scheme.runtime.name} runs on CPU here, beside a {device} baseline it would not be comparable"
+        if model is not None and not is_gguf_model(model):
+            return f"{scheme.runtime.name} runs causal LMs loaded from GGUF files; {model.display} is not one"
+        return ""
     if scheme.kernel in CPU_ONLY_KERNELS and not device.startswith("cpu"):
         return f"kernel {scheme.kernel} runs on CPU only"
     if scheme.kernel in CUDA_ONLY_KERNELS and not device.startswith("cuda"):

@@ -61,6 +61,11 @@ def check(plan: Plan, source: str | Path, warn: Callable[[str], None]) -> None:
     exp = plan.experiment
     kernels = []
     for i, s in enumerate(exp.schemes):
+        if s.runtime is not None:       # a peer runtime: installed? (it quantizes and runs the model itself)
+            kernels.append(None)
+            if any(c.scheme is s for c in plan.cells):
+                _check_runtime(s, f"{source}: schemes[{i}].runtime")
+            continue
         try:
             kernels.append(select_kernel(weight_spec(s), activation_spec(s), plan.device, s.kernel))
         except KernelUnavailable as e:
@@ -87,7 +92,17 @@ def check(plan: Plan, source: str | Path, warn: Callable[[str], None]) -> None:
                               "the first tokens of the evaluation samples", where=f"{source}: measure.prompt_tokens")
         kinds = classify(model)
         for i, s in enumerate(exp.schemes):
+            if s.runtime is not None:
+                continue
             _check_scheme(model, kinds, ref.display, s, f"{source}: schemes[{i}]", warn, kernels[i])
+
+
+def _check_runtime(scheme, where: str) -> None:
+    from qbench.runtimes import RUNTIMES
+
+    problem = RUNTIMES.get(scheme.runtime.name).problem()
+    if problem:
+        raise ConfigError(f"scheme '{scheme.name}' runs in {scheme.runtime.name}: {problem}", where=where)
 
 
 def _check_scheme(model, kinds, model_name, scheme, where, warn, kernel=None) -> None:

@@ -90,11 +90,52 @@ class Calibration(_Strict):
     percentile: float = Field(99.99, gt=50, le=100, description="Percentile used by method: percentile.")
 
 
+# llama.cpp file types a runtime scheme may ask for (qbench.runtimes.llamacpp.QUANT_TYPES; a test keeps them equal)
+LLAMACPP_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q5_1", "Q4_K_M", "Q4_K_S",
+                  "Q4_0", "Q4_1", "IQ4_NL", "Q3_K_M", "Q3_K_S", "Q3_K_L", "Q2_K")
+
+
+class Runtime(_Strict):
+    """A peer runtime that quantizes and runs the whole model itself, measured in the same cells."""
+
+    name: Literal["llama.cpp"] = Field(
+        description="llama.cpp (the `[llamacpp]` extra): the model's float GGUF (the baseline's own weights) "
+        "requantized by llama.cpp's quantizer and run by llama.cpp on the run's threads. GGUF models only."
+    )
+    type: str = Field(
+        description="llama.cpp's file type, as `llama-quantize` names it: " + ", ".join(LLAMACPP_TYPES) + ". "
+        "llama.cpp picks each tensor's type by its own rules (the card lists what it chose)."
+    )
+    kv_cache: Literal["f16", "f32"] = Field(
+        "f16", description="f16: llama.cpp's defaults (F16 KV cache, flash attention where it chooses to); f32: "
+        "F32 KV cache and no flash attention, so nothing in the runtime rounds below float32 but the weights."
+    )
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, v: str) -> str:
+        if v not in LLAMACPP_TYPES:
+            raise ValueError(f"unknown llama.cpp type '{v}'{did_you_mean(v, LLAMACPP_TYPES)}; known: "
+                             + ", ".join(LLAMACPP_TYPES))
+        return v
+
+
+# Scheme fields that describe qbench's own quantization and mean nothing to a peer runtime
+_ENGINE_ONLY = ("activations", "ops", "exclude", "calibration", "kernel")
+
+
 class Scheme(_Strict):
     """One quantization recipe compared against the baseline."""
 
     name: str = Field(pattern=NAME_PATTERN, description="Unique name shown in the card.")
-    weights: WeightQuant = Field(description="Weight quantization.")
+    weights: Optional[WeightQuant] = Field(
+        None, description="Weight quantization (required unless the scheme names a `runtime`)."
+    )
+    runtime: Optional[Runtime] = Field(
+        None, description="Run the scheme in a peer runtime instead of qbench's engine (e.g. "
+        "`{name: llama.cpp, type: Q4_0}`); the runtime then decides weights and activations, and `weights`, "
+        "`activations`, `ops`, `exclude`, `calibration` and `kernel` must be left out."
+    )
     activations: Optional[ActivationQuant] = Field(
         None, description="Activation quantization; omit for weight-only schemes."
     )
@@ -114,10 +155,32 @@ class Scheme(_Strict):
     )
 
     @model_validator(mode="after")
+    def _weights_or_runtime(self):
+        if self.runtime is None and self.weights is None:
+            raise FieldError(("weights",), "weights is required (or a runtime section)")
+        if self.runtime is not None:
+            if self.weights is not None:
+                raise FieldError(("weights",), f"a {self.runtime.name} scheme takes its weights from "
+                                 f"runtime.type ({self.runtime.type}); leave weights out")
+            for key in _ENGINE_ONLY:
+                if key in self.model_fields_set:
+                    raise FieldError((key,), f"{key} does not apply to a {self.runtime.name} scheme (the runtime "
+                                     "quantizes and runs the whole model itself)")
+        return self
+
+    @model_validator(mode="after")
     def _needs_calibration(self):
         if self.activations is not None and not self.activations.dynamic and self.calibration is None:
             raise FieldError(("calibration",), "static activations (dynamic: false) need a calibration section")
         return self
+
+    @model_serializer(mode="wrap")
+    def _no_runtime(self, handler):
+        # a scheme of qbench's engine dumps exactly as before runtimes existed (meta.json, --resume checks)
+        data = handler(self)
+        if self.runtime is None:
+            data.pop("runtime", None)
+        return data
 
 
 class ModelRef(_Strict):

@@ -49,6 +49,11 @@ BAD_CASES = {
     "device_tpu.yaml": (": device:", "'tpu' is not a device"),
     "schema_version_2.yaml": (": schema_version:", "got 2"),
     "python_tag.yaml": (":5: invalid YAML", "tag not allowed"),
+    "runtime_unknown_type.yaml": (": schemes[0].runtime.type:", "unknown llama.cpp type 'Q4_O'"),
+    "runtime_unknown_name.yaml": (": schemes[0].runtime.name:", "'llama.cpp'"),
+    "runtime_with_weights.yaml": (": schemes[0].weights:", "leave weights out"),
+    "runtime_with_ops.yaml": (": schemes[0].ops:", "does not apply to a llama.cpp scheme"),
+    "scheme_without_weights.yaml": (": schemes[0].weights:", "weights is required (or a runtime section)"),
 }
 
 

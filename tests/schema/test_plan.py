@@ -178,3 +178,33 @@ def test_planning_does_not_import_torch():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+
+
+def _with_llamacpp(**changes):
+    data = yaml.safe_load(DEFAULT.read_text(encoding="utf-8"))
+    data["schemes"] = [*data["schemes"], {"name": "llamacpp-q4_0", "runtime": {"name": "llama.cpp", "type": "Q4_0"}}]
+    data.update(changes)
+    return parse_experiment(yaml.safe_dump(data), source="test.yaml")
+
+
+def test_a_runtime_scheme_runs_on_gguf_models_and_is_skipped_elsewhere_with_its_reason():
+    plan = make_plan(_with_llamacpp(device="cpu"), hw())
+    runs = {c.model.id for c in plan.cells if c.scheme.runtime is not None}
+    skipped = {c.model.id: why for c, why in plan.skipped}
+    assert runs == {"smollm2-135m"}
+    assert skipped.keys() == {"minilm"} and "GGUF" in skipped["minilm"] and "minilm is not one" in skipped["minilm"]
+
+
+def test_a_runtime_scheme_beside_a_gpu_baseline_is_skipped():
+    plan = make_plan(_with_llamacpp(device="cuda"), hw(gpus=(AMPERE,)))
+    reasons = {why for c, why in plan.skipped if c.scheme.runtime is not None}
+    assert len(reasons) == 1 and "runs on CPU here" in next(iter(reasons))
+    assert all(c.scheme.runtime is None for c in plan.cells)
+
+
+def test_a_scheme_without_a_runtime_dumps_as_before():
+    exp = _with_llamacpp()
+    dumped = exp.model_dump(mode="json")["schemes"]
+    assert all("runtime" not in s for s in dumped[:-1])
+    assert dumped[-1]["runtime"] == {"name": "llama.cpp", "type": "Q4_0", "kv_cache": "f16"}
+    assert dumped[-1]["weights"] is None
