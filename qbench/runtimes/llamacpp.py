@@ -125,12 +125,13 @@ def quantized_file(float_file: Path, type_: str, threads: int) -> Path:
     params = lc.llama_model_quantize_default_params()
     params.ftype = getattr(lc, ftype_name(type_))
     params.nthread = threads
-    with atomic_path(dst) as tmp, _quiet():
-        lc.llama_backend_init()
-        rc = lc.llama_model_quantize(str(float_file).encode(), str(tmp).encode(), ctypes.byref(params))
+    with atomic_path(dst) as tmp:
+        with _quiet() as log:
+            lc.llama_backend_init()
+            rc = lc.llama_model_quantize(str(float_file).encode(), str(tmp).encode(), ctypes.byref(params))
         if rc != 0:
             raise ModelError(f"llama.cpp could not quantize {float_file.name} to {type_} (llama_model_quantize "
-                             f"returned {rc})")
+                             f"returned {rc}){log.why()}")
     return dst
 
 
@@ -188,20 +189,38 @@ def _grid_note(type_: str, exact: dict[str, bool], records: list) -> Optional[st
             f"tensors ({shown}): zero quantization error there measures nothing")
 
 
+class _Log:
+    """What llama.cpp wrote to stderr inside a `_quiet()` block."""
+
+    def __init__(self):
+        self.text = ""
+
+    def why(self) -> str:
+        """llama.cpp's own reason for a failure: its first error line (the cause; later ones repeat that
+        something failed), or ''."""
+        lines = [ln.strip() for ln in self.text.splitlines() if "error" in ln.lower() or "failed" in ln.lower()]
+        return f": {lines[0][:300]}" if lines else ""
+
+
 @contextlib.contextmanager
 def _quiet():
-    """llama.cpp logs to the process's stderr from C; keep it off the user's terminal while it works."""
+    """llama.cpp logs to the process's stderr from C: keep it off the user's terminal while it works, and
+    keep it (the yielded _Log) so that a failure can quote llama.cpp's reason."""
     import sys
+    import tempfile
 
+    log = _Log()
     sys.stderr.flush()
     saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield log
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            log.text = sink.read().decode(errors="replace")
 
 
 class LlamaCppModel(PeerModel):
@@ -213,12 +232,12 @@ class LlamaCppModel(PeerModel):
         import llama_cpp as lc
 
         self._lc, self.path, self.threads, self.kv_f32, self.reserve = lc, Path(path), threads, kv_f32, reserve
-        with _quiet():
+        with _quiet() as log:
             lc.llama_backend_init()
             mp = lc.llama_model_default_params()
             self._model = lc.llama_model_load_from_file(str(path).encode(), mp)
         if not self._model:
-            raise ModelError(f"llama.cpp could not load {self.path.name}")
+            raise ModelError(f"llama.cpp could not load {self.path.name}{log.why()}")
         self.n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self._model))
         self.system_info = lc.llama_print_system_info().decode(errors="replace").strip()
         self._ctx = None
@@ -245,10 +264,10 @@ class LlamaCppModel(PeerModel):
             cp.type_k = cp.type_v = lc.GGML_TYPE_F32
             cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cp.no_perf = True
-        with _quiet():
+        with _quiet() as log:
             self._ctx = lc.llama_init_from_model(self._model, cp)
         if not self._ctx:
-            raise ModelError(f"llama.cpp could not create a context of {n_seq} x {per_seq} tokens")
+            raise ModelError(f"llama.cpp could not create a context of {n_seq} x {per_seq} tokens{log.why()}")
         self._batch = lc.llama_batch_init(cap, 0, n_seq)
         self._batch_cap, self._shape = cap, (n_seq, per_seq)
 

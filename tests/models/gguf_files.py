@@ -21,14 +21,16 @@ def _byte_tokens() -> list[str]:
 
 
 def write_llama(path: Path, qtype: str = "Q4_1", arch: str = "llama", tokenizer: bool = True, seed: int = 0,
-                layers: int = 2, dim: int = 64, ff: int = 128, heads: int = 4, kv_heads: int = 2) -> Path:
-    """A random tiny Llama in GGUF: 2-D weights in `qtype`, norms in F32, a byte-level gpt2 tokenizer."""
+                layers: int = 2, dim: int = 64, ff: int = 128, heads: int = 4, kv_heads: int = 2,
+                merges: bool = False) -> Path:
+    """A random tiny Llama in GGUF: 2-D weights in `qtype`, norms in F32, a byte-level gpt2 tokenizer
+    (`merges`: with one BPE merge, "t h", and its token, which llama.cpp's loader requires)."""
     import gguf
     from gguf.quants import quantize
 
     q = gguf.GGMLQuantizationType[qtype]
     rng = np.random.default_rng(seed)
-    tokens = _byte_tokens() + ["<s>", "</s>"]
+    tokens = _byte_tokens() + (["th"] if merges else []) + ["<s>", "</s>"]
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(layers)
     w.add_context_length(128)
@@ -44,8 +46,8 @@ def write_llama(path: Path, qtype: str = "Q4_1", arch: str = "llama", tokenizer:
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("default")
         w.add_token_list(tokens)
-        w.add_token_merges([])
-        w.add_token_types([1] * 256 + [3, 3])
+        w.add_token_merges(["t h"] if merges else [])
+        w.add_token_types([1] * (len(tokens) - 2) + [3, 3])
         w.add_token_scores([0.0] * len(tokens))
         w.add_bos_token_id(len(tokens) - 2)
         w.add_eos_token_id(len(tokens) - 1)

@@ -159,31 +159,39 @@ def test_every_schema_type_is_a_llamacpp_file_type():
     assert all(hasattr(llama_cpp, ftype_name(t)) for t in QUANT_TYPES)
 
 
-def test_a_run_measures_a_llamacpp_scheme_in_the_same_cells_and_the_card_says_what_ran(tmp_path):
-    """One qbench run: {SmolLM2, MiniLM} x {qbench int8 weight-only, llama.cpp Q4_0} x code, MiniLM's llama.cpp cell
-    skipped with its reason; the peer's cell carries quality with intervals, prefill and decode speed, its
-    runtime provenance, and passes the strict record schema."""
+def test_a_run_measures_a_llamacpp_scheme_in_the_same_cells_and_the_card_says_what_ran(tmp_path, tiny_models):
+    """One qbench run: {a tiny random Llama GGUF, a tiny BERT} x {qbench int8 weight-only, llama.cpp Q4_0, llama.cpp
+    F32 with an F32 cache} x code. The BERT's llama.cpp cells are skipped with their reason; the peer's cells carry
+    quality with intervals, prefill and decode speed and their runtime provenance, and pass the strict record
+    schema; llama.cpp on the float weights agrees with the baseline to rounding (KL ~ 1e-16)."""
     import json
 
     from qbench import api
     from qbench.results.records import CellRecord
+    from tests.models.gguf_files import write_llama
 
+    gguf = write_llama(tmp_path / "tiny.gguf", merges=True)
     exp = tmp_path / "peer.yaml"
     exp.write_text(
-        "schema_version: 1\nname: peer\nmodels: [{id: smollm2-135m}, {id: minilm}]\nbaseline: {dtype: fp32}\n"
+        f"schema_version: 1\nname: peer\nmodels: [{{id: 'gguf:{gguf}', name: llama}}, "
+        f"{{id: 'hf:{tiny_models['bert']}', name: bert}}]\nbaseline: {{dtype: fp32}}\n"
         "schemes:\n  - {name: w8, weights: {bits: 8, granularity: per_channel}}\n"
         "  - {name: llamacpp-q4_0, runtime: {name: llama.cpp, type: Q4_0}}\n"
+        "  - {name: llamacpp-f32, runtime: {name: llama.cpp, type: F32, kv_cache: f32}}\n"
         "workloads: [{name: code, dataset: 'builtin:code'}]\n"
         "measure: {batch_sizes: [1, 2], seq_len: 32, warmup: 1, repeats: 3, eval_samples: 4, prompt_tokens: 8,\n"
         "          generate_tokens: 4, decode_tokens: 4, threads: 2}\n")
     out = api.run(exp, out=tmp_path / "reports", progress=False, log=lambda s: None)
-    assert out.statuses == {"smollm2-135m__w8__code": "ok", "smollm2-135m__llamacpp-q4_0__code": "ok",
-                            "minilm__w8__code": "ok", "minilm__llamacpp-q4_0__code": "skipped"}
-    rec = json.loads((out.run_dir / "cells" / "smollm2-135m__llamacpp-q4_0__code.json").read_text())
+    assert out.statuses == {"llama__w8__code": "ok", "llama__llamacpp-q4_0__code": "ok",
+                            "llama__llamacpp-f32__code": "ok", "bert__w8__code": "ok",
+                            "bert__llamacpp-q4_0__code": "skipped", "bert__llamacpp-f32__code": "skipped"}
+    cell = lambda name: json.loads((out.run_dir / "cells" / f"llama__{name}__code.json").read_text())  # noqa: E731
+    rec = cell("llamacpp-q4_0")
     CellRecord.model_validate(rec, context={"strict": True})
     assert rec["kernels"] == ["llama.cpp Q4_0"] and rec["kernel_info"]["llama.cpp Q4_0"]["emulated"] is False
     rt = rec["runtime"]
-    assert rt["name"] == "llama.cpp" and rt["type"] == "Q4_0" and rt["threads"] == 2 and rt["tensor_types"]["Q4_0"] >= 180
+    assert rt["name"] == "llama.cpp" and rt["type"] == "Q4_0" and rt["threads"] == 2 and rt["kv_cache"] == "f16"
+    assert rt["tensor_types"]["F32"] == 5 and sum(rt["tensor_types"].values()) == 20   # 14 matrices + embedding
     rows = {(r["metric"], r["variant"], r["batch_size"]): r for r in rec["rows"]}
     kl = rows[("kl_mean", "quantized", None)]
     assert kl["value"] > 0 and kl["ci_low"] < kl["value"] < kl["ci_high"]
@@ -192,8 +200,9 @@ def test_a_run_measures_a_llamacpp_scheme_in_the_same_cells_and_the_card_says_wh
             r = rows[(metric, "paired", bs)]
             assert r["value"] > 0 and r["ci_low"] <= r["value"] <= r["ci_high"]
     q_bytes = rows[("weight_bytes", "quantized", None)]["value"]      # tensor bytes: the file less its header
-    assert 0.9 * rt["file_bytes"] < q_bytes < rt["file_bytes"]
-    assert q_bytes < 0.2 * rows[("weight_bytes", "baseline", None)]["value"]
+    assert q_bytes < rt["file_bytes"] and q_bytes < 0.3 * rows[("weight_bytes", "baseline", None)]["value"]
+    f32 = {r["metric"]: r["value"] for r in cell("llamacpp-f32")["rows"] if r["variant"] == "quantized"}
+    assert f32["kl_mean"] < 1e-9 < kl["value"] and f32["top1_agreement"] == 1.0
     card = (out.run_dir / "card.md").read_text()
     assert "| llamacpp-q4_0 | llama.cpp Q4_0 |" in card
-    assert "ran in llama.cpp" in card and "minilm is not one" in card
+    assert "ran in llama.cpp" in card and "bert is not one" in card
