@@ -7,6 +7,7 @@ from qbench.schema.experiment import (
     Gate,
     Measure,
     ModelRef,
+    QuantMethod,
     Scheme,
     WeightQuant,
     Workload,
@@ -14,6 +15,6 @@ from qbench.schema.experiment import (
 from qbench.schema.loader import json_schema, load_experiment, parse_experiment
 
 __all__ = [
-    "ActivationQuant", "Baseline", "Calibration", "Experiment", "Gate", "Measure", "ModelRef", "Scheme",
+    "ActivationQuant", "Baseline", "Calibration", "Experiment", "Gate", "Measure", "ModelRef", "QuantMethod", "Scheme",
     "WeightQuant", "Workload", "json_schema", "load_experiment", "parse_experiment",
 ]
