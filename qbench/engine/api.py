@@ -1,7 +1,7 @@
 """quantize_(model, scheme): swap covered modules for quantized ones and report what happened.
 
-Per module: the plan (ops, exclusions, group sizes) -> the scheme's method chooses the QuantizedWeight (rtn today)
--> the kernel packs it. The realized map's SQNR and bytes are measured from what the kernel then holds.
+Per module: the plan (ops, exclusions, group sizes) -> the scheme's method chooses the QuantizedWeight (rtn, or a
+calibrated method run by engine.calibrated.MethodRun) -> the kernel packs it. The realized map's SQNR and bytes are measured from what the kernel then holds.
 """
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from qbench.engine.calibrated import MethodRun
 from qbench.engine.kernels import select_kernel
-from qbench.engine.methods import METHODS, Method, MethodContext, rtn
+from qbench.engine.methods import METHODS, Method, rtn
 from qbench.engine.modules import QuantEmbedding, QuantLinear, is_linear, linear_weight
 from qbench.engine.observers import make_observer
 from qbench.engine.primitives import QuantSpec
@@ -49,6 +50,8 @@ class ModuleRecord:
 
 def weight_spec(scheme: Scheme) -> QuantSpec:
     w = scheme.weights
+    if w.format != "int":
+        return QuantSpec(w.resolved_bits, False, True, w.granularity, w.group_size, w.format)
     return QuantSpec(w.bits, w.signed, w.symmetric, w.granularity, w.group_size)
 
 
@@ -58,8 +61,8 @@ def activation_spec(scheme: Scheme) -> Optional[QuantSpec]:
 
 
 def scheme_method(scheme: Scheme) -> Method:
-    """The method that chooses the scheme's codes: rtn (schemes have no method field yet)."""
-    return METHODS.get("rtn")
+    """The method that chooses the scheme's codes (scheme.method.name)."""
+    return METHODS.get(scheme.method.name)
 
 
 def classify(model: nn.Module) -> dict[str, str]:
@@ -84,11 +87,13 @@ def unmatched_excludes(model: nn.Module, patterns) -> list[str]:
 
 def quantize_(model: nn.Module, scheme: Scheme | dict, *, device: str = "cpu",
               calibrate: Optional[Callable[[nn.Module], None]] = None,
-              progress: Optional[Callable[[str], None]] = None) -> list[ModuleRecord]:
+              progress: Optional[Callable[[str], None]] = None,
+              method_info: Optional[dict] = None) -> list[ModuleRecord]:
     """Quantize `model` in place according to `scheme`; returns one record per quantizable module.
 
     `calibrate(model)` runs forward passes over calibration data; it is required when the scheme
-    has static activations (dynamic: false).
+    has static activations (dynamic: false) or a calibrated method (smoothquant, gptq, awq).
+    `method_info`, when given, is filled with what the method did (name, parameters, seconds, ...).
     """
     if isinstance(scheme, dict):
         scheme = Scheme.model_validate(scheme)
@@ -102,13 +107,20 @@ def quantize_(model: nn.Module, scheme: Scheme | dict, *, device: str = "cpu",
     misfits = shape_misfits(plan, kernel)
     if misfits:
         raise KernelUnavailable(misfits)
-    act_qparams = _calibrate(model, scheme, plan, a, calibrate)
     method = scheme_method(scheme)
+    if method.needs_calibration and kernel is not None and kernel.rederives_weight:
+        raise KernelUnavailable(f"kernel '{kernel.name}' quantizes float weights its own way and cannot run the "
+                                f"codes {method.name} chooses; force another kernel")
+    linears = [p.name for p in plan if not p.skip and p.op != "embedding"]
+    run = MethodRun(model, linears, method, scheme.method.params, w, calibrate)   # smoothing folds happen here
+    act_qparams = _calibrate(model, scheme, plan, a, calibrate, run.smoothing, run.folded)
     records = []
     for planned in plan:
-        records.append(_swap_one(model, planned, scheme, method, w, a, act_qparams.get(planned.name), kernel))
+        records.append(_swap_one(model, planned, scheme, run, w, a, act_qparams.get(planned.name), kernel))
         if progress:
             progress(planned.name)
+    if method_info is not None:
+        method_info.update(run.summary())
     return records
 
 
@@ -158,7 +170,7 @@ def _plan_reason(name: str, op: str, scheme: Scheme, w: QuantSpec, shape) -> tup
     return "", ""
 
 
-def _swap_one(model, planned: PlannedModule, scheme, method: Method, w, a, act_qp, kernel) -> ModuleRecord:
+def _swap_one(model, planned: PlannedModule, scheme, run: MethodRun, w, a, act_qp, kernel) -> ModuleRecord:
     name, op, shape, reason = planned.name, planned.op, planned.shape, planned.reason
     mod = model.get_submodule(name)
     weight = mod.weight if op == "embedding" else linear_weight(mod)[0]
@@ -169,22 +181,22 @@ def _swap_one(model, planned: PlannedModule, scheme, method: Method, w, a, act_q
                             weights=str(weight.dtype).replace("torch.", ""), activations="float",
                             sqnr_db=None, bytes_after=before)
     if op == "embedding":
-        new = QuantEmbedding(mod, w, method.quantize(weight, w, MethodContext(name)))
+        new = QuantEmbedding(mod, w, rtn(weight, w))
         kernel_name, act = "embedding_gather_dequant", "n/a"
     else:
-        new = _quant_linear(mod, name, kernel, method, w, a, act_qp)
+        new = _quant_linear(model, mod, name, kernel, run, w, a, act_qp)
         kernel_name, act = kernel.name, (a.describe() + (" static" if act_qp else " dynamic")) if a else "float"
     _set_submodule(model, name, new)
     return ModuleRecord(**rec, applied=True, reason="", kernel=kernel_name, weights=w.describe(),
                         activations=act, sqnr_db=sqnr_db(weight, new.held_weight()), bytes_after=new.weight_nbytes)
 
 
-def _quant_linear(mod, name: str, kernel, method: Method, w: QuantSpec, a, act_qp) -> QuantLinear:
+def _quant_linear(model, mod, name: str, kernel, run: MethodRun, w: QuantSpec, a, act_qp) -> QuantLinear:
     """The method's QuantizedWeight packed by the kernel; a kernel that re-derives its weight gets the float one."""
     if kernel.rederives_weight:
         return QuantLinear.from_float(mod, kernel, w, a, act_qp)
     weight, bias = linear_weight(mod)
-    qweight = method.quantize(weight, w, MethodContext(name))
+    qweight = run.quantize(weight, run.context(model, name))
     return QuantLinear.from_quantized(qweight, bias, kernel, a, act_qp)
 
 
@@ -207,9 +219,12 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _calibrate(model, scheme: Scheme, plan: list[PlannedModule], a: Optional[QuantSpec], calibrate) -> dict:
+def _calibrate(model, scheme: Scheme, plan: list[PlannedModule], a: Optional[QuantSpec], calibrate,
+               smoothing: Optional[dict] = None, folded: frozenset = frozenset()) -> dict:
     """Static activation qparams per module name, from observers hooked on the inputs of the linear modules that
-    will be quantized (not those left alone by op, exclusion or group size)."""
+    will be quantized (not those left alone by op, exclusion or group size). A layer that will divide its input
+    by a smoothing scale (not folded upstream) is observed on x / s, the input its kernel quantizes."""
+    smoothing = smoothing or {}
     if a is None or scheme.activations.dynamic:
         return {}
     if calibrate is None:
@@ -219,8 +234,9 @@ def _calibrate(model, scheme: Scheme, plan: list[PlannedModule], a: Optional[Qua
     for name in (p.name for p in plan if not p.skip and p.op != "embedding"):
         obs = make_observer(cal.method, a, cal.percentile)
         observers[name] = obs
+        s = smoothing.get(name) if name not in folded else None
         hooks.append(model.get_submodule(name).register_forward_pre_hook(
-            lambda _m, args, obs=obs: obs.update(args[0])))
+            lambda _m, args, obs=obs, s=s: obs.update(args[0] if s is None else args[0] / s.to(args[0].dtype))))
     try:
         with torch.no_grad():
             calibrate(model)

@@ -14,20 +14,31 @@ from typing import Optional
 
 import torch
 
+from qbench.engine import formats
+
 GRANULARITIES = ("per_tensor", "per_channel", "per_group", "per_token")
 
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """What integer format a tensor is mapped to."""
+    """What format a tensor is mapped to: integers (format "int"), or the codes of a value table (nf4, fp8_e4m3,
+    fp4_e2m1; see engine.formats): then bits is the format's, codes are unsigned indices 0..2^bits-1, the spec is
+    symmetric and unsigned and every zero point is 0 (x = scale * TABLE[q])."""
 
     bits: int
     signed: bool = True
     symmetric: bool = True
     granularity: str = "per_tensor"
     group_size: Optional[int] = None
+    format: str = "int"
 
     def __post_init__(self):
+        if self.format not in formats.FORMATS:
+            raise ValueError(f"format must be one of {formats.FORMATS}, got {self.format!r}")
+        if self.format != "int" and (self.bits != formats.FORMAT_BITS[self.format] or self.signed
+                                     or not self.symmetric):
+            raise ValueError(f"format {self.format} needs bits={formats.FORMAT_BITS[self.format]}, signed=False, "
+                             "symmetric=True")
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
             raise ValueError(f"bits must be an integer from 2 to 8, got {self.bits!r}")
         if self.granularity not in GRANULARITIES:
@@ -49,7 +60,23 @@ class QuantSpec:
     def storage_dtype(self) -> torch.dtype:
         return torch.int8 if self.signed else torch.uint8
 
+    @property
+    def is_table(self) -> bool:
+        """A value-table format (codes index a table) rather than affine integers."""
+        return self.format != "int"
+
+    @property
+    def symmetric_zero_point(self) -> int:
+        """The zero point every block of a symmetric spec has: 0 signed (and table formats), 2^(bits-1) unsigned."""
+        return 0 if self.signed or self.is_table else 1 << (self.bits - 1)
+
+    def for_blocks(self) -> "QuantSpec":
+        """The same format with one block per row (per_channel): how methods quantize one column or group."""
+        return QuantSpec(self.bits, self.signed, self.symmetric, "per_channel", None, self.format)
+
     def describe(self) -> str:
+        if self.is_table:
+            return f"{self.format} {f'per_group({self.group_size})' if self.group_size else self.granularity}"
         sign = "int" if self.signed else "uint"
         sym = "sym" if self.symmetric else "asym"
         gran = f"per_group({self.group_size})" if self.group_size else self.granularity
@@ -84,7 +111,13 @@ def reduce_minmax(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch
 
 def choose_qparams(min_val: torch.Tensor, max_val: torch.Tensor, spec: QuantSpec
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and integer zero point covering [min_val, max_val] (widened to include 0)."""
+    """Scale and integer zero point covering [min_val, max_val] (widened to include 0); for a table format the
+    scale maps max(|min|, |max|) to the format's largest value and the zero point is 0."""
+    if spec.is_table:
+        amax = torch.maximum(-min_val.float(), max_val.float())
+        scale = amax / formats.max_value(spec.format)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return scale.to(torch.float32), torch.zeros_like(scale, dtype=torch.int32)
     lo = torch.clamp(min_val.float(), max=0.0)
     hi = torch.clamp(max_val.float(), min=0.0)
     qmin, qmax = spec.qmin, spec.qmax
@@ -114,13 +147,17 @@ def quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | None = None
         scale, zero_point = choose_qparams(*reduce_minmax(x, spec), spec)
     xf = x.detach().float()
     s, z = _broadcast(scale, x, spec), _broadcast(zero_point, x, spec)
+    if spec.is_table:
+        return QTensor(formats.encode(xf.double() / s.double(), spec.format), scale, zero_point, spec)
     q = torch.clamp(torch.round(xf / s) + z, spec.qmin, spec.qmax)
     return QTensor(q.to(spec.storage_dtype), scale, zero_point, spec)
 
 
 def dequantize(q: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Floats from integers: scale * (q - zero_point)."""
+    """Floats from integers: scale * (q - zero_point), or scale * TABLE[q] for a table format."""
     s = _broadcast(q.scale, q.data, q.spec)
+    if q.spec.is_table:
+        return (formats.decode(q.data, q.spec.format) * s).to(dtype)
     z = _broadcast(q.zero_point, q.data, q.spec)
     return ((q.data.to(torch.int32) - z).float() * s).to(dtype)
 

@@ -89,6 +89,7 @@ class QuantizedWeight:
     codes        (N, K) spec.storage_dtype (int8 signed, uint8 unsigned), values in [qmin, qmax]
     scale        float32 > 0: () per_tensor, (N,) per_channel, (N, K // g) per_group
     zero_point   int32, shaped like scale, in [qmin, qmax]; symmetric specs have the symmetric zero point
+                 (spec.symmetric_zero_point; 0 for table formats such as nf4, whose codes index a value table)
                  (0 signed, 2^(bits-1) unsigned)
     input_scale  optional (K,) float32 > 0, per input channel in the layer's original order (SmoothQuant /
                  AWQ smoothing): the codes quantize W * input_scale (column k times input_scale[k]) and the layer
@@ -194,7 +195,7 @@ def _qparam_shape(spec: QuantSpec, n: int, k: int) -> Optional[tuple]:
 def _zero_point_problem(q: QuantizedWeight) -> Optional[str]:
     spec, zp = q.spec, q.zero_point
     if spec.symmetric:
-        sym = 0 if spec.signed else 1 << (spec.bits - 1)
+        sym = spec.symmetric_zero_point
         return None if bool((zp == sym).all()) else f"a symmetric spec has zero point {sym}"
     if zp.numel() and not (spec.qmin <= int(zp.min()) and int(zp.max()) <= spec.qmax):
         return f"zero points outside [{spec.qmin}, {spec.qmax}]"

@@ -19,7 +19,7 @@ def setup(meta: dict, cells: list, order: dict) -> dict:
     b = meta.get("baseline") or {}
     return {
         "schemes": table(["Scheme", "Bits", "Signed", "Symmetry", "Granularity", "Activations", "Ops",
-                          "Exclusions", "Calibration", "Kernel(s)", "Emulated"],
+                          "Exclusions", "Calibration", "Method", "Kernel(s)", "Emulated"],
                          [_scheme_row(sc, cells) for sc in exp.get("schemes", [])]),
         "baseline": {"requested": b.get("requested") or (exp.get("baseline") or {}).get("dtype") or DASH,
                      "resolved": b.get("resolved") or DASH, "note": b.get("note") or ""},
@@ -44,10 +44,15 @@ def _scheme_row(sc: dict, cells: list) -> list:
         f"{a.get('bits')}-bit", "signed" if a.get("signed") else "unsigned",
         "sym" if a.get("symmetric") else "asym", str(a.get("granularity")),
         "dynamic" if a.get("dynamic") else "static"])
-    return [sc.get("name"), w.get("bits", DASH), "signed" if w.get("signed") else "unsigned",
-            "sym" if w.get("symmetric") else "asym", gran, act, ", ".join(sc.get("ops") or []),
-            ", ".join(sc.get("exclude") or []) or "none", _calibration_text(cal, a, mine),
-            ", ".join(kernels) or DASH,
+    fmt = w.get("format")
+    if fmt:                      # a value table (nf4, fp8_e4m3, fp4_e2m1): no integer signedness or symmetry
+        bits, signed, sym = fmt, DASH, DASH
+    else:
+        bits, signed, sym = (w.get("bits", DASH), "signed" if w.get("signed") else "unsigned",
+                             "sym" if w.get("symmetric") else "asym")
+    return [sc.get("name"), bits, signed, sym, gran, act, ", ".join(sc.get("ops") or []),
+            ", ".join(sc.get("exclude") or []) or "none", _calibration_text(cal, a, mine, sc),
+            _method_text(sc.get("method") or {}, mine), ", ".join(kernels) or DASH,
             (f"yes ({', '.join(emulated)})" if emulated else "no") if kernels else DASH]
 
 
@@ -63,10 +68,25 @@ def _runtime_row(sc: dict, mine: list) -> list:
     kernels = list(dict.fromkeys(k for c in mine for k in c.get("kernels") or []))
     return [sc.get("name"), f"{rt.get('name')} {rt.get('type')}", DASH, DASH, f"tensor types: {types}",
             "; ".join([*acts, kv]) if acts else kv, f"whole model ({rt.get('name')})",
-            f"{rt.get('name')}'s own rules", "none", ", ".join(kernels) or DASH, "no" if kernels else DASH]
+            f"{rt.get('name')}'s own rules", "none", f"{rt.get('name')}'s quantizer", ", ".join(kernels) or DASH,
+            "no" if kernels else DASH]
 
 
-def _calibration_text(cal: dict | None, activations, mine: list) -> str:
+def _method_text(method: dict, mine: list) -> str:
+    """The method with every parameter the cells recorded, and the seconds it took per cell (min-max)."""
+    ran = [c["method"] for c in mine if c.get("method")]
+    name = method.get("name") or (ran[0]["name"] if ran else "rtn")
+    params = ran[0].get("params") if ran else {k: v for k, v in method.items() if k != "name"}
+    text = name + (": " + ", ".join(f"{k} {str(v).lower() if isinstance(v, bool) else v}"
+                                    for k, v in (params or {}).items()) if params else "")
+    secs = sorted(num(m.get("seconds")) for m in ran if num(m.get("seconds")) is not None)
+    if secs and name != "rtn":
+        text += f"; {sig(secs[0])} s" if secs[0] == secs[-1] or len(secs) == 1 else \
+            f"; {sig(secs[0])}-{sig(secs[-1])} s per cell"
+    return text
+
+
+def _calibration_text(cal: dict | None, activations, mine: list, sc: dict | None = None) -> str:
     """Calibration as configured, with the hash and overlap the cells recorded."""
     if not cal:
         return "none (dynamic)" if activations else "none (weight-only)"
@@ -77,6 +97,10 @@ def _calibration_text(cal: dict | None, activations, mine: list) -> str:
     ov = got.get("overlap_with_eval")
     bits.append("overlap not checked" if ov is None else
                 "no overlap with eval" if ov == 0 else f"⚠ {ov} samples overlap eval")
+    if got.get("seq_len"):
+        bits.append(f"{got['seq_len']} tokens each")
+    if got and got.get("used") is False:
+        bits.append("unused")
     return ", ".join(bits)
 
 

@@ -17,7 +17,7 @@ only; no torch. JSON Schemas: cell_schema() and meta_schema() (qbench.results.sc
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Optional
+from typing import ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
@@ -115,7 +115,25 @@ class CalibrationInfo(_Record):
     hash: str
     overlap_with_eval: Optional[int] = Field(ge=0, description="Calibration samples also in the evaluation set.")
     seq_len: int = Field(ge=1)
-    used: bool = Field(description="False when the scheme's activations are dynamic: the samples were not run.")
+    used: bool = Field(description="False when the samples were not run (dynamic activations and a method that "
+                       "needs no calibration).")
+
+
+class MethodInfo(_Record):
+    """What the scheme's quantization method did (qbench.engine.calibrated.MethodRun.summary())."""
+
+    name: str = Field(description="rtn, smoothquant, gptq or awq.")
+    params: dict[str, Union[bool, int, float, str]] = Field(description="Every parameter, defaults filled in.")
+    seconds: float = Field(ge=0, description="Wall time of the method's own work: calibration passes, scale "
+                           "searches and choosing codes (kernel packing excluded).")
+    calibration_passes: Optional[int] = Field(None, ge=0, description="Forward passes over the calibration "
+                                              "samples (sequential GPTQ: one per block).")
+    calibration_tokens: Optional[int] = Field(None, ge=0, description="Calibration tokens each layer saw.")
+    groups: Optional[int] = Field(None, ge=0, description="SmoothQuant / AWQ: groups of linears sharing an input.")
+    folded_into: Optional[tuple[str, ...]] = Field(None, description="Norms the smoothing scales were folded "
+                                                   "into.")
+    input_scale_layers: Optional[tuple[str, ...]] = Field(None, description="Layers that divide their input by "
+                                                          "the smoothing scale themselves.")
 
 
 class EvaluationInfo(_Record):
@@ -142,6 +160,8 @@ class CellRecord(_Record):
     kernel_info: dict[str, KernelInfo]
     calibration: Optional[CalibrationInfo]
     evaluation: Optional[EvaluationInfo]
+    method: Optional[MethodInfo] = Field(None, description="The quantization method, its parameters and the time "
+                                         "it took; None for failed or skipped cells and runs before methods.")
     seconds: Optional[float] = Field(None, ge=0, description="Wall time of the cell, model loading included.")
     finished: Optional[str] = Field(None, description="When the cell ended (ISO 8601, UTC).")
     traceback: Optional[str] = Field(None, description="Failed cells: the last frames of the exception.")

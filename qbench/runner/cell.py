@@ -46,7 +46,7 @@ def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
         gpu.begin()  # peak-memory counters reset, NVML snapshot before the cell
     quant = None
     try:
-        quant, records, cal_info = quantize_stage(plan, cell, state)
+        quant, records, cal_info, method_info = quantize_stage(plan, cell, state)
         rows = quality_stage(plan, cell, state, quant)
         rows += size_stage(state, quant, records)
         rows += speed_stage(plan, cell, state, quant, gpu)
@@ -54,7 +54,8 @@ def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
         if gpu is not None:
             gpu_rows, gpu_record = gpu.end(state.loaded.model, quant)
             rows += gpu_rows
-        return record_stage(plan, cell, state, rows, records, cal_info, gpu_record, peer_state(quant))
+        return record_stage(plan, cell, state, rows, records, cal_info, gpu_record, method_info,
+                            peer_state(quant))
     finally:
         if gpu is not None:
             gpu.close()
@@ -68,8 +69,8 @@ def peer_state(quant):
 
 
 def quantize_stage(plan: Plan, cell: Cell, state: ModelState):
-    """(quantized copy of the baseline, realized per-module map, calibration provenance). A scheme with a
-    `runtime` gets the peer runtime's own model instead, built from the baseline's weights."""
+    """(quantized copy of the baseline, realized per-module map, calibration provenance, what the method did).
+    A scheme with a `runtime` gets the peer runtime's own model instead, built from the baseline's weights."""
     from qbench.engine.api import quantize_
 
     if cell.scheme.runtime is not None:
@@ -81,11 +82,12 @@ def quantize_stage(plan: Plan, cell: Cell, state: ModelState):
         peer = RUNTIMES.get(cell.scheme.runtime.name).build(
             state.loaded, cell.scheme.runtime, threads=torch.get_num_threads(),
             reserve=max(m.decode_tokens, m.generate_tokens))
-        return peer, peer.peer.records, None
+        return peer, peer.peer.records, None, None
     quant = copy.deepcopy(state.loaded.model)
     calibrate, cal_info = calibration(plan, cell, state)
-    records = quantize_(quant, cell.scheme, device=plan.device, calibrate=calibrate)
-    return quant, records, cal_info
+    method_info: dict = {}
+    records = quantize_(quant, cell.scheme, device=plan.device, calibrate=calibrate, method_info=method_info)
+    return quant, records, cal_info, method_info
 
 
 def quality_stage(plan: Plan, cell: Cell, state: ModelState, quant) -> list[dict]:
@@ -156,7 +158,7 @@ def speed_stage(plan: Plan, cell: Cell, state: ModelState, quant, gpu) -> list[d
 
 
 def record_stage(plan: Plan, cell: Cell, state: ModelState, rows: list[dict], records, cal_info,
-                 gpu_record: Optional[dict], peer=None) -> dict:
+                 gpu_record: Optional[dict], method_info: Optional[dict] = None, peer=None) -> dict:
     """Stamp every row with its cell and kernel, and assemble the cell record."""
     from qbench.engine.api import unmatched_excludes
     from qbench.engine.kernels import KERNELS
@@ -168,6 +170,7 @@ def record_stage(plan: Plan, cell: Cell, state: ModelState, rows: list[dict], re
                  workload=cell.workload.name, kernel=",".join(kernels), status="ok", reason="")
     record = cell_header(cell, "ok")
     suite = state.suites[cell.workload.name]
+    record.update(method=method_info)
     record.update(
         task=task, rows=rows, quant_map=[r.to_dict() for r in records], kernels=kernels,
         unmatched_excludes=unmatched_excludes(state.loaded.model, cell.scheme.exclude),
@@ -197,6 +200,8 @@ def source_grid(state: ModelState, cell: Cell, records) -> Optional[str]:
     from qbench.models.source_grid import reproduces_source_grid
 
     w = cell.scheme.weights
+    if w.format != "int":
+        return None         # a value table (nf4, fp8, fp4) is no integer grid
     return reproduces_source_grid(fmt, w.bits, w.symmetric, w.granularity, w.group_size, tensors=names)
 
 
@@ -214,15 +219,16 @@ def calibration(plan: Plan, cell: Cell, state: ModelState) -> tuple[Optional[Cal
     from qbench.runner.measure import outputs, tokenize
 
     exp, m = plan.experiment, plan.experiment.measure
+    seq_len = scheme.calibration.seq_len or m.seq_len
     spec = exp.calibration_dataset(scheme)
     suite = load_suite(spec, calibration_size=scheme.calibration.size, evaluation_size=0, seed=m.seed)
     evaluation = state.suites[cell.workload.name].evaluation
     eval_keys = {s.sha256 for s in evaluation} | {s.source for s in evaluation}
     overlap = sum(1 for s in suite.calibration if s.sha256 in eval_keys or s.source in eval_keys)
-    batch = tokenize(state.loaded.tokenizer, [s.text for s in suite.calibration], m.seq_len, plan.device)
+    batch = tokenize(state.loaded.tokenizer, [s.text for s in suite.calibration], seq_len, plan.device)
     info = {"dataset": spec, "size": len(suite.calibration), "method": scheme.calibration.method,
-            "hash": suite.calibration_hash, "overlap_with_eval": overlap, "seq_len": m.seq_len,
-            "used": scheme.activations is not None and not scheme.activations.dynamic}
+            "hash": suite.calibration_hash, "overlap_with_eval": overlap, "seq_len": seq_len,
+            "used": scheme.uses_calibration}
     if not info["used"]:
         return None, info
     return (lambda model: outputs(model, state.loaded.task, batch)), info

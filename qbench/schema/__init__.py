@@ -8,6 +8,7 @@ from qbench.schema.experiment import (
     Measure,
     ModelRef,
     Runtime,
+    QuantMethod,
     Scheme,
     WeightQuant,
     Workload,
@@ -15,6 +16,7 @@ from qbench.schema.experiment import (
 from qbench.schema.loader import json_schema, load_experiment, parse_experiment
 
 __all__ = [
-    "ActivationQuant", "Baseline", "Calibration", "Experiment", "Gate", "Measure", "ModelRef", "Runtime", "Scheme",
+    "ActivationQuant", "Baseline", "Calibration", "Experiment", "Gate", "Measure", "ModelRef", "QuantMethod",
+    "Runtime", "Scheme",
     "WeightQuant", "Workload", "json_schema", "load_experiment", "parse_experiment",
 ]

@@ -26,10 +26,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+WEIGHT_FORMATS = ("int", "nf4", "fp8_e4m3", "fp4_e2m1")
+FORMAT_BITS = {"nf4": 4, "fp8_e4m3": 8, "fp4_e2m1": 4}  # the bits of each value-table format
+
+
 class WeightQuant(_Strict):
     """How weights are quantized (once, ahead of time)."""
 
-    bits: int = Field(ge=2, le=8, description="Integer bit width of the stored weights (2 to 8).")
+    format: Literal["int", "nf4", "fp8_e4m3", "fp4_e2m1"] = Field(
+        "int", description="int: affine integers of `bits` bits; nf4 (NormalFloat 4-bit), fp8_e4m3 or fp4_e2m1: "
+        "the nearest value of the format's table, scaled per tensor/channel/group so the block's absmax maps to "
+        "the format's largest value (bits, signed and symmetric do not apply). Non-int formats run on the "
+        "emulated reference kernel (dequantize, then a float matmul) and the card says so."
+    )
+    bits: Optional[int] = Field(
+        None, ge=2, le=8, description="Integer bit width of the stored weights (2 to 8); required for format int."
+    )
     signed: bool = Field(True, description="Signed integers (e.g. int8 -128..127) or unsigned (0..255).")
     symmetric: bool = Field(
         True, description="Symmetric: zero-point fixed (0 signed, mid-range unsigned); asymmetric: "
@@ -50,7 +62,30 @@ class WeightQuant(_Strict):
         if self.granularity != "per_group" and self.group_size is not None:
             raise FieldError(("group_size",),
                              f"group_size only applies to per_group (granularity is {self.granularity})")
+        if self.format == "int" and self.bits is None:
+            raise FieldError(("bits",), "bits is required for integer weights (format: int)")
+        if self.format != "int":
+            fixed = [f for f in ("bits", "signed", "symmetric") if f in self.model_fields_set]
+            if fixed:
+                raise FieldError((fixed[0],), f"{fixed[0]} does not apply to format {self.format} (a value table "
+                                 f"of {FORMAT_BITS[self.format]} bits); remove it")
         return self
+
+    @property
+    def resolved_bits(self) -> int:
+        """Bits per stored code: `bits` for int, the format's own otherwise."""
+        return self.bits if self.format == "int" else FORMAT_BITS[self.format]
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler):
+        # integer weights dump exactly as before formats existed (meta.json, --resume checks)
+        data = handler(self)
+        if self.format == "int":
+            data.pop("format", None)
+        else:
+            for key in ("bits", "signed", "symmetric"):
+                data.pop(key, None)
+        return data
 
 
 class ActivationQuant(_Strict):
@@ -88,6 +123,79 @@ class Calibration(_Strict):
         "of |x|, or the clipping range minimizing quantization MSE."
     )
     percentile: float = Field(99.99, gt=50, le=100, description="Percentile used by method: percentile.")
+    seq_len: Optional[int] = Field(
+        None, ge=8, le=8192, description="Tokens per calibration sample (default: measure.seq_len)."
+    )
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler):
+        data = handler(self)
+        if self.seq_len is None:
+            data.pop("seq_len", None)
+        return data
+
+
+# Each method's parameters and their defaults (a parameter set to None in a file means its default).
+METHOD_PARAMS: dict[str, dict[str, object]] = {
+    "rtn": {},
+    "smoothquant": {"alpha": 0.5},
+    "gptq": {"damp": 0.01, "block_size": 128, "act_order": False, "static_groups": False, "sequential": True},
+    "awq": {"grid": 20, "clip": False},
+}
+CALIBRATED_METHODS = ("smoothquant", "gptq", "awq")
+
+
+class QuantMethod(_Strict):
+    """How the weight codes are chosen: round to nearest, or a calibrated method."""
+
+    name: str = Field(
+        "rtn", description="rtn (round to nearest), smoothquant (activation outliers moved into the weights, "
+        "then rtn), gptq (columns rounded one by one, errors spread by the inverse Hessian of calibration "
+        "inputs), awq (activation-aware column scaling, optional clipping). smoothquant, gptq and awq need a "
+        "`calibration` section."
+    )
+    alpha: Optional[float] = Field(None, ge=0, le=1, description="smoothquant: migration strength in [0, 1] "
+                                   "(default 0.5).")
+    damp: Optional[float] = Field(None, gt=0, le=10, description="gptq: damping added to the Hessian's diagonal, "
+                                  "as a fraction of its mean (default 0.01).")
+    block_size: Optional[int] = Field(None, ge=1, le=65536, description="gptq: columns per lazy update block "
+                                      "(default 128).")
+    act_order: Optional[bool] = Field(None, description="gptq: round columns by descending Hessian diagonal "
+                                      "(default false).")
+    static_groups: Optional[bool] = Field(None, description="gptq: group qparams from the original weights "
+                                          "rather than the updated ones (default false).")
+    sequential: Optional[bool] = Field(None, description="gptq: each block's statistics from the outputs of the "
+                                       "already-quantized blocks (default true); false: all from the float model.")
+    grid: Optional[int] = Field(None, ge=1, le=1000, description="awq: scaling exponents searched, 0 to "
+                                "(grid-1)/grid (default 20; 1 is round to nearest).")
+    clip: Optional[bool] = Field(None, description="awq: search a clipping range per output row and block "
+                                 "(default false).")
+
+    @model_validator(mode="after")
+    def _known(self):
+        if self.name not in METHOD_PARAMS:
+            raise FieldError(("name",), f"unknown method '{self.name}'{did_you_mean(self.name, list(METHOD_PARAMS))}"
+                             f"; choose from {', '.join(METHOD_PARAMS)}")
+        allowed = METHOD_PARAMS[self.name]
+        for key in self.model_fields_set - {"name"}:
+            if getattr(self, key) is not None and key not in allowed:
+                owners = [m for m, ps in METHOD_PARAMS.items() if key in ps]
+                raise FieldError((key,), f"{key} is a parameter of {', '.join(owners)}, not of {self.name}"
+                                 + (f" (its parameters: {', '.join(allowed)})" if allowed else ""))
+        return self
+
+    @property
+    def params(self) -> dict[str, object]:
+        """Every parameter of the method, defaults filled in."""
+        return {k: (d if getattr(self, k) is None else getattr(self, k)) for k, d in METHOD_PARAMS[self.name].items()}
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.name in CALIBRATED_METHODS
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 # llama.cpp file types a runtime scheme may ask for (qbench.runtimes.llamacpp.QUANT_TYPES; a test keeps them equal)
@@ -121,7 +229,7 @@ class Runtime(_Strict):
 
 
 # Scheme fields that describe qbench's own quantization and mean nothing to a peer runtime
-_ENGINE_ONLY = ("activations", "ops", "exclude", "calibration", "kernel")
+_ENGINE_ONLY = ("activations", "ops", "exclude", "calibration", "kernel", "method")
 
 
 class Scheme(_Strict):
@@ -146,8 +254,12 @@ class Scheme(_Strict):
     exclude: tuple[str, ...] = Field(
         (), description="Module-name globs kept at baseline precision (mixed precision), e.g. '*.pooler.*'."
     )
+    method: QuantMethod = Field(
+        default_factory=QuantMethod, description="How the weight codes are chosen (default: {name: rtn})."
+    )
     calibration: Optional[Calibration] = Field(
-        None, description="Calibration data; required when activations are static."
+        None, description="Calibration data; required when activations are static and for the methods "
+        "smoothquant, gptq and awq (which use it even when activations are dynamic or absent)."
     )
     kernel: str = Field(
         "auto", description="Kernel name to force (see `qbench list kernels`), or auto: the fastest "
@@ -172,12 +284,30 @@ class Scheme(_Strict):
     def _needs_calibration(self):
         if self.activations is not None and not self.activations.dynamic and self.calibration is None:
             raise FieldError(("calibration",), "static activations (dynamic: false) need a calibration section")
+        if self.method.needs_calibration and self.calibration is None:
+            raise FieldError(("calibration",), f"method {self.method.name} needs a calibration section "
+                             "(e.g. calibration: {dataset: text, size: 64})")
+        if self.method.needs_calibration and "embedding" in self.ops:
+            raise FieldError(("ops",), f"method {self.method.name} applies to linear ops (linear, lm_head), not "
+                             "embedding; quantize embeddings in a scheme of their own")
+        if self.method.name == "smoothquant" and self.activations is None:
+            raise FieldError(("method", "name"), "smoothquant balances activation and weight ranges for "
+                             "quantized activations; this scheme has none (use rtn, gptq or awq)")
         return self
 
+    @property
+    def uses_calibration(self) -> bool:
+        """Calibration data is run: static activation ranges or a calibrated method."""
+        static = self.activations is not None and not self.activations.dynamic
+        return static or self.method.needs_calibration
+
     @model_serializer(mode="wrap")
-    def _no_runtime(self, handler):
-        # a scheme of qbench's engine dumps exactly as before runtimes existed (meta.json, --resume checks)
+    def _compact(self, handler):
+        # a round-to-nearest scheme of qbench's engine dumps exactly as before methods and runtimes existed
+        # (meta.json, --resume checks)
         data = handler(self)
+        if self.method.name == "rtn":
+            data.pop("method", None)
         if self.runtime is None:
             data.pop("runtime", None)
         return data
@@ -434,7 +564,7 @@ class Experiment(_Strict):
         if m.warmup == 0:
             out.append("measure.warmup: 0 warm-up runs; the first timed runs include one-off costs")
         for i, s in enumerate(self.schemes):
-            if s.calibration is not None and (s.activations is None or s.activations.dynamic):
+            if s.calibration is not None and not s.uses_calibration:
                 out.append(f"schemes[{i}].calibration: unused, this scheme has no static activations")
         for mi, model in enumerate(self.models):
             if model.trust_remote_code or model.allow_pickle:

@@ -142,9 +142,9 @@ def test_auto_baseline_is_no_caveat(card):
 def test_md_setup_hardware_reproduce(card):
     md = card["md"]
     assert "| w4-g32 | 4 | signed | sym | per_group (32) | weight-only | linear | \\*.classifier.\\* | " \
-           "none (weight-only) | int4_packed | yes (int4_packed) |" in md
+           "none (weight-only) | rtn | int4_packed | yes (int4_packed) |" in md
     assert "| w8a8-dyn | 8 | signed | sym | per_channel | 8-bit unsigned asym per_tensor dynamic | linear | " \
-           "pooler.\\* | none (dynamic) | int8_int_mm | no |" in md
+           "pooler.\\* | none (dynamic) | rtn | int8_int_mm | no |" in md
     assert "| RAM | 64.0 GiB |" in md and "| GPU(s) | none |" in md  # the fixture's normalised hardware
     import yaml
 
@@ -214,7 +214,7 @@ def test_calibration_shown(run):
                                                        "seq_len": 32, "used": True}))
     render_card(run)
     md = (run / "card.md").read_text(encoding="utf-8")
-    assert "| text, 32 samples, minmax, hash abcdef12, ⚠ 2 samples overlap eval |" in md
+    assert "| text, 32 samples, minmax, hash abcdef12, ⚠ 2 samples overlap eval, 32 tokens each | rtn |" in md
     assert "8-bit unsigned asym per_tensor static" in md
     assert "- Cell minilm__w8a8-dyn__text: 2 calibration samples also appear in the evaluation set." in md
 

@@ -34,6 +34,12 @@ class Kernel:
     arithmetic: Arithmetic = "integer"
     devices = ("cpu",)     # device types served
     rederives_weight = False  # True: quantizes a float weight itself (prepare); quantize_ hands it the float weight
+    formats = ("int",)     # weight formats served (engine.formats): affine integers, or also value tables
+
+    def format_reason(self, w: QuantSpec) -> Optional[str]:
+        """None when this kernel runs weights of w's format, else why not (checked before supports())."""
+        return None if w.format in self.formats else f"{self.name} runs {', '.join(self.formats)} weights, " \
+            f"not {w.format}"
 
     def supports(self, w: QuantSpec, a: Optional[QuantSpec], device: str) -> Optional[str]:
         """None when this kernel can run the configuration, else the reason it cannot."""
@@ -111,7 +117,7 @@ def select_kernel(w: QuantSpec, a: Optional[QuantSpec], device: str, forced: str
     hold one of them (a forced kernel is held to them by the caller, which names the misfit)."""
     if forced != "auto":
         k = KERNELS.get(forced)
-        reason = k.supports(w, a, device)
+        reason = k.format_reason(w) or k.supports(w, a, device)
         if reason:
             raise KernelUnavailable(f"kernel '{forced}' cannot run {w.describe()} weights"
                                     f"{' / ' + a.describe() + ' activations' if a else ''}: {reason}")
@@ -119,7 +125,8 @@ def select_kernel(w: QuantSpec, a: Optional[QuantSpec], device: str, forced: str
     reasons = []
     for name in PREFERENCE:
         k = KERNELS.get(name)
-        reason = k.supports(w, a, device) or next(filter(None, (k.shape_reason(*nk) for nk in shapes)), None)
+        reason = (k.format_reason(w) or k.supports(w, a, device)
+                  or next(filter(None, (k.shape_reason(*nk) for nk in shapes)), None))
         if reason is None:
             return k
         reasons.append(f"{name}: {reason}")

@@ -1,6 +1,7 @@
 """The emulated kernel and oracle: dequantize the stored integers, then a float matmul.
 
-Serves every bit width, signedness, symmetry and granularity; activations are fake-quantized
+Serves every bit width, signedness, symmetry and granularity, and the value-table formats (nf4, fp8_e4m3,
+fp4_e2m1: codes looked up in the format's table, then scaled); activations are fake-quantized
 (quantize then dequantize) so the numbers match what an integer kernel would compute.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ class ReferenceKernel(Kernel):
     backend = "emulated: dequantize + float matmul (torch)"
     emulated = True
     devices = ("cpu", "cuda")
+    formats = ("int", "nf4", "fp8_e4m3", "fp4_e2m1")
 
     def supports(self, w, a, device):
         return self._device_reason(device)
