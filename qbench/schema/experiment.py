@@ -310,6 +310,9 @@ class Scheme(_Strict):
             data.pop("method", None)
         if self.runtime is None:
             data.pop("runtime", None)
+        else:            # a runtime scheme dumps as written: what it must leave out stays out (it re-validates)
+            for key in ("weights", *_ENGINE_ONLY):
+                data.pop(key, None)
         return data
 
 

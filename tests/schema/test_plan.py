@@ -206,5 +206,4 @@ def test_a_scheme_without_a_runtime_dumps_as_before():
     exp = _with_llamacpp()
     dumped = exp.model_dump(mode="json")["schemes"]
     assert all("runtime" not in s for s in dumped[:-1])
-    assert dumped[-1]["runtime"] == {"name": "llama.cpp", "type": "Q4_0", "kv_cache": "f16"}
-    assert dumped[-1]["weights"] is None
+    assert dumped[-1] == {"name": "llamacpp-q4_0", "runtime": {"name": "llama.cpp", "type": "Q4_0", "kv_cache": "f16"}}
