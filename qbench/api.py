@@ -78,25 +78,36 @@ def git_commit() -> Optional[str]:
 
 
 def run(path: Optional[str | Path] = None, *, out: str | Path = "reports", resume: Optional[str | Path] = None,
-        progress: bool = True, log: Callable[[str], None] = print, executor: str = "auto") -> RunOutcome:
+        progress: bool = True, log: Callable[[str], None] = print, executor: str = "auto",
+        ray_address: Optional[str] = None) -> RunOutcome:
     """Run an experiment end to end and render its card.
 
     With `resume`, finish the run in that folder: the experiment is the one the folder stores; a `path`
-    given too must describe the same measurements (its gates may differ).
+    given too must describe the same measurements (its gates may differ). A run can be resumed with another
+    executor. `executor="ray"` runs the cells on the Ray cluster at `ray_address` (qbench.runner.executors.ray).
     """
     from qbench.runner.executors import executor_for
-    from qbench.runner.execute import execute, finished_meta
+    from qbench.runner.execute import execute, finished_meta, write_meta
 
     if path is None and resume is None:
         raise ConfigError("give an experiment file, or --resume RUN_DIR to finish a run")
     exp, source = _experiment(path, resume)
-    the_plan, hw = _checked_plan(exp, source, log)
-    run_dir, meta = _resume_dir(Path(resume), exp, source) if resume else _new_dir(exp, the_plan, hw, out, source)
-    for line in the_plan.describe()[:2]:
-        log(line)
-    log(f"writing to {run_dir}")
-    statuses = execute(the_plan, run_dir, meta, log=log, progress=progress,
-                       executor=executor_for(exp.measure, executor))
+    runner = executor_for(exp.measure, executor, ray_address=ray_address)   # a cluster is reached before any work
+    try:
+        the_plan, hw = _checked_plan(exp, source, log)
+        session = runner.describe(the_plan)
+        run_dir, meta = (_resume_dir(Path(resume), exp, source) if resume
+                         else _new_dir(exp, the_plan, hw, out, source))
+        meta["executors"] = [*meta.get("executors", []), session]
+        write_meta(run_dir, meta)
+        for line in the_plan.describe()[:2]:
+            log(line)
+        if session["name"] == "ray":
+            log(f"ray: {session['nodes']} node(s), {session['slots']} cell(s) at a time")
+        log(f"writing to {run_dir}")
+        statuses = execute(the_plan, run_dir, meta, log=log, progress=progress, executor=runner)
+    finally:
+        runner.close()
     meta = finished_meta(run_dir, meta, statuses)
     card_paths = card(run_dir)
     verdicts = gate_verdicts(run_dir)

@@ -44,7 +44,11 @@ def run(experiment: Optional[Path] = typer.Argument(None, help="Experiment YAML 
         resume: Optional[Path] = typer.Option(None, "--resume", help="Finish an interrupted run in this folder."),
         executor: str = typer.Option("auto", "--executor", help="How cells run: auto (in process, or a "
                                      "subprocess per cell when measure.isolate or cell_timeout_s is set), "
-                                     "inprocess or subprocess."),
+                                     "inprocess, subprocess, or ray (a Ray cluster; pip install "
+                                     "\"qbench-cards[ray]\")."),
+        ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --executor ray: the "
+                                                  "cluster's HOST:PORT (as `ray start --head` prints it) or "
+                                                  "auto; default RAY_ADDRESS, else a local one-node cluster."),
         no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars.")):
     """Quantize, measure, and render the card of an experiment."""
     import signal
@@ -61,7 +65,7 @@ def run(experiment: Optional[Path] = typer.Argument(None, help="Experiment YAML 
     # SIGTERM (a scheduler, a CI timeout) stops like Ctrl-C: finished cells are already on disk
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     outcome = api.run(experiment, out=out, resume=resume, progress=not no_progress and sys.stderr.isatty(),
-                      log=log, executor=executor)
+                      log=log, executor=executor, ray_address=ray_address)
     for kind, path in outcome.card.items():
         typer.echo(f"{kind}: {path}")
     if outcome.failed:

@@ -12,7 +12,8 @@ MIN_EVAL = 30     # fewer evaluation samples than this and quality intervals are
 
 def caveats(ix: Index, meta: dict, cells: list) -> list:
     """Sentences on what limits the card: emulation, baseline, noise, contention, GPU, failures, samples."""
-    return [*_emulation(cells), *_runtimes(cells), *_baseline(meta), *_source(meta, cells), *_timing(ix),
+    return [*_emulation(cells), *_runtimes(cells), *_baseline(meta), *_source(meta, cells), *_machines(meta, cells),
+            *_timing(ix),
             *(s for c in cells for s in _gpu(c)), *_missing(meta, cells), *_samples(meta, cells)]
 
 
@@ -52,6 +53,20 @@ def _runtimes(cells: list) -> list:
                    "PyTorch baseline, and their quality differences include every numeric choice of that runtime, "
                    "not only its weight format.")
     return out
+
+
+def _machines(meta: dict, cells: list) -> list:
+    """Cells measured on different hardware (a cluster of unlike nodes, or a run resumed elsewhere): their
+    timings are not comparable with each other."""
+    prints: dict = {}
+    for c in cells:
+        if c.get("status") in ("ok", "failed") and c.get("fingerprint"):
+            prints.setdefault(c["fingerprint"], []).append(c.get("cell"))
+    if len(prints) < 2:
+        return []
+    each = "; ".join(f"{fp}: {len(ids)} cell(s)" for fp, ids in sorted(prints.items()))
+    return [f"Mixed hardware: the cells ran on {len(prints)} different hardware fingerprints ({each}); speed "
+            "numbers of cells on different fingerprints are not comparable with each other."]
 
 
 def _emulation(cells: list) -> list:

@@ -90,6 +90,7 @@ def build_comparison(run_a: ResultsTable | str | Path, run_b: ResultsTable | str
     }
     items = [("Folder", "folder"), ("Experiment", "experiment_name"), ("Date", "date"),
              ("Status", "status"), ("Hardware", "hardware_summary"), ("Hardware fingerprint", "fingerprint"),
+             ("Cells' fingerprints", "cell_fingerprints"),
              ("torch", "torch"), ("Device", "device"), ("Baseline ran in", "baseline"),
              ("git commit", "git_commit"), ("qbench version", "qbench_version")]
     header = table(["", "A (reference)", "B"], [
@@ -120,6 +121,8 @@ def _run_info(t: ResultsTable, folder: str) -> dict:
         "status": str(meta.get("status") or DASH),
         "hardware_summary": str(meta.get("hardware_summary") or DASH),
         "fingerprint": str(meta.get("fingerprint") or DASH),
+        "cell_fingerprints": ", ".join(sorted({str(c["fingerprint"]) for c in t.cells if c.get("fingerprint")}))
+                             or DASH,
         "torch": str(pkgs.get("torch") or DASH),
         "device": str(meta.get("device") or DASH),
         "baseline": str((meta.get("baseline") or {}).get("resolved") or DASH),
@@ -136,6 +139,15 @@ def _warnings(a: dict, b: dict) -> list[str]:
     elif a["fingerprint"] != b["fingerprint"]:
         out.append(f"Hardware fingerprints differ (A {a['fingerprint']}, B {b['fingerprint']}): the runs used "
                    "different hardware, so speed differences may come from the machines, not from what changed.")
+    for run, info in (("A", a), ("B", b)):
+        if "," in info["cell_fingerprints"]:
+            out.append(f"Run {run}'s cells ran on different hardware (fingerprints {info['cell_fingerprints']}): "
+                       "its own speed numbers are not comparable cell to cell.")
+    if DASH not in (a["cell_fingerprints"], b["cell_fingerprints"]) and a["cell_fingerprints"] != b[
+            "cell_fingerprints"] and a["fingerprint"] == b["fingerprint"]:
+        out.append(f"The cells of the two runs ran on different hardware (A {a['cell_fingerprints']}, B "
+                   f"{b['cell_fingerprints']}) although the runs started on the same machine: speed differences "
+                   "may come from the machines.")
     for key, what in (("torch", "torch versions"), ("device", "devices"), ("baseline", "baseline precisions"),
                       ("experiment_name", "experiments")):
         if a[key] != b[key]:

@@ -43,7 +43,7 @@ def build_context(source: ResultsTable | str | Path) -> dict:
         "gates": verdicts,  # one verdict per gate of the experiment (qbench.report.gates.evaluate_gates)
         "gates_section": gates_section(verdicts),  # None when the experiment declares no gates
         "setup": setup(meta, cells, order),
-        "hardware": hardware(meta),
+        "hardware": hardware(meta, cells),
         "results": res,
         "quant_maps": quant_maps(qcells, order, {sc.get("name"): sc.get("exclude") for sc in exp.get("schemes", [])}),
         "caveats": caveats(ix, meta, cells),

@@ -136,7 +136,8 @@ def _workload_row(wl: dict, cells: list) -> list:
     return [wl.get("name"), wl.get("dataset"), ev.get("n", DASH), str(ev.get("hash") or DASH)[:8]]
 
 
-def hardware(meta: dict) -> dict:
+def hardware(meta: dict, cells: list) -> dict:
+    """The machine that started the run, what ran its cells, and on how many machines they ran."""
     hw = meta.get("hardware") or {}
     gib = num(hw.get("ram_bytes"))
     freq = [sig(f) for f in hw.get("cpu_freq_mhz") or []]
@@ -164,10 +165,37 @@ def hardware(meta: dict) -> dict:
         ("torch threads", hw.get("torch_threads") or DASH),
         ("torch CPU capability", hw.get("torch_cpu_capability") or DASH),
         ("Device used", meta.get("device") or DASH),
+        ("Executor", executors_text(meta)),
+        ("Cells ran on", machines_text(cells)),
         ("git commit", meta.get("git_commit") or "unknown"),
         ("qbench version", meta.get("qbench_version") or DASH),
     ]
     return table(["Item", "Value"], [list(i) for i in items])
+
+
+def executors_text(meta: dict) -> str:
+    """'ray (2 nodes, 2 cells at a time)', sessions of a resumed run joined by 'then'."""
+    parts = []
+    for e in meta.get("executors") or []:
+        if e.get("name") == "ray":
+            parts.append(f"ray ({e.get('nodes')} node(s), {e.get('slots')} cell(s) at a time)")
+        else:
+            parts.append(str(e.get("name") or DASH))
+    return ", then ".join(parts) or DASH
+
+
+def cell_machines(cells: list) -> tuple[set, set]:
+    """(distinct nodes, distinct hardware fingerprints) of the cells that ran; a node is a host name hash
+    and, on a cluster, the cluster's node id."""
+    ran = [c for c in cells if c.get("status") in ("ok", "failed") and c.get("fingerprint")]
+    return {(c.get("host"), c.get("node")) for c in ran}, {c["fingerprint"] for c in ran}
+
+
+def machines_text(cells: list) -> str:
+    nodes, prints = cell_machines(cells)
+    if not prints:
+        return DASH
+    return f"{len(nodes)} node(s); hardware fingerprint(s) {', '.join(sorted(prints))}"
 
 
 def reproduce(meta: dict) -> dict:

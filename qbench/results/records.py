@@ -6,9 +6,10 @@
 Two levels, one model each:
 - lenient (the default, used by load_results): the shape every qbench version wrote. Only what old or
   unfinished runs lack is optional: a cell's per-cell provenance (hardware, fingerprint, host: added with the
-  executors), `seconds` and `finished` (skipped cells have none), `gpu` (CUDA runs only), `traceback` (failed
-  cells only); every field of meta.json (it is written in steps while a run goes, and a folder with a bare
-  `{}` still renders a card). Metrics not in the registry are accepted, so an old card still renders.
+  executors; node: cluster runs only), `seconds`, `started` and `finished` (skipped cells have none), `gpu`
+  (CUDA runs only), `traceback` (failed cells only); every field of meta.json (it is written in steps while a
+  run goes, and a folder with a bare `{}` still renders a card). Metrics not in the registry are accepted, so
+  an old card still renders.
 - strict (context={"strict": True}): additionally every field the current runner writes is present, and
   every row names a declared metric in its declared unit, variant and per-batch-size-ness.
 
@@ -162,8 +163,12 @@ class CellRecord(_Record):
     evaluation: Optional[EvaluationInfo]
     method: Optional[MethodInfo] = Field(None, description="The quantization method, its parameters and the time "
                                          "it took; None for failed or skipped cells and runs before methods.")
-    seconds: Optional[float] = Field(None, ge=0, description="Wall time of the cell, model loading included.")
-    finished: Optional[str] = Field(None, description="When the cell ended (ISO 8601, UTC).")
+    seconds: Optional[float] = Field(None, ge=0, description="Wall time of the cell, model loading included "
+                                     "(None when its worker died before it could report).")
+    started: Optional[str] = Field(None, description="When the cell started on the machine that ran it (ISO 8601, "
+                                   "UTC, microseconds; None when its worker died before it could report).")
+    finished: Optional[str] = Field(None, description="When the cell ended (ISO 8601, UTC): on the machine that ran "
+                                    "it, or when the driver learned that its worker died.")
     traceback: Optional[str] = Field(None, description="Failed cells: the last frames of the exception.")
     gpu: Optional[dict] = Field(None, description="CUDA cells: telemetry, peak memory, fit (qbench.runner.gpu).")
     hardware: Optional[dict] = Field(None, description="The machine the cell ran on (HardwareInfo.to_dict()).")
@@ -171,13 +176,15 @@ class CellRecord(_Record):
     host: Optional[str] = Field(None, description="Hash of the host name the cell ran on.")
     runtime: Optional[dict] = Field(None, description="Schemes run by a peer runtime (qbench.runtimes): its name, "
                                     "version, file type, threads, KV cache, realized tensor types and file bytes.")
+    node: Optional[str] = Field(None, description="The cluster's id of the node that ran the cell (Ray node id); "
+                                "None for cells run by a local executor.")
     source_grid: Optional[str] = Field(None, description="Why this scheme's weight grid contains the grid the "
                                        "model's source file already stored (its zero error there measures "
                                        "nothing); None when it provably does not, or the model was float.")
 
     @classmethod
     def strict_required(cls, data: dict) -> tuple[str, ...]:
-        return ("seconds", "finished") if data.get("status") in ("ok", "failed") else ()
+        return ("seconds", "started", "finished") if data.get("status") in ("ok", "failed") else ()
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo):
@@ -230,12 +237,23 @@ class ModelInfo(_Record):
                                           "GGML type (LoadedModel.source_format without its per-tensor list).")
 
 
+class ExecutorInfo(_Record):
+    """meta.json executors[]: one entry per session that ran cells of the run (a resumed run adds one)."""
+
+    name: str = Field(description="inprocess, subprocess or ray.")
+    nodes: int = Field(ge=1, description="Nodes that could run a timed cell when the session started (one "
+                       "for local executors).")
+    slots: int = Field(ge=1, description="Timed cells that could run at once: one per node on CPU, one per GPU "
+                       "on CUDA (one for local executors).")
+
+
 class RunMeta(_Record):
     """meta.json: what was asked, on what, by which code, and how far the run got."""
 
     STRICT_REQUIRED: ClassVar[tuple[str, ...]] = (
         "qbench_version", "created", "finished", "experiment_name", "experiment_file", "experiment", "hardware",
-        "hardware_summary", "fingerprint", "git_commit", "device", "command", "baseline", "plan", "status")
+        "hardware_summary", "fingerprint", "git_commit", "device", "command", "baseline", "plan", "status",
+        "executors")
 
     qbench_version: Optional[str] = None
     created: Optional[str] = Field(None, description="When the run started (ISO 8601, UTC).")
@@ -254,3 +272,5 @@ class RunMeta(_Record):
     plan: Optional[PlanInfo] = None
     status: Optional[RunStatus] = None
     models: dict[str, ModelInfo] = Field(default_factory=dict, description="Filled as each model loads.")
+    executors: tuple[ExecutorInfo, ...] = Field((), description="What ran the cells, one entry per session "
+                                                "(started or resumed), in order.")

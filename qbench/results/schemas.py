@@ -35,7 +35,7 @@ def _cell(strict: bool) -> dict:
     if strict:
         s["$defs"]["Row"]["properties"]["metric"]["enum"] = list(METRICS)
         s["allOf"] = [{"if": {"properties": {"status": {"enum": ["ok", "failed"]}}},
-                       "then": {"required": ["seconds", "finished"]}}]
+                       "then": {"required": list(CellRecord.strict_required({"status": "ok"}))}}]
     return s
 
 

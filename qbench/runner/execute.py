@@ -43,6 +43,7 @@ def _drive(plan: Plan, run_dir: Path, meta: dict, executor: Executor, log, progr
     if done:
         log(f"resuming: {len(done)} cell(s) already finished, {len(todo)} to run")
     bar = _progress(len(todo), progress)
+    failed = 0
     for result in executor.run(plan, todo, run_dir):
         record = result.record
         if result.models:
@@ -50,11 +51,13 @@ def _drive(plan: Plan, run_dir: Path, meta: dict, executor: Executor, log, progr
                 meta.setdefault("models", {}).setdefault(name, {}).update(info)
             write_meta(run_dir, meta)                           # model provenance survives a crash
         if record["status"] == "failed":
+            failed += 1
             log(f"cell {result.cell.id} failed: {record['reason']}")
-        record["finished"] = now()
+        record.setdefault("finished", now())   # a cell whose worker died: when the driver learned it
         write_cell(run_dir, record)
         statuses[result.cell.id] = record["status"]
         bar.set_description(result.cell.id)
+        bar.set_postfix_str(f"running {executor.running}, failed {failed}", refresh=False)
         bar.update(1)
     bar.close()
     for cell, reason in plan.skipped:
@@ -72,7 +75,8 @@ def write_cell(run_dir: Path, record: dict) -> None:
     try:
         CellRecord.model_validate(record, context={"strict": True})
     except ValidationError as e:
-        kept = ("cell", "model", "scheme", "workload", "seconds", "finished", "hardware", "fingerprint", "host")
+        kept = ("cell", "model", "scheme", "workload", "seconds", "started", "finished", "hardware", "fingerprint",
+                "host", "node")
         record = blank_record({k: record[k] for k in kept if k in record}, "failed",
                               f"the cell's record is malformed: {e}")
     write_json_atomic(Path(run_dir) / "cells" / f"{record['cell']}.json", record)

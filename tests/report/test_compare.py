@@ -208,3 +208,26 @@ def test_no_torch_import(runs):
     out = subprocess.run([sys.executable, "-c", code, *map(str, runs)], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert "clean" in out.stdout
+
+
+def test_cells_on_different_hardware_are_flagged_in_the_card_and_the_comparison(runs):
+    """A cluster run whose cells ran on two fingerprints: a caveat in its card, a warning in compare (both
+    ways), while a run on one fingerprint gets neither."""
+    from qbench.report.context import build_context
+
+    a, b = runs
+    for cell in ("reflm__w4-g32__code", "reflm__w4-g32__text"):
+        edit_json(b / "cells" / f"{cell}.json", lambda c: c.update(fingerprint="77aa00ff", node="n2"))
+    caveats = build_context(b)["caveats"]
+    mixed = [c for c in caveats if c.startswith("Mixed hardware")]
+    assert mixed == ["Mixed hardware: the cells ran on 2 different hardware fingerprints (0a1b2c3d: 6 cell(s); "
+                     "77aa00ff: 2 cell(s)); speed numbers of cells on different fingerprints are not comparable "
+                     "with each other."]
+    rows = {r["cells"][0]: r["cells"][1] for r in build_context(b)["hardware"]["rows"]}
+    assert rows["Cells ran on"] == "2 node(s); hardware fingerprint(s) 0a1b2c3d, 77aa00ff"
+    assert rows["Executor"] == "inprocess"
+    assert not [c for c in build_context(a)["caveats"] if c.startswith("Mixed hardware")]
+    for x, y in ((a, b), (b, a)):
+        warnings = build_comparison(x, y)["warnings"]
+        assert any("cells ran on different hardware (fingerprints 0a1b2c3d, 77aa00ff)" in w for w in warnings)
+    assert not any("different hardware" in w for w in build_comparison(a, a)["warnings"])

@@ -241,11 +241,12 @@ def test_a_malformed_record_is_written_as_a_failed_cell(tmp_path):
     from qbench.runner.execute import write_cell
 
     names = {"cell": "m__s__w", "model": "m", "scheme": "s", "workload": "w"}
-    record = dict(blank_record(names, "ok"), task="encoder", seconds=1.5, finished="2026-01-01T00:00:00+00:00",
-                  fingerprint="abcd1234", surprise=1)
+    record = dict(blank_record(names, "ok"), task="encoder", seconds=1.5, started="2026-01-01T00:00:00+00:00",
+                  finished="2026-01-01T00:00:01+00:00", fingerprint="abcd1234", node="n1", surprise=1)
     write_cell(tmp_path, record)
     written = json.loads((tmp_path / "cells" / "m__s__w.json").read_text())
     assert written["status"] == "failed" and "malformed" in written["reason"] and "surprise" in written["reason"]
-    assert {k: written[k] for k in (*names, "seconds", "finished", "fingerprint")} == \
-        {**names, "seconds": 1.5, "finished": "2026-01-01T00:00:00+00:00", "fingerprint": "abcd1234"}
+    assert {k: written[k] for k in (*names, "seconds", "started", "finished", "fingerprint", "node")} == \
+        {**names, "seconds": 1.5, "started": "2026-01-01T00:00:00+00:00", "finished": "2026-01-01T00:00:01+00:00",
+         "fingerprint": "abcd1234", "node": "n1"}
     CellRecord.model_validate(written, context={"strict": True})

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Iterator
 
 from qbench.runner.cellstate import load_model_state
-from qbench.runner.executors.base import CellResult, measure_cell
+from qbench.runner.executors.base import CellResult, LocalExecutor, measure_cell
 from qbench.runner.plan import Cell, Plan
 
 
-class InProcessExecutor:
+class InProcessExecutor(LocalExecutor):
     name = "inprocess"
 
     def __init__(self):

@@ -17,7 +17,7 @@ from typing import Iterator, Optional
 from qbench.atomic import write_json_atomic
 from qbench.runner.cell import cell_header
 from qbench.runner.cellstate import load_model_state, setup_torch
-from qbench.runner.executors.base import CellResult, measure_cell, provenance
+from qbench.runner.executors.base import CellResult, LocalExecutor, measure_cell, provenance
 from qbench.runner.plan import Cell, Plan
 
 
@@ -27,7 +27,7 @@ def _worker(plan: Plan, cell: Cell, out: str) -> None:
     write_json_atomic(Path(out), {"record": result.record, "models": result.models})
 
 
-class SubprocessExecutor:
+class SubprocessExecutor(LocalExecutor):
     name = "subprocess"
 
     def __init__(self, timeout: Optional[float] = None):
@@ -71,4 +71,4 @@ class SubprocessExecutor:
 def _lost(cell: Cell, why: str) -> CellResult:
     """A cell whose worker died or was killed: failed, with the driver's own provenance (the worker ran
     on this machine)."""
-    return CellResult(cell, dict(cell_header(cell, "failed", why), **provenance()))
+    return CellResult(cell, dict(cell_header(cell, "failed", why), started=None, **provenance()))
