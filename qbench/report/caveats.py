@@ -3,10 +3,8 @@ from __future__ import annotations
 
 from qbench.report.fmt import DASH, num
 from qbench.report.index import Index
-from qbench.report.tables import NOISE_LIMIT, spread
+from qbench.report.timing import CONTENDED, NOISE_LIMIT, spread
 from qbench.results.metrics import all_metrics
-
-CONTENDED = 0.25  # foreign CPU cores while timing above which a cell is flagged
 MIN_EVAL = 30     # fewer evaluation samples than this and quality intervals are called wide
 
 

@@ -15,6 +15,7 @@ from qbench.atomic import write_atomic
 from qbench.report.fmt import DASH, fmt, num, table, when, with_ci
 from qbench.report.index import ordered
 from qbench.report.render import make_env
+from qbench.report.timing import CONTENDED, contention, doubts
 from qbench.results import ResultsTable, load_results
 from qbench.results.metrics import in_quality_table
 
@@ -62,15 +63,24 @@ def build_comparison(run_a: ResultsTable | str | Path, run_b: ResultsTable | str
     sort = _sorter(ta, tb)
     both = sorted((k for k in ra if k in rb), key=sort)
     speed, latency, quality = [], [], []
+    cores = contention(ta.rows), contention(tb.rows)
+    doubtful = {"speed": 0, "latency": 0}
     for k in both:
         a, b = ra[k], rb[k]
         m, s, w, variant, bs, metric = k
         verdict = ci_verdict(a, b)
         flag = verdict == "changed"
+        if metric in ("speedup", "latency_ms"):
+            why = _timing_doubts(k, a, b, ra, rb, cores)
+            if flag and why:      # a change the machine can explain is not called a regression
+                verdict, flag = "changed, not attributable", False
+                doubtful["speed" if metric == "speedup" else "latency"] += 1
+            timing = "; ".join(why) or "quiet"
         if metric == "speedup":
-            speed.append({"cells": [m, s, w, bs, with_ci(a), with_ci(b), _ratio(a, b), verdict], "flag": flag})
+            speed.append({"cells": [m, s, w, bs, with_ci(a), with_ci(b), _ratio(a, b), verdict, timing],
+                          "flag": flag})
         elif metric == "latency_ms":
-            latency.append({"cells": [m, s, w, bs, variant, with_ci(a), with_ci(b), _ratio(a, b), verdict],
+            latency.append({"cells": [m, s, w, bs, variant, with_ci(a), with_ci(b), _ratio(a, b), verdict, timing],
                             "flag": flag})
         elif bs is None and in_quality_table(metric):
             label = metric if variant in ("quantized", "paired", None) else f"{metric} ({variant})"
@@ -80,9 +90,9 @@ def build_comparison(run_a: ResultsTable | str | Path, run_b: ResultsTable | str
     kernels = _kernel_changes(ta, tb, sort)
     tables = {
         "speed": table(["Model", "Scheme", "Workload", "Batch", "Speedup A [95% CI]", "Speedup B [95% CI]",
-                        "B/A", "CIs"], speed, "lllrrrrl"),
+                        "B/A", "CIs", "Timing"], speed, "lllrrrrll"),
         "latency": table(["Model", "Scheme", "Workload", "Batch", "Variant", "A ms [95% CI]", "B ms [95% CI]",
-                          "B/A", "CIs"], latency, "lllrlrrrl"),
+                          "B/A", "CIs", "Timing"], latency, "lllrlrrrll"),
         "quality": table(["Model", "Scheme", "Workload", "Metric", "A [95% CI]", "B [95% CI]", "Δ (B − A)",
                           "CIs"], quality, "llllrrrl"),
         "only_in_one": table(["Model", "Scheme", "Workload", "Only in", "What"], only),
@@ -97,6 +107,9 @@ def build_comparison(run_a: ResultsTable | str | Path, run_b: ResultsTable | str
         {"cells": [label, info[0][k], info[1][k]],
          "flag": info[0][k] != info[1][k] and k not in ("folder", "date")} for label, k in items])
     n_changed = {name: sum(r["flag"] for r in tables[name]["rows"]) for name in ("speed", "latency", "quality")}
+    for name, n in doubtful.items():        # "changed" counts every change; the doubtful ones apart
+        n_changed[name] += n
+    contended_cells = {side: sum(1 for c in cs.values() if c > CONTENDED) for side, cs in zip("ab", cores)}
     return {
         "compare_schema_version": COMPARE_SCHEMA_VERSION,
         "runs": {"a": info[0], "b": info[1]},
@@ -105,9 +118,44 @@ def build_comparison(run_a: ResultsTable | str | Path, run_b: ResultsTable | str
         "counts": {"matched_rows": len(both), "only_in_a_rows": sum(k not in rb for k in ra),
                    "only_in_b_rows": sum(k not in ra for k in rb), "kernel_changes": len(kernels),
                    **{f"{name}_rows": len(tables[name]["rows"]) for name in n_changed},
-                   **{f"{name}_changed": n for name, n in n_changed.items()}},
+                   **{f"{name}_changed": n for name, n in n_changed.items()},
+                   **{f"{name}_changed_not_attributable": n for name, n in doubtful.items()},
+                   "contended_cells_a": contended_cells["a"], "contended_cells_b": contended_cells["b"]},
+        "summary": _summary(n_changed, doubtful, contended_cells, len(speed), len(latency)),
         **tables,
     }
+
+
+def _timing_doubts(k: tuple, a: dict, b: dict, ra: dict, rb: dict, cores: tuple) -> list[str]:
+    """Why a timing change between A and B may come from the machines rather than the code: either run's
+    cell contended, or the latencies behind the number noisy (a speed-up is judged by both its latencies)."""
+    m, s, w, variant, bs, metric = k
+    out = []
+    for side, row, rows, c in (("A", a, ra, cores[0]), ("B", b, rb, cores[1])):
+        behind = [rows.get((m, s, w, v, bs, "latency_ms")) for v in ("baseline", "quantized")] \
+            if metric == "speedup" else [row]
+        out += [f"{side} {d}" for d in doubts(c, row, *behind)]
+    return list(dict.fromkeys(out))
+
+
+def _summary(changed: dict, doubtful: dict, contended_cells: dict, n_speed: int, n_latency: int) -> list[str]:
+    """The comparison's verdict in sentences, with the changes the machines can explain counted apart."""
+    out = []
+    for name, one, what, n in (("speed", "speed-up", "speed-ups", n_speed), ("latency", "latency", "latencies",
+                                                                                n_latency)):
+        c, d = changed[name], doubtful[name]
+        if not c:
+            out.append(f"No {one} changed ({n} compared).")
+            continue
+        line = f"{c} of {n} {what} changed"
+        if d:
+            line += (f"; {d} of them in cells timed on a contended machine or with noisy repeats, which the "
+                     f"code cannot be blamed for, so {c - d} attributable to what changed between the runs")
+        out.append(line + ".")
+    busy = [f"{'AB'[i]}: {n} cell(s)" for i, n in enumerate(contended_cells.values()) if n]
+    if busy:
+        out.append(f"Contended while timed (above {CONTENDED} foreign cores): {', '.join(busy)}.")
+    return out
 
 
 def _run_info(t: ResultsTable, folder: str) -> dict:

@@ -12,15 +12,18 @@ from qbench.report.caveats import caveats, glossary
 from qbench.report.fmt import DASH, when
 from qbench.report.gates import evaluate_gates, gates_section
 from qbench.report.index import Index, card_order
+from qbench.report.overview import overview
 from qbench.report.setup import hardware, reproduce, setup
 from qbench.report.summary import contrast, summary
 from qbench.report.tables import gpu, quant_maps, results
 from qbench.results import ResultsTable, load_results
 
-CARD_SCHEMA_VERSION = 1
+CARD_SCHEMA_VERSION = 2
 
 
-def build_context(source: ResultsTable | str | Path) -> dict:
+def build_context(source: ResultsTable | str | Path, style: dict | None = None) -> dict:
+    """The card context of a run. `style`: {scheme: {"color", "marker"}} to use in the plots (a site passes
+    one for all its cards); by default each scheme gets one from its position in the card."""
     t = source if isinstance(source, ResultsTable) else load_results(source)
     meta, cells = t.meta, t.cells
     exp = meta.get("experiment") or {}
@@ -35,21 +38,25 @@ def build_context(source: ResultsTable | str | Path) -> dict:
     gpu_table = gpu(ix, cells)
     if gpu_table:  # only runs on CUDA devices have one
         res["gpu"] = gpu_table
+    the_setup = setup(meta, cells, order)
+    tasks = {c.get("model"): c.get("task") for c in cells if c.get("task")}
+    style = {**plots.styles(order["schemes"]), **(style or {})}
     return {
         "card_schema_version": CARD_SCHEMA_VERSION,
         "title": _title(meta, exp),
+        "overview": overview(ix, order, cells, the_setup, meta, verdicts),
         "summary": summary(ix, order, cells),
         "contrast": contrast(ix, order, cells),  # text vs code degradation; None with a single workload
         "gates": verdicts,  # one verdict per gate of the experiment (qbench.report.gates.evaluate_gates)
         "gates_section": gates_section(verdicts),  # None when the experiment declares no gates
-        "setup": setup(meta, cells, order),
+        "setup": the_setup,
         "hardware": hardware(meta, cells),
         "results": res,
         "quant_maps": quant_maps(qcells, order, {sc.get("name"): sc.get("exclude") for sc in exp.get("schemes", [])}),
         "caveats": caveats(ix, meta, cells),
         "reproduce": reproduce(meta),
         "glossary": glossary(t.rows),
-        "plots": plots.collect(ix, order, qcells),
+        "plots": plots.collect(ix, order, qcells, style, tasks),
     }
 
 

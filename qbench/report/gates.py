@@ -16,6 +16,7 @@ from itertools import product
 from qbench.report.fmt import DASH, num, table
 from qbench.report.gate_spec import GateSpec, InvalidGate, parse_gate
 from qbench.report.index import ordered
+from qbench.report.timing import contended, contention
 
 _MAX_LISTED = 3
 
@@ -86,6 +87,7 @@ class _Scope:
 
     def __init__(self, exp: dict, rows: list[dict]):
         self.rows = [r for r in rows if isinstance(r, dict)]
+        self.cores = contention(self.rows)     # cell -> foreign CPU cores while it was timed
         models = [m for m in exp.get("models") or [] if isinstance(m, dict)]
         self.alias = {m.get("id"): m.get("name") or m.get("id") for m in models}
         self.models = ordered([m.get("name") or m.get("id") for m in models], [r.get("model") for r in self.rows])
@@ -131,6 +133,13 @@ def _evaluate(i: int, raw, scope: _Scope) -> dict:
         problems.append(f"no {gate.metric} ({variant}) result for {_listed([_key_text(k) for k in missing])} "
                         "(cell failed, skipped or not run)")
     status, detail = _judgement(gate, scope, judged, matched, bad, worst, problems, models, not_measured)
+    if gate.spec.per_batch:       # a timing: say when the machine, not the code, may explain it
+        busy = [r for _, r in (bad or judged) if contended(scope.cores, r.get("cell")) is not None]
+        if busy:
+            worst_busy = max(contended(scope.cores, r.get("cell")) for r in busy)
+            detail = (detail.rstrip(".") + f"; {len(busy)} of {'the failing' if bad else 'these'} rows were timed on "
+                      f"a contended machine (up to {worst_busy:.2f} other cores busy), so the machine, not the "
+                      "code, may explain them.")
     return _verdict_dict(i, gate, gate.metric, gate.use, variant, filters, _bound_text(gate), gate.min, gate.max,
                          matched, worst, status, detail)
 

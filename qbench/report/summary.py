@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from qbench.report.fmt import fmt, num, sig, table
 from qbench.report.index import Index
+from qbench.report.timing import contention, doubts
 from qbench.results.metrics import Metric, contrasted, headline
 
 Z95 = 1.959963984540054
@@ -40,6 +41,9 @@ def _speed_parts(ix: Index, order: dict, m: str, s: str) -> list[str]:
         return []
     v, lo, hi = num(sp["value"]), num(sp["ci_low"]), num(sp["ci_high"])
     ci = f" (95% CI {lo:.2f}-{hi:.2f})" if lo is not None and hi is not None else ""
+    why = doubts(contention(ix.rows), sp, *(ix.get(m, s, sw, "latency_ms", v_, bs) for v_ in ("baseline", "quantized")))
+    if why:
+        ci += f" ⚠ {', '.join(why)}"
     where = f" at batch {bs}" + (f" on {sw}" if len(order["workloads"]) > 1 else "")
     if lo is not None and hi is not None and lo <= 1 <= hi:
         return [f"no clear speed change ({v:.2f}x{where}{ci})"]

@@ -6,19 +6,12 @@ from fnmatch import fnmatchcase
 
 from qbench.report.fmt import DASH, fmt, mib, num, sig, table, with_ci
 from qbench.report.index import Index
+from qbench.report.timing import NOISE_LIMIT, spread
 from qbench.results.metrics import in_quality_table
-
-NOISE_LIMIT = 0.25  # p10-p90 spread of a timing, relative to its median, above which it is flagged noisy
 
 
 def _yn(b) -> str:
     return DASH if b is None else ("yes" if b else "no")
-
-
-def spread(r):
-    """(p90 − p10) / value of a timing row, or None."""
-    v, lo, hi = (num(r.get(k)) for k in ("value", "p10", "p90"))
-    return None if None in (v, lo, hi) or v == 0 else (hi - lo) / v
 
 
 _BQ = ("baseline", "quantized")

@@ -45,9 +45,9 @@ class Metric:
     gate: bool = True              # a gate may judge it
     label: str = ""                # short name in the card's prose ("cosine"); default: the name
     ideal: Optional[float] = None  # the value meaning "no change from the baseline"
-    headline: bool = False         # the task's quality number in the summary and the quality-vs-speed plot
+    headline: bool = False         # the task's quality number in the summary, the overview and the pareto plot
     contrast: bool = False         # compared across workloads (text vs code) in the card
-    plot: Optional[str] = None     # the card plot that draws it: speedup | quality_speed | weights
+    plot: Optional[str] = None     # the card plot that draws it: speedup | pareto | weights
 
     @property
     def higher_is_better(self) -> Optional[bool]:
@@ -93,7 +93,7 @@ _DECLARED = (
            "timed (0 = quiet machine).", section="conditions", gate=False),
     Metric("cosine_mean", "cosine", "higher", (_Q,), "Mean cosine similarity of quantized vs baseline embeddings "
            "(1 = identical).", has_ci=True, task="encoder", display="fixed4", label="cosine", ideal=1.0,
-           headline=True, contrast=True, plot="quality_speed"),
+           headline=True, contrast=True, plot="pareto"),
     Metric("cosine_min", "cosine", "higher", (_Q,), "Lowest cosine similarity over the evaluation samples.",
            task="encoder", display="fixed4", ideal=1.0),
     Metric("nn_agreement", "share", "higher", (_Q,), "Share of samples whose nearest neighbour is the same for "
@@ -101,7 +101,7 @@ _DECLARED = (
     Metric("ppl", "ppl", "lower", _BQ, "Perplexity on the evaluation text.", **_LM),
     Metric("log_ppl_ratio", "nats", "lower", (_P,), "log(quantized perplexity / baseline perplexity); 0 means "
            "no change.", has_ci=True, label="log-PPL ratio", ideal=0.0, headline=True, contrast=True,
-           plot="quality_speed", **_LM),
+           plot="pareto", **_LM),
     Metric("kl_mean", "nats", "lower", (_Q,), "Mean per-token KL divergence of quantized from baseline "
            "next-token distributions.", has_ci=True, label="KL mean", ideal=0.0, contrast=True, **_LM),
     Metric("kl_p99", "nats", "lower", (_Q,), "99th percentile of the per-token KL divergence.", ideal=0.0, **_LM),
@@ -210,7 +210,7 @@ def contrasted(task: Optional[str]) -> tuple[Metric, ...]:
 
 
 def plotted(plot: str) -> tuple[Metric, ...]:
-    """The metrics one card plot draws (speedup, quality_speed, weights), in declaration order."""
+    """The metrics one card plot draws (speedup, pareto, weights), in declaration order."""
     return tuple(m for m in all_metrics() if m.plot == plot)
 
 

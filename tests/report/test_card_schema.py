@@ -42,16 +42,16 @@ def small_card(tmp_path_factory) -> dict:
 def test_schema_identity():
     s = card_schema()
     assert s["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert "v1" in s["$id"] and s["title"] == "qbench card v1"
+    assert "v2" in s["$id"] and s["title"] == "qbench card v2"
     assert s["properties"]["card_schema_version"] == {"const": CARD_SCHEMA_VERSION,
                                                       "description": "Version of this card format."}
     assert s["additionalProperties"] is False
-    assert set(s["required"]) == {"card_schema_version", "title", "summary", "setup", "hardware", "results",
-                                  "quant_maps", "caveats", "reproduce", "glossary", "plots"}
-    # gates came later within v1: cards written before them (reports/example) stay valid
+    assert set(s["required"]) == {"card_schema_version", "title", "overview", "summary", "setup", "hardware",
+                                  "results", "quant_maps", "caveats", "reproduce", "glossary", "plots"}
+    # gates and the workload contrast are left out of cards that have none
     assert set(s["properties"]) - set(s["required"]) == {"gates", "gates_section", "contrast"}
     card_schema()["title"] = "changed"  # callers get a fresh copy
-    assert card_schema()["title"] == "qbench card v1"
+    assert card_schema()["title"] == "qbench card v2"
 
 
 def test_schema_is_valid_draft_2020_12():
@@ -142,17 +142,19 @@ MUTATIONS = [  # (edit, expected path in the message, expected words)
     (lambda c: c["quant_maps"][0].__setitem__("mismatches", True), "$.quant_maps[0].mismatches",
      "not of type 'integer'"),
     (lambda c: c.__setitem__("caveats", "none"), "$.caveats", "is not of type 'array'"),
-    (lambda c: c["plots"][0]["data"]["series"][0]["points"]["8"].__setitem__(0, "1.43"),
-     "$.plots[0].data.series[0].points['8'][0]", "is not of type 'number', 'null'"),
-    (lambda c: c["plots"][0]["data"]["series"][0]["points"]["8"].pop(), "$.plots[0].data.series[0].points['8']",
-     "too short"),
-    (lambda c: c["plots"][3]["data"].__setitem__("bars", []), "$.plots[3].data.bars", "non-empty"),
+    (lambda c: c["plots"][0]["data"]["facets"][0]["series"][0]["points"][0].__setitem__(0, "1.43"),
+     "$.plots[0].data.facets[0].series[0].points[0][0]", "is not of type 'number', 'null'"),
+    (lambda c: c["plots"][0]["data"]["facets"][0]["series"][0].__setitem__("color", "blue"),
+     "$.plots[0].data.facets[0].series[0].color", "does not match"),
+    (lambda c: c["plots"][3]["data"].__setitem__("facets", []), "$.plots[3].data.facets", "non-empty"),
+    (lambda c: c["plots"][2].pop("alt"), "$.plots[2]", "'alt' is a required property"),
+    (lambda c: c["overview"]["models"][0].pop("table"), "$.overview.models[0]", "'table' is a required property"),
     (lambda c: c["plots"][1].__setitem__("name", "histogram"), "$.plots[1].name", "is not one of"),
     (lambda c: c["results"]["speed"].__setitem__("align", "lxr"), "$.results.speed.align", "does not match"),
     (lambda c: c.__setitem__("extra", {}), "$", "Additional properties are not allowed ('extra' was unexpected)"),
     (lambda c: c["title"].__setitem__("colour", "red"), "$.title", "'colour' was unexpected"),
-    (lambda c: c.__setitem__("card_schema_version", 2), "$.card_schema_version", "1 was expected"),
-    (lambda c: c.__setitem__("card_schema_version", True), "$.card_schema_version", "1 was expected"),
+    (lambda c: c.__setitem__("card_schema_version", 1), "$.card_schema_version", "2 was expected"),
+    (lambda c: c.__setitem__("card_schema_version", True), "$.card_schema_version", "2 was expected"),
 ]
 
 

@@ -97,7 +97,8 @@ def test_changed_row_warning_and_missing_cell(modified):
     assert set(written.values()) == {b / "compare-run_a" / n for n in ("compare.md", "compare.html",
                                                                       "compare.json")}
     ctx = json.loads(written["compare.json"].read_text(encoding="utf-8"))
-    assert _flagged(ctx["speed"]) == [SPEED_KEY + ["1.43x [1.38, 1.49]", "1.80x [1.74, 1.86]", "1.26x", "changed"]]
+    assert _flagged(ctx["speed"]) == [SPEED_KEY + ["1.43x [1.38, 1.49]", "1.80x [1.74, 1.86]", "1.26x", "changed",
+                                          "quiet"]]
     assert [r["cells"][7] for r in ctx["speed"]["rows"]].count("changed") == 1
     assert not _flagged(ctx["latency"]) and not _flagged(ctx["quality"])
     fp = meta_of(a)["fingerprint"]
@@ -166,7 +167,7 @@ def test_quality_delta_and_latency_change(runs):
     row = next(r for r in ctx["latency"]["rows"] if r["cells"][:5] == ["minilm", "w8a8-dyn", "code", "1",
                                                                         "quantized"])
     assert row == {"cells": ["minilm", "w8a8-dyn", "code", "1", "quantized", "9.60 [9.40, 9.90]",
-                             "9.60 [9.20, 10.0]", "1.00x", "overlap"], "flag": False}
+                             "9.60 [9.20, 10.0]", "1.00x", "overlap", "quiet"], "flag": False}
 
 
 def test_html_escapes_model_names(runs, tmp_path):
@@ -231,3 +232,49 @@ def test_cells_on_different_hardware_are_flagged_in_the_card_and_the_comparison(
         warnings = build_comparison(x, y)["warnings"]
         assert any("cells ran on different hardware (fingerprints 0a1b2c3d, 77aa00ff)" in w for w in warnings)
     assert not any("different hardware" in w for w in build_comparison(a, a)["warnings"])
+
+
+def test_contended_changes_are_counted_apart_and_never_called_regressions(runs):
+    """A quiet run A and a run B whose every speed-up moved, six of its eight cells timed while other processes
+    kept 1.2 cores busy: all changes are counted, the contended ones apart, and only the quiet cells' rows read
+    as plain changes."""
+    a, b = runs
+    cells = sorted(p.stem for p in (a / "cells").glob("*.json"))
+    busy = cells[:6]
+    for run in (a, b):
+        for c in cells:      # steady repeats everywhere: contention is the only doubt
+            set_rows(run, c, "latency_ms", p10=10.0, p90=10.5, value=10.2)
+    for c in cells:
+        set_rows(a, c, "speedup", "paired", value=1.5, ci_low=1.45, ci_high=1.55)
+        set_rows(b, c, "speedup", "paired", value=1.1, ci_low=1.05, ci_high=1.15)
+        set_rows(a, c, "foreign_cpu_cores", value=0.02)
+        set_rows(b, c, "foreign_cpu_cores", value=1.2 if c in busy else 0.05)
+    ctx = build_comparison(a, b)
+    n_speed = sum(r["metric"] == "speedup" for r in rows_of(a))
+    per_cell = n_speed // len(cells)
+    n = ctx["counts"]
+    assert n["speed_changed"] == n_speed == 16
+    assert n["speed_changed_not_attributable"] == per_cell * len(busy) == 12
+    assert n["contended_cells_a"] == 0 and n["contended_cells_b"] == 6
+    assert ctx["summary"][0].startswith("16 of 16 speed-ups changed; 12 of them in cells timed on a contended "
+                                        "machine") and "4 attributable" in ctx["summary"][0]
+    for r in ctx["speed"]["rows"]:
+        cell = "__".join(r["cells"][:3])
+        if cell in busy:
+            assert r["cells"][7] == "changed, not attributable" and not r["flag"]
+            assert r["cells"][8] == "B contended (1.20 cores busy)"
+        else:
+            assert r["cells"][7] == "changed" and r["flag"] and r["cells"][8] == "quiet"
+    md = (compare_runs(a, b, a.parent / "cmp")["compare.md"]).read_text(encoding="utf-8")
+    assert "12 of them in cells timed on a contended machine" in md and "changed, not attributable" in md
+
+
+def test_noisy_repeats_make_a_latency_change_not_attributable(runs):
+    a, b = runs
+    cell = "minilm__w8a8-dyn__text"
+    set_rows(a, cell, "latency_ms", "quantized", 8, value=10.0, ci_low=9.9, ci_high=10.1, p10=9.9, p90=10.1)
+    set_rows(b, cell, "latency_ms", "quantized", 8, value=14.0, ci_low=13.0, ci_high=15.0, p10=9.0, p90=19.0)
+    row = next(r for r in build_comparison(a, b)["latency"]["rows"]
+               if r["cells"][:5] == ["minilm", "w8a8-dyn", "text", "8", "quantized"])
+    assert row["cells"][8] == "changed, not attributable" and not row["flag"]
+    assert row["cells"][9] == "B noisy (p10–p90 71%)"

@@ -60,7 +60,7 @@ def _rename_model(run: Path, new: str) -> None:
 def test_render_writes_all_outputs(card):
     run, written = card["run"], card["written"]
     assert {"card.md", "card.html", "card.json"} <= set(written)
-    for name in ("speedup", "quality_speed", "sqnr", "weights"):
+    for name in ("pareto", "speedup", "text_vs_code", "sqnr", "weights"):
         png = run / "plots" / f"{name}.png"
         assert written[f"plots/{name}.png"] == png
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -157,16 +157,18 @@ def test_md_setup_hardware_reproduce(card):
 def test_card_json_roundtrip(card):
     text = (card["run"] / "card.json").read_text(encoding="utf-8")
     data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
-    assert data["card_schema_version"] == 1
+    assert data["card_schema_version"] == 2
     assert data == json.loads(json.dumps(build_context(card["run"])))
-    assert [p["name"] for p in data["plots"]] == ["speedup", "quality_speed", "sqnr", "weights"]
+    assert [p["name"] for p in data["plots"]] == ["pareto", "speedup", "text_vs_code", "sqnr", "weights"]
 
 
 def test_html_self_contained(card):
     html = card["html"]
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", html, re.I)
-    assert "<script" not in html.lower()
-    assert html.count('src="data:image/png;base64,') == 4
+    # one inline script (opening a linked or printed section), nothing loaded
+    scripts = re.findall(r"<script[^>]*>", html, re.I)
+    assert scripts == ["<script>"]
+    assert html.count('src="data:image/png;base64,') == 5        # the headline plot once, in the overview
     assert "@media print" in html
     r = get_row(card["run"], "minilm__w8a8-dyn__text", "cosine_mean")
     assert f"{r['value']:.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}]" in html
@@ -177,7 +179,7 @@ def test_escaping(run):
     render_card(run)
     html = (run / "card.html").read_text(encoding="utf-8")
     md = (run / "card.md").read_text(encoding="utf-8")
-    assert EVIL not in html and "<script" not in html.lower()
+    assert EVIL not in html and "<script>alert" not in html.lower() and html.lower().count("<script") == 1
     assert "&lt;script&gt;alert(1)&lt;/script&gt;|x" in html
     assert "| &lt;script>alert(1)&lt;/script>\\|x | w8a8-dyn | cosine_mean |" in md
     assert "<script" not in md.split("```yaml")[0]
@@ -199,7 +201,7 @@ def test_failed_cell_and_missing_data(run):
     assert "- Cell minilm__w4-g32__code failed: out of memory." in md
     r = get_row(run, "minilm__w4-g32__text", "cosine_mean")
     assert f"| minilm | w4-g32 | cosine_mean | {r['value']:.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}] | — |" in md
-    assert "plots/speedup.png" not in written and "plots/quality_speed.png" not in written
+    assert "plots/speedup.png" not in written and "plots/pareto.png" not in written
     assert "plots/sqnr.png" in written
     assert "x faster" not in md
 
