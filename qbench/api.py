@@ -184,6 +184,20 @@ def card(run_dir: str | Path) -> dict[str, Path]:
     return render_card(Path(run_dir))
 
 
+def publish(run_dirs: list, out: str | Path) -> dict[str, Path]:
+    """A static site of the runs' cards in `out` (qbench.report.site): index.html, feed.jsonl, frontier plots,
+    and each run folder with its card in the site's colours. ConfigError when a folder is not a run folder."""
+    from qbench.report.site import publish as build
+
+    if not run_dirs:
+        raise ConfigError("give at least one run folder to publish")
+    for r in run_dirs:
+        _read_meta(Path(r))
+    if Path(out).resolve() in {Path(r).resolve() for r in run_dirs}:
+        raise ConfigError("the site folder must not be one of the run folders", where="--out")
+    return build([Path(r) for r in run_dirs], out)
+
+
 def gate_verdicts(run_dir: str | Path) -> list:
     """Gate verdicts of a rendered card (evaluated once, while the card context was built)."""
     data = json.loads((Path(run_dir) / "card.json").read_text(encoding="utf-8"))

@@ -164,6 +164,22 @@ def compare(run_a: Path = typer.Argument(..., help="Reference run folder."),
         typer.echo(f"{kind}: {path}")
 
 
+@app.command()
+@handled
+def publish(runs: list[Path] = typer.Argument(..., help="Run folders to publish."),
+            out: Path = typer.Option(..., "--out", help="Folder to write the site to (index.html, feed.jsonl, "
+                                     "plots/, runs/).")):
+    """Build a static site of cards: a sortable, filterable index of every run x model x scheme, per-model
+    frontier plots, a JSON-lines feed, and each card in one set of colours."""
+    from qbench import api
+
+    written = api.publish(runs, out)
+    typer.echo(f"index.html: {written['index.html']}")
+    typer.echo(f"feed.jsonl: {written['feed.jsonl']} ({sum(1 for _ in open(written['feed.jsonl']))} lines)")
+    typer.echo(f"{sum(1 for k in written if k.startswith('runs/'))} card(s), "
+               f"{sum(1 for k in written if k.startswith('plots/'))} frontier plot(s)")
+
+
 @app.command("list")
 @handled
 def list_(what: str = typer.Argument("kernels", help="kernels, models or datasets")):

@@ -150,11 +150,63 @@ def _context(run_dir: str | Path, model: str | None, scheme: str | None) -> dict
     }
 
 
+# what each task's model-index entry reports: Hugging Face's task type, and the metrics (quality per workload)
+_TASK_TYPES = {"causal_lm": "text-generation", "encoder": "feature-extraction"}
+_INDEXED = {"causal_lm": ("kl_mean", "log_ppl_ratio", "top1_agreement", "gen_exact_match"),
+            "encoder": ("cosine_mean", "nn_agreement")}
+
+
+def model_index(run_dir: str | Path, model: str, scheme: str) -> list:
+    """The `model-index` front-matter entry Hugging Face model repositories read for evaluation results: per
+    workload, the quality of the quantized model against its unquantized baseline, and the speed-up at the
+    headline batch size; each 95% interval in the metric's name (the format has no field for one)."""
+    from qbench.report.fmt import num
+    from qbench.report.index import Index
+    from qbench.report.plots import headline_batch
+    from qbench.results.metrics import metric as spec
+
+    t = load_results(run_dir)
+    ix, cells = Index(t.rows), t.cells
+    exp = t.meta.get("experiment") or {}
+    order = card_order(exp, cells)
+    task = next((c.get("task") for c in cells if c.get("model") == model and c.get("task")), None)
+    datasets = {w.get("name"): w.get("dataset") for w in exp.get("workloads") or []}
+    bs = headline_batch(ix, model, [scheme], order["workloads"])
+
+    def entry(name: str, r: dict, label: str) -> dict:
+        v, lo, hi = (num(r.get(k)) for k in ("value", "ci_low", "ci_high"))
+        ci = f" (95% CI {lo:.4g} to {hi:.4g})" if None not in (lo, hi) else ""
+        return {"type": name, "value": round(v, 6), "name": f"{label}{ci}", "verified": False}
+
+    results = []
+    for w in order["workloads"]:
+        metrics = [entry(m, r, f"{spec(m).short} vs the unquantized baseline") for m in _INDEXED.get(task, ())
+                   for r in [ix.get(model, scheme, w, m, "quantized") or ix.get(model, scheme, w, m, "paired")]
+                   if r and num(r.get("value")) is not None]
+        for m, what in (("speedup", "prefill" if task == "causal_lm" else "forward"), ("decode_speedup", "decode")):
+            r = ix.get(model, scheme, w, m, "paired", bs) if bs is not None else None
+            if r and num(r.get("value")) is not None:
+                metrics.append(entry(m, r, f"{what} speed-up over the baseline at batch {bs}"))
+        if metrics:
+            results.append({"task": {"type": _TASK_TYPES.get(task, "other")},
+                            "dataset": {"name": _plain(f"{w} ({datasets.get(w) or w})"), "type": f"qbench/{_plain(w)}"},
+                            "metrics": metrics})
+    return [{"name": _plain(f"{model}-{scheme}"), "results": results}] if results else []
+
+
+def _plain(s: str) -> str:
+    """A name for metadata: letters, digits and . _ - : / ( ) and spaces only (no markup survives)."""
+    return re.sub(r"[^A-Za-z0-9._:/() -]+", "_", str(s))[:120]
+
+
 def _render(run_dir, model, scheme) -> tuple[str, dict]:
     import yaml
 
     c = _context(run_dir, model, scheme)
     front = dict(c["front_matter"])
+    index = model_index(run_dir, c["model"], c["scheme"])
+    if index:
+        front["model-index"] = index
     if front["base_model"] is None:
         del front["base_model"]
     head = yaml.safe_dump(front, sort_keys=False, allow_unicode=True, default_flow_style=False)

@@ -189,8 +189,9 @@ def _legend(fig, ax_series: list) -> None:
     handles = {}
     for s in ax_series:
         handles.setdefault(s["label"], _handle(s))
-    fig.legend(handles=list(handles.values()), loc="outside lower center", ncols=min(4, len(handles)),
-               fontsize="small", frameon=False)
+    widest = max((len(k) for k in handles), default=1)
+    fig.legend(handles=list(handles.values()), loc="outside lower center", frameon=False, fontsize="small",
+               ncols=max(1, min(4, len(handles), 90 // (widest + 4))))
 
 
 def _handle(s: dict):
@@ -243,7 +244,7 @@ def _pareto(fig, d):
                         yerr=[[y - ylo if ylo is not None else 0], [yhi - y if yhi is not None else 0]],
                         color=s["color"], marker=marker, markersize=7, capsize=2, linestyle="",
                         markerfacecolor="none" if open_ else s["color"])
-            ax.annotate(s["label"], (x, y), xytext=(5, 4), textcoords="offset points", fontsize="x-small",
+            ax.annotate(s.get("scheme") or s["label"], (x, y), xytext=(5, 4), textcoords="offset points", fontsize="x-small",
                         color=s["color"])
         front = [next(s for s in f["series"] if s["label"] == lab)["points"][0] for lab in f["frontier"]]
         if len(front) > 1:

@@ -64,10 +64,11 @@ def render_strings(ctx: dict, images: dict[str, bytes] | None = None) -> dict[st
     }
 
 
-def render_card(run_dir: str | Path) -> dict[str, Path]:
-    """Render the card of a run directory; returns {relative name: path written}."""
+def render_card(run_dir: str | Path, style: dict | None = None) -> dict[str, Path]:
+    """Render the card of a run directory; returns {relative name: path written}. `style`: the scheme colours
+    and markers to plot with (qbench.report.plots.styles; a site passes one for all its cards)."""
     run_dir = Path(run_dir)
-    ctx = build_context(load_results(run_dir))
+    ctx = build_context(load_results(run_dir), style=style)
     images = draw_all(ctx["plots"])
     written: dict[str, Path] = {}
     for p in ctx["plots"]:

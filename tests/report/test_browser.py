@@ -12,6 +12,7 @@ Playwright never downloads a browser here: it drives the system Chromium. Skippe
 """
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 from pathlib import Path
@@ -117,7 +118,7 @@ def test_loads_without_errors_or_network(open_page, card_html, tmp_path):
     assert p.page.title() == "Quantization card: small"
     imgs = p.page.eval_on_selector_all(
         "img", "els => els.map(e => [e.getAttribute('src').slice(0, 22), e.complete, e.naturalWidth])")
-    assert len(imgs) == 4
+    assert len(imgs) == 5                     # the headline plot in the overview, four more under Results
     assert all(src == "data:image/png;base64," and done and w > 0 for src, done, w in imgs), imgs
     sp = get_row(FIXTURE, "minilm__w8a8-dyn__text", "speedup", "paired", 8)
     assert f"{sp['value']:.2f}x [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]" in p.page.inner_text("body")
@@ -165,3 +166,65 @@ def test_checks_catch_errors_and_requests(open_page, tmp_path):
     assert "https://example.invalid/x.css" in p.foreign_requests
     assert "http://127.0.0.1:9/x.png" in p.foreign_requests
     assert p.page.evaluate("document.documentElement.scrollWidth") > 1281
+
+
+def test_the_first_printed_page_holds_the_verdict(open_page, card_html, tmp_path):
+    """Page 1 of the printed card: every model's matrix (each scheme's speed-up as the card shows it) and the
+    setup lines; the detail sections start on a later page."""
+    from pypdf import PdfReader
+
+    ctx = json.loads((card_html.parent / "card.json").read_text(encoding="utf-8"))
+    p = open_page(card_html, media="print")
+    pdf = tmp_path / "card.pdf"
+    pdf.write_bytes(p.page.pdf(format="A4", print_background=True))
+    import unicodedata
+
+    # NFKC: the PDF's text may carry typographic ligatures ("ﬂ" for "fl")
+    pages = [unicodedata.normalize("NFKC", pg.extract_text() or "") for pg in PdfReader(str(pdf)).pages]
+    first = " ".join(pages[0].split())
+    assert len(pages) > 2
+    for m in ctx["overview"]["models"]:
+        assert m["model"] in first
+        for row in m["table"]["rows"]:
+            scheme, speed = row["cells"][0], row["cells"][1]
+            assert scheme in first and speed in first, (scheme, speed)
+    for line in ctx["overview"]["setup_lines"]:
+        head = " ".join(line.split()[:4])
+        assert head in first, head
+    assert "Realized quantization map" not in first and "Realized quantization map" in " ".join(pages)
+
+
+def test_site_index_sorts_and_filters_offline(open_page, tmp_path):
+    from qbench import api
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(FIXTURE, a)
+    shutil.copytree(FIXTURE, b)
+    site = tmp_path / "site"
+    api.publish([a, b], site)
+    p = open_page(site / "index.html")
+    page = p.page
+    speed_col = page.eval_on_selector_all("thead th", "ths => ths.map(t => t.textContent)").index(
+        "Speed-up [95% CI]")
+
+    def speeds():
+        return page.eval_on_selector_all(
+            "tbody tr:not([hidden])", f"rs => rs.map(r => parseFloat(r.cells[{speed_col}].dataset.sort))")
+    before = speeds()
+    page.click(f"thead th:nth-child({speed_col + 1}) button")
+    assert speeds() == sorted(before)
+    page.click(f"thead th:nth-child({speed_col + 1}) button")
+    assert speeds() == sorted(before, reverse=True)
+    page.fill("#filter", "w4-g32")
+    shown = page.eval_on_selector_all("tbody tr:not([hidden])", "rs => rs.map(r => r.textContent)")
+    assert len(shown) == 4 and all("w4-g32" in t for t in shown)      # 2 runs x 2 models
+    assert page.inner_text("#shown") == f"4 of {len(before)} shown"
+    imgs = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth])")
+    assert imgs and all(done and w > 0 for done, w in imgs)
+    assert p.console_errors == [] and p.page_errors == [] and p.failed == []
+    site_url = site.resolve().as_uri() + "/"
+    assert all(u.startswith(site_url) for u in p.requests), p.requests      # the site's own files only
+    for viewport in (LAPTOP, {"width": 390, "height": 844}):
+        q = open_page(site / "index.html", viewport=viewport)
+        scroll, inner = q.page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert scroll <= inner + 1, (viewport, scroll)

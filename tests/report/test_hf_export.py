@@ -10,7 +10,7 @@ import pytest
 
 import yaml
 
-from tests.report.support import assert_no_heavy_imports, edit_json, set_rows
+from tests.report.support import assert_no_heavy_imports, edit_json, get_row, set_rows
 
 from qbench.report import render_card
 from qbench.report.hf_export import BUNDLED_HUB_IDS, hf_snippet, hub_id, snippet_name, write_hf_snippet
@@ -62,8 +62,21 @@ def _set_model_id(run: Path, model_id: str, origin: str | None) -> None:
 def test_front_matter_fields(run):
     text = hf_snippet(run, model="minilm", scheme="w8a8-dyn")
     _, front, body = split_front(text)
+    index = front.pop("model-index")
     assert front == {"base_model": "sentence-transformers/all-MiniLM-L6-v2", "base_model_relation": "quantized",
                      "tags": ["quantized", "qbench"], "library_name": "transformers"}
+    # evaluation results as Hugging Face reads them: per workload, quality and speed-up with their intervals
+    cos = get_row(run, "minilm__w8a8-dyn__text", "cosine_mean")
+    sp = get_row(run, "minilm__w8a8-dyn__text", "speedup", "paired", 8)
+    assert [i["name"] for i in index] == ["minilm-w8a8-dyn"]
+    text_res, code_res = index[0]["results"]
+    assert text_res["task"] == {"type": "feature-extraction"}
+    assert text_res["dataset"] == {"name": "text (builtin:text)", "type": "qbench/text"}
+    got = {m["type"]: m for m in text_res["metrics"]}
+    assert got["cosine_mean"]["value"] == round(cos["value"], 6)
+    assert got["cosine_mean"]["name"].endswith(f"(95% CI {cos['ci_low']:.4g} to {cos['ci_high']:.4g})")
+    assert got["speedup"]["value"] == round(sp["value"], 6) and "at batch 8" in got["speedup"]["name"]
+    assert all(m["verified"] is False for m in got.values()) and code_res["dataset"]["type"] == "qbench/code"
     assert body.lstrip().startswith("## Quantization: w8a8-dyn")
     meta = meta_of(run)
     assert text.rstrip("\n").endswith(f"Measured with qbench {meta['qbench_version']} on {meta['created'][:10]}; "

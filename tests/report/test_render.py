@@ -260,3 +260,29 @@ def test_summary_does_not_call_a_speedup_whose_interval_spans_one_slower(run):
         edit_json(p, widen)
     text = json.dumps(build_context(run)["summary"])
     assert "no clear speed change (0.97x" in text and "slower" not in text
+
+
+def test_no_two_series_of_a_plot_look_alike_and_a_scheme_looks_the_same_everywhere(card):
+    """From the plot data: within each plot, distinct series never share both colour and marker; across the
+    plots of the card, one scheme keeps its colour; every plot says in words what it shows."""
+    data = json.loads((card["run"] / "card.json").read_text(encoding="utf-8"))
+    colours = {}
+    for p in data["plots"]:
+        looks = {}
+        for f in p["data"]["facets"]:
+            for s in f["series"]:
+                looks.setdefault(s["label"], set()).add((s["color"], s["marker"]))
+                if s.get("scheme"):
+                    colours.setdefault(s["scheme"], set()).add(s["color"])
+        assert all(len(v) == 1 for v in looks.values()), (p["name"], looks)
+        pairs = [next(iter(v)) for v in looks.values()]
+        assert len(set(pairs)) == len(pairs), (p["name"], looks)
+        assert p["alt"].startswith(p["title"]) and len(p["alt"]) > len(p["title"]) + 10
+    assert colours and all(len(c) == 1 for c in colours.values()), colours
+
+
+def test_plot_styles_stay_unique_for_a_hundred_schemes():
+    from qbench.report.plots import styles
+
+    looks = styles([f"s{i}" for i in range(100)])
+    assert len({(v["color"], v["marker"]) for v in looks.values()}) == 100
