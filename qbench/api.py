@@ -136,7 +136,7 @@ def _resume_dir(run_dir: Path, exp: Experiment, source: str) -> tuple[Path, dict
     if _measured(old.get("experiment") or {}) != _measured(resolved):
         raise ConfigError("the experiment changed since this run started; start a new run instead of "
                           "--resume", where=source)
-    return run_dir, dict(old, experiment=resolved)  # gates may change between runs; they judge, not measure
+    return run_dir, dict(old, experiment=resolved)  # gates and pairs may change: they judge, not measure
 
 
 def _new_dir(exp: Experiment, the_plan, hw, out, source: str) -> tuple[Path, dict]:
@@ -163,8 +163,9 @@ def _new_dir(exp: Experiment, the_plan, hw, out, source: str) -> tuple[Path, dic
 
 
 def _measured(experiment: dict) -> dict:
-    """The part of a resolved experiment that determines measurements (gates only judge them)."""
-    return {k: v for k, v in experiment.items() if k != "gates"}
+    """The part of a resolved experiment that determines measurements (gates only judge them, pairs only say
+    what the card compares)."""
+    return {k: v for k, v in experiment.items() if k not in ("gates", "pairs")}
 
 
 def _read_meta(run_dir: Path) -> dict:

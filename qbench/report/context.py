@@ -13,6 +13,7 @@ from qbench.report.fmt import DASH, when
 from qbench.report.gates import evaluate_gates, gates_section
 from qbench.report.index import Index, card_order
 from qbench.report.overview import overview
+from qbench.report.pairs import pairs
 from qbench.report.setup import hardware, reproduce, setup
 from qbench.report.summary import contrast, summary
 from qbench.report.tables import gpu, quant_maps, results
@@ -47,6 +48,7 @@ def build_context(source: ResultsTable | str | Path, style: dict | None = None) 
         "overview": overview(ix, order, cells, the_setup, meta, verdicts),
         "summary": summary(ix, order, cells),
         "contrast": contrast(ix, order, cells),  # text vs code degradation; None with a single workload
+        "pairs": pairs(exp, cells, order),  # scheme vs scheme on the same sequences; None when nothing is paired
         "gates": verdicts,  # one verdict per gate of the experiment (qbench.report.gates.evaluate_gates)
         "gates_section": gates_section(verdicts),  # None when the experiment declares no gates
         "setup": the_setup,

@@ -178,6 +178,9 @@ class CellRecord(_Record):
                                     "version, file type, threads, KV cache, realized tensor types and file bytes.")
     node: Optional[str] = Field(None, description="The cluster's id of the node that ran the cell (Ray node id); "
                                 "None for cells run by a local executor.")
+    sequences: Optional[dict[str, list[float]]] = Field(
+        None, description="Per evaluation sequence (sample), in evaluation order, what scheme-vs-scheme comparisons "
+        "pair on: causal LMs tokens, kl, nll_base, nll_quant, top1; encoders cosine.")
     source_grid: Optional[str] = Field(None, description="Why this scheme's weight grid contains the grid the "
                                        "model's source file already stored (its zero error there measures "
                                        "nothing); None when it provably does not, or the model was float.")

@@ -47,15 +47,17 @@ def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
     quant = None
     try:
         quant, records, cal_info, method_info = quantize_stage(plan, cell, state)
-        rows = quality_stage(plan, cell, state, quant)
+        rows, sequences = quality_stage(plan, cell, state, quant)
         rows += size_stage(state, quant, records)
         rows += speed_stage(plan, cell, state, quant, gpu)
         gpu_record = None
         if gpu is not None:
             gpu_rows, gpu_record = gpu.end(state.loaded.model, quant)
             rows += gpu_rows
-        return record_stage(plan, cell, state, rows, records, cal_info, gpu_record, method_info,
-                            peer_state(quant))
+        record = record_stage(plan, cell, state, rows, records, cal_info, gpu_record, method_info,
+                              peer_state(quant))
+        record["sequences"] = sequences
+        return record
     finally:
         if gpu is not None:
             gpu.close()
@@ -90,17 +92,20 @@ def quantize_stage(plan: Plan, cell: Cell, state: ModelState):
     return quant, records, cal_info, method_info
 
 
-def quality_stage(plan: Plan, cell: Cell, state: ModelState, quant) -> list[dict]:
-    """Encoders: embedding agreement; causal LMs: token statistics against the cached top-k reference and,
-    when generation is measured, greedy continuations against the baseline's."""
-    from qbench.runner.measure import encoder_quality, generation_rows, lm_rows, lm_stats, outputs
+def quality_stage(plan: Plan, cell: Cell, state: ModelState, quant) -> tuple[list[dict], dict]:
+    """(rows, per-sequence values). Encoders: embedding agreement; causal LMs: token statistics against the
+    cached top-k reference and, when generation is measured, greedy continuations against the baseline's."""
+    from qbench.runner.measure import (encoder_quality, encoder_sequences, generation_rows, lm_rows,
+                                       lm_sequences, lm_stats, outputs)
 
     task, m = state.loaded.task, plan.experiment.measure
     batch, ref = state.inputs[cell.workload.name], state.reference[cell.workload.name]
     if task == "encoder":
-        return encoder_quality(ref, outputs(quant, task, batch))
+        out = outputs(quant, task, batch)
+        return encoder_quality(ref, out), encoder_sequences(ref, out)
     topk = ref["topk"]
-    rows = lm_rows(lm_stats(quant, batch, topk), topk["k"], topk["vocab"])
+    stats = lm_stats(quant, batch, topk)
+    rows = lm_rows(stats, topk["k"], topk["vocab"])
     if ref.get("gen") is not None:
         import torch
 
@@ -109,7 +114,7 @@ def quality_stage(plan: Plan, cell: Cell, state: ModelState, quant) -> list[dict
         q_gen = torch.cat([greedy(quant, p, m.generate_tokens).cpu() for p in ref["prompts"].split(16)])
         rows += generation_rows(ref["gen"], q_gen, ref["prompts"].cpu(), state.loaded.tokenizer,
                                 python=is_python(cell.workload.dataset))
-    return rows
+    return rows, lm_sequences(stats)
 
 
 def size_stage(state: ModelState, quant, records) -> list[dict]:

@@ -123,6 +123,21 @@ def encoder_quality(base: torch.Tensor, quant: torch.Tensor) -> list[dict]:
     ]
 
 
+def lm_sequences(s: dict) -> dict:
+    """Per evaluation sequence, what scheme-vs-scheme comparisons pair on the same sequences: scored tokens,
+    mean KL, mean NLL of both models and top-1 agreement (qbench.report.pairs reads them)."""
+    valid = s["valid"]
+    return {"tokens": valid.sum(1).tolist(), "kl": per_sequence(s["kl"], valid).tolist(),
+            "nll_base": per_sequence(s["nll_base"], valid).tolist(),
+            "nll_quant": per_sequence(s["nll_quant"], valid).tolist(),
+            "top1": per_sequence(s["top1"], valid).tolist()}
+
+
+def encoder_sequences(base: torch.Tensor, quant: torch.Tensor) -> dict:
+    """Per evaluation sample: the cosine of quantized vs baseline embeddings."""
+    return {"cosine": cosine_per_sample(base, quant).tolist()}
+
+
 def lm_rows(s: dict, k: int, vocab: int) -> list[dict]:
     valid = s["valid"]
     n_tok = valid.sum(1).double().numpy()

@@ -495,6 +495,11 @@ class Experiment(_Strict):
     schemes: tuple[Scheme, ...] = Field(min_length=1, description="Quantization schemes to compare.")
     workloads: tuple[Workload, ...] = Field(min_length=1, description="Datasets to measure on.")
     measure: Measure = Field(default_factory=Measure, description="Measurement settings.")
+    pairs: tuple[tuple[str, str], ...] = Field(
+        (), description="Scheme pairs [A, B] the card compares on the same evaluation sequences (B − A with paired "
+        "intervals, text and code side by side), besides the pairs it finds itself: schemes that differ only in "
+        "method or weight format."
+    )
     gates: tuple[Gate, ...] = Field(
         (), description="Pass/fail checks on the results, shown near the top of the card; `qbench run` "
         "exits with 3 when one fails or has no data to judge."
@@ -526,6 +531,14 @@ class Experiment(_Strict):
                     f"({', '.join(sorted(workload_names))}) nor a dataset (builtin:..., .txt, .jsonl)"
                 )
         self._check_gates()
+        names = [s.name for s in self.schemes]
+        for i, pair in enumerate(self.pairs):
+            for j, name in enumerate(pair):
+                if name not in names:
+                    raise FieldError(("pairs", i, j), f"unknown scheme '{name}'{did_you_mean(name, names)}; this "
+                                     f"experiment has: {', '.join(names)}")
+            if pair[0] == pair[1]:
+                raise FieldError(("pairs", i), f"a pair compares two different schemes (got {pair[0]} twice)")
         return self
 
     def _check_gates(self) -> None:
@@ -555,6 +568,8 @@ class Experiment(_Strict):
         data = handler(self)
         if not self.gates:
             data.pop("gates", None)
+        if not self.pairs:
+            data.pop("pairs", None)
         return data
 
     def warnings(self) -> list[str]:
