@@ -59,3 +59,25 @@ def set_rows(run: Path, cell: str, metric: str, variant=ANY, batch_size=ANY, **v
         for r in hits:
             r.update(values)
     edit_json(run / "cells" / f"{cell}.json", edit)
+
+
+def plot_style_problems(card: dict) -> list[str]:
+    """What breaks the card's plot styling rules, from the plot data (not pixels): a series label with two
+    looks, two series of one plot with the same colour and marker, a scheme with two colours across the card,
+    a plot whose alt text does not say what it shows. Empty when the card keeps them."""
+    out, colours = [], {}
+    for p in card["plots"]:
+        looks = {}
+        for f in p["data"]["facets"]:
+            for s in f["series"]:
+                looks.setdefault(s["label"], set()).add((s["color"], s["marker"]))
+                if s.get("scheme"):
+                    colours.setdefault(s["scheme"], set()).add(s["color"])
+        out += [f"{p['name']}: {label} drawn {len(v)} ways" for label, v in looks.items() if len(v) > 1]
+        pairs = [next(iter(v)) for v in looks.values()]
+        out += [f"{p['name']}: two series share colour and marker {pair}" for pair in set(pairs)
+                if pairs.count(pair) > 1]
+        if not (p["alt"].startswith(p["title"]) and len(p["alt"]) > len(p["title"]) + 10):
+            out.append(f"{p['name']}: alt text says nothing beyond the title")
+    out += [f"scheme {s} has {len(c)} colours" for s, c in colours.items() if len(c) > 1]
+    return out

@@ -122,6 +122,9 @@ def test_loads_without_errors_or_network(open_page, card_html, tmp_path):
     assert all(src == "data:image/png;base64," and done and w > 0 for src, done, w in imgs), imgs
     sp = get_row(FIXTURE, "minilm__w8a8-dyn__text", "speedup", "paired", 8)
     assert f"{sp['value']:.2f}x [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]" in p.page.inner_text("body")
+    from tests.report.support import plot_style_problems     # the plots' looks, from their data
+
+    assert plot_style_problems(json.loads((card_html.parent / "card.json").read_text(encoding="utf-8"))) == []
     shot = tmp_path / "card.png"
     data = p.page.screenshot(path=str(shot), full_page=True)
     assert shot.read_bytes() == data and len(data) > 10_000
