@@ -16,6 +16,7 @@ from torch import nn
 from qbench.engine.calibrated import MethodRun
 from qbench.engine.kernels import select_kernel
 from qbench.engine.methods import METHODS, Method, rtn
+from qbench.engine.methods.stats import feed_inputs
 from qbench.engine.modules import QuantEmbedding, QuantLinear, is_linear, linear_weight
 from qbench.engine.observers import make_observer
 from qbench.engine.primitives import QuantSpec
@@ -230,19 +231,13 @@ def _calibrate(model, scheme: Scheme, plan: list[PlannedModule], a: Optional[Qua
     if calibrate is None:
         raise ValueError(f"scheme '{scheme.name}' has static activations: pass calibrate=")
     cal = scheme.calibration
-    observers, hooks = {}, []
+    observers, feeds = {}, {}
     for name in (p.name for p in plan if not p.skip and p.op != "embedding"):
         obs = make_observer(cal.method, a, cal.percentile)
         observers[name] = obs
         s = smoothing.get(name) if name not in folded else None
-        hooks.append(model.get_submodule(name).register_forward_pre_hook(
-            lambda _m, args, obs=obs, s=s: obs.update(args[0] if s is None else args[0] / s.to(args[0].dtype))))
-    try:
-        with torch.no_grad():
-            calibrate(model)
-    finally:
-        for h in hooks:
-            h.remove()
+        feeds[name] = lambda x, obs=obs, s=s: obs.update(x if s is None else x / s.to(x.dtype))
+    feed_inputs(model, calibrate, feeds)
     silent = [name for name, obs in observers.items() if not obs.seen]
     if silent:
         raise ValueError(f"calibration ran no data through {len(silent)} module(s) with static activations "

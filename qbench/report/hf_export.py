@@ -13,9 +13,9 @@ from pathlib import Path
 from qbench.atomic import write_atomic
 from qbench.report.context import build_context
 from qbench.report.fmt import DASH, table
-from qbench.report.index import card_order
+from qbench.report.index import Index, card_order, model_task
 from qbench.report.render import make_env
-from qbench.results import load_results
+from qbench.results import ResultsTable, load_results
 
 TEMPLATE = "hf_card.md.j2"
 TAGS = ["quantized", "qbench"]
@@ -82,8 +82,7 @@ def _mentions(text: str, name: str) -> bool:
     return re.search(r"(?<![\w.-])" + re.escape(name) + r"(?![\w-])", text) is not None
 
 
-def _context(run_dir: str | Path, model: str | None, scheme: str | None) -> dict:
-    t = load_results(run_dir)
+def _context(t: ResultsTable, model: str | None, scheme: str | None) -> dict:
     ctx = build_context(t)
     meta, cells = t.meta, t.cells
     exp = meta.get("experiment") or {}
@@ -156,20 +155,19 @@ _INDEXED = {"causal_lm": ("kl_mean", "log_ppl_ratio", "top1_agreement", "gen_exa
             "encoder": ("cosine_mean", "nn_agreement")}
 
 
-def model_index(run_dir: str | Path, model: str, scheme: str) -> list:
+def model_index(source: ResultsTable | str | Path, model: str, scheme: str) -> list:
     """The `model-index` front-matter entry Hugging Face model repositories read for evaluation results: per
     workload, the quality of the quantized model against its unquantized baseline, and the speed-up at the
     headline batch size; each 95% interval in the metric's name (the format has no field for one)."""
     from qbench.report.fmt import num
-    from qbench.report.index import Index
     from qbench.report.plots import headline_batch
     from qbench.results.metrics import metric as spec
 
-    t = load_results(run_dir)
+    t = source if isinstance(source, ResultsTable) else load_results(source)
     ix, cells = Index(t.rows), t.cells
     exp = t.meta.get("experiment") or {}
     order = card_order(exp, cells)
-    task = next((c.get("task") for c in cells if c.get("model") == model and c.get("task")), None)
+    task = model_task(cells, model)
     datasets = {w.get("name"): w.get("dataset") for w in exp.get("workloads") or []}
     bs = headline_batch(ix, model, [scheme], order["workloads"])
 
@@ -202,9 +200,10 @@ def _plain(s: str) -> str:
 def _render(run_dir, model, scheme) -> tuple[str, dict]:
     import yaml
 
-    c = _context(run_dir, model, scheme)
+    t = load_results(run_dir)           # read once: the card context and the evaluation results share it
+    c = _context(t, model, scheme)
     front = dict(c["front_matter"])
-    index = model_index(run_dir, c["model"], c["scheme"])
+    index = model_index(t, c["model"], c["scheme"])
     if index:
         front["model-index"] = index
     if front["base_model"] is None:

@@ -1,6 +1,8 @@
 """Finding rows and ordering names: what every part of the report needs from a ResultsTable."""
 from __future__ import annotations
 
+from qbench.report.fmt import num
+
 
 def ordered(declared, seen) -> list:
     """Names in the experiment's order, then names only the results show, each once (None dropped)."""
@@ -17,6 +19,11 @@ def card_order(experiment: dict, cells: list) -> dict:
         "workloads": ordered([w.get("name") for w in experiment.get("workloads", [])],
                              [c.get("workload") for c in cells]),
     }
+
+
+def model_task(cells: list, model) -> str | None:
+    """The task (encoder | causal_lm) a model's cells ran, None when none recorded one."""
+    return next((c.get("task") for c in cells if c.get("model") == model and c.get("task")), None)
 
 
 class Index:
@@ -40,3 +47,11 @@ class Index:
     def speed_workload(self, model, scheme, workloads):
         """The first workload (in experiment order) with speed rows for model x scheme."""
         return next((w for w in workloads if self.batch_sizes(model, scheme, w)), None)
+
+    def weights_ratio(self, model, scheme, workloads) -> float | None:
+        """Baseline / quantized weight bytes of model x scheme (from the first workload that has both)."""
+        for w in workloads:
+            wb, wq = (self.get(model, scheme, w, "weight_bytes", v) for v in ("baseline", "quantized"))
+            if wb and wq and num(wb["value"]) and num(wq["value"]):
+                return num(wb["value"]) / num(wq["value"])
+        return None

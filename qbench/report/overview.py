@@ -14,7 +14,7 @@ A number timed on a contended machine or with noisy repeats carries ⚠ (report.
 from __future__ import annotations
 
 from qbench.report.fmt import DASH, num, table
-from qbench.report.index import Index
+from qbench.report.index import Index, model_task
 from qbench.report.plots import SPEEDUP, headline_batch
 from qbench.report.summary import degradation_text
 from qbench.report.timing import contention, doubts
@@ -33,7 +33,7 @@ def overview(ix: Index, order: dict, cells: list, setup: dict, meta: dict, verdi
     cores = contention(ix.rows)
     models = []
     for m in order["models"]:
-        task = next((c.get("task") for c in cells if c.get("model") == m and c.get("task")), None)
+        task = model_task(cells, m)
         spec = headline(task)
         schemes = [s for s in order["schemes"] if any(c.get("model") == m and c.get("scheme") == s for c in cells)]
         bs = headline_batch(ix, m, schemes, order["workloads"])
@@ -58,13 +58,8 @@ def _row(ix, m, s, workloads, spec, bs, cores, verdicts, cells) -> dict:
         if doubts(cores, sp, *lat):
             speed += " ⚠"
         mark = ("▲ faster" if lo > 1 else "▼ slower" if hi < 1 else "≈ same speed") if None not in (lo, hi) else DASH
-    weights = DASH
-    for w in workloads:
-        wb, wq = (ix.get(m, s, w, "weight_bytes", v_) for v_ in ("baseline", "quantized"))
-        if wb and wq and num(wb["value"]) and num(wq["value"]):
-            r = num(wb["value"]) / num(wq["value"])
-            weights = f"{r:.2f}x smaller" if r >= 1 else f"{1 / r:.2f}x larger"
-            break
+    r = ix.weights_ratio(m, s, workloads)
+    weights = DASH if r is None else f"{r:.2f}x smaller" if r >= 1 else f"{1 / r:.2f}x larger"
     quality = []
     for w in workloads:
         r = ix.get(m, s, w, spec.name) if spec else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from qbench.report.fmt import DASH, sig, table
+from qbench.report.index import model_task
 from qbench.results import stats
 
 # (label, per-sequence value from a cell's `sequences`, lower is better), by task
@@ -38,7 +39,7 @@ def pairs(exp: dict, cells: list, order: dict) -> dict | None:
     rows = []
     for m in order["models"]:
         for a, b in chosen:
-            task = next((c.get("task") for c in cells if c.get("model") == m and c.get("task")), None)
+            task = model_task(cells, m)
             for label, value, lower_better in (_LM if task == "causal_lm" else _ENCODER if task else ()):
                 shown, flag = [], False
                 for w in W:

@@ -49,7 +49,7 @@ def headline_batch(ix, m: str, schemes: list, workloads: list) -> int | None:
     return max(common) if common else None
 
 
-def _quality(ix, m: str, s: str, w: str, spec) -> list | None:
+def degradation_ci(ix, m: str, s: str, w: str, spec) -> list | None:
     """[degradation, low, high] of the headline metric (0 = no change, higher = worse), or None."""
     r = ix.get(m, s, w, spec.name) if spec else None
     if not r or num(r["value"]) is None:
@@ -92,7 +92,7 @@ def collect(ix, order: dict, qcells: dict, style: dict | None = None, tasks: dic
             for s in schemes:
                 sw = ix.speed_workload(m, s, workloads)
                 sp = ix.get(m, s, sw, SPEEDUP, "paired", bs) if sw and bs is not None else None
-                q = _quality(ix, m, s, w, spec)
+                q = degradation_ci(ix, m, s, w, spec)
                 if sp and num(sp["value"]) is not None and q:
                     series.append(_series(s, style[s], [[num(sp["value"]), num(sp["ci_low"]), num(sp["ci_high"]),
                                                          *q]], scheme=s))
@@ -110,7 +110,7 @@ def collect(ix, order: dict, qcells: dict, style: dict | None = None, tasks: dic
             series = []
             for s in schemes:
                 for w, filled in ((a, True), (b, False)):
-                    q = _quality(ix, m, s, w, spec)
+                    q = degradation_ci(ix, m, s, w, spec)
                     if q:
                         st = {"color": style[s]["color"], "marker": style[s]["marker"] + ("" if filled else "-open")}
                         series.append(_series(f"{s} / {w}", st, [q], scheme=s, workload=w))
@@ -206,6 +206,18 @@ def _marker(m: str) -> tuple[str, bool]:
     return (m[:-5], True) if m.endswith("-open") else (m, False)
 
 
+def _err(v, lo, hi) -> list:
+    """Matplotlib's [[below], [above]] error extent of v from its interval; 0 where an end is missing."""
+    return [[v - lo if lo is not None else 0], [hi - v if hi is not None else 0]]
+
+
+def _point(ax, s: dict, x, y, xerr, yerr=None) -> None:
+    """One series' point with its error bars, in the series' colour and marker (hollow for '-open')."""
+    marker, open_ = _marker(s["marker"])
+    ax.errorbar([x], [y], xerr=xerr, yerr=yerr, color=s["color"], marker=marker, markersize=7, capsize=2,
+                linestyle="", markerfacecolor="none" if open_ else s["color"])
+
+
 def _grid(fig, n: int, ncols: int = 2):
     cols = min(ncols, n)
     rows = math.ceil(n / cols)
@@ -223,8 +235,8 @@ def _speedup(fig, d):
         for i, s in enumerate(ss):
             xs = [cats.index(p[0]) - 0.4 + width * (i + 0.5) for p in s["points"]]
             ys = [p[1] for p in s["points"]]
-            err = [[p[1] - p[2] if p[2] is not None else 0 for p in s["points"]],
-                   [p[3] - p[1] if p[3] is not None else 0 for p in s["points"]]]
+            extents = [_err(*p[1:4]) for p in s["points"]]
+            err = [[e[0][0] for e in extents], [e[1][0] for e in extents]]
             ax.bar(xs, ys, width, yerr=err, capsize=2, color=s["color"], label=s["label"])
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
         ax.set_xticks(range(len(cats)), [str(c) for c in cats])
@@ -239,13 +251,9 @@ def _pareto(fig, d):
     for ax, f in zip(_grid(fig, len(facets)), facets):
         for s in f["series"]:
             x, xlo, xhi, y, ylo, yhi = s["points"][0]
-            marker, open_ = _marker(s["marker"])
-            ax.errorbar([x], [y], xerr=[[x - xlo if xlo is not None else 0], [xhi - x if xhi is not None else 0]],
-                        yerr=[[y - ylo if ylo is not None else 0], [yhi - y if yhi is not None else 0]],
-                        color=s["color"], marker=marker, markersize=7, capsize=2, linestyle="",
-                        markerfacecolor="none" if open_ else s["color"])
-            ax.annotate(s.get("scheme") or s["label"], (x, y), xytext=(5, 4), textcoords="offset points", fontsize="x-small",
-                        color=s["color"])
+            _point(ax, s, x, y, _err(x, xlo, xhi), _err(y, ylo, yhi))
+            ax.annotate(s.get("scheme") or s["label"], (x, y), xytext=(5, 4), textcoords="offset points",
+                        fontsize="x-small", color=s["color"])
         front = [next(s for s in f["series"] if s["label"] == lab)["points"][0] for lab in f["frontier"]]
         if len(front) > 1:
             ax.plot([p[0] for p in front], [p[3] for p in front], color="#555555", linewidth=1, linestyle=":",
@@ -265,10 +273,7 @@ def _text_vs_code(fig, d):
         for s in f["series"]:
             y = schemes.index(s["scheme"]) + (-0.12 if s["workload"] == d["workloads"][0] else 0.12)
             v, lo, hi = s["points"][0]
-            marker, open_ = _marker(s["marker"])
-            ax.errorbar([v], [y], xerr=[[v - lo if lo is not None else 0], [hi - v if hi is not None else 0]],
-                        color=s["color"], marker=marker, markersize=7, capsize=2, linestyle="",
-                        markerfacecolor="none" if open_ else s["color"])
+            _point(ax, s, v, y, _err(v, lo, hi))
         for sc in schemes:                     # the dumbbell: a line between the two workloads of a scheme
             pair = [s for s in f["series"] if s["scheme"] == sc]
             if len(pair) == 2:

@@ -20,10 +20,9 @@ import shutil
 from pathlib import Path
 
 from qbench.atomic import write_atomic
-from qbench.report.context import build_context
 from qbench.report.fmt import DASH, num, sig
-from qbench.report.plots import PALETTE, SPEEDUP, draw, headline_batch, styles
-from qbench.report.index import Index, card_order
+from qbench.report.index import Index, card_order, model_task
+from qbench.report.plots import PALETTE, SPEEDUP, degradation_ci, draw, headline_batch, styles
 from qbench.report.render import make_env, render_card
 from qbench.results import load_results
 from qbench.results.metrics import headline
@@ -92,7 +91,7 @@ def _run_rows(t, slug: str, style: dict) -> tuple[list, list]:
            "hardware": str(meta.get("hardware_summary") or DASH), "card": f"runs/{slug}/card.html"}
     rows, lines = [], []
     for m in order["models"]:
-        task = next((c.get("task") for c in cells if c.get("model") == m and c.get("task")), None)
+        task = model_task(cells, m)
         spec = headline(task)
         schemes = [s for s in order["schemes"] if any(c.get("model") == m and c.get("scheme") == s for c in cells)]
         bs = headline_batch(ix, m, schemes, order["workloads"])
@@ -100,16 +99,15 @@ def _run_rows(t, slug: str, style: dict) -> tuple[list, list]:
             sw = ix.speed_workload(m, s, order["workloads"])
             sp = ix.get(m, s, sw, SPEEDUP, "paired", bs) if sw and bs is not None else None
             speed = [num(sp.get(k)) for k in ("value", "ci_low", "ci_high")] if sp else [None] * 3
-            ratio = _weights_ratio(ix, m, s, order["workloads"])
+            ratio = ix.weights_ratio(m, s, order["workloads"])
             kernels = sorted({k for c in cells if (c.get("model"), c.get("scheme")) == (m, s)
                               for k in c.get("kernels") or []})
             quality = {}
             for w in order["workloads"]:
-                r = ix.get(m, s, w, spec.name) if spec else None
-                if r and num(r["value"]) is not None:
+                d = degradation_ci(ix, m, s, w, spec)
+                if d:
+                    r = ix.get(m, s, w, spec.name)
                     v, lo, hi = (num(r.get(k)) for k in ("value", "ci_low", "ci_high"))
-                    d = [spec.degradation(v), *(sorted((spec.degradation(lo), spec.degradation(hi)))
-                                                if None not in (lo, hi) else [None, None])]
                     quality[w] = d
                     lines.append({**run, "model": m, "scheme": s, "workload": w, "task": task,
                                   "batch_size": bs, "speedup": speed[0], "speedup_ci": speed[1:],
@@ -122,14 +120,6 @@ def _run_rows(t, slug: str, style: dict) -> tuple[list, list]:
                          "text": {"speedup": _ci_text(speed, "x"), "weights": DASH if ratio is None else f"{ratio:.2f}x",
                                   "quality": {w: _ci_text(q) for w, q in quality.items()}}})
     return rows, lines
-
-
-def _weights_ratio(ix, m, s, workloads):
-    for w in workloads:
-        wb, wq = (ix.get(m, s, w, "weight_bytes", v) for v in ("baseline", "quantized"))
-        if wb and wq and num(wb["value"]) and num(wq["value"]):
-            return num(wb["value"]) / num(wq["value"])
-    return None
 
 
 def _ci_text(v: list, unit: str = "") -> str:

@@ -6,7 +6,7 @@ Which quality number heads a task's summary and which metrics are compared acros
 from __future__ import annotations
 
 from qbench.report.fmt import fmt, num, sig, table
-from qbench.report.index import Index
+from qbench.report.index import Index, model_task
 from qbench.report.timing import contention, doubts
 from qbench.results.metrics import Metric, contrasted, headline
 
@@ -51,12 +51,10 @@ def _speed_parts(ix: Index, order: dict, m: str, s: str) -> list[str]:
 
 
 def _weight_parts(ix: Index, order: dict, m: str, s: str) -> list[str]:
-    for w in order["workloads"]:
-        wb, wq = (ix.get(m, s, w, "weight_bytes", v) for v in ("baseline", "quantized"))
-        if wb and wq and num(wb["value"]) and num(wq["value"]):
-            r = num(wb["value"]) / num(wq["value"])
-            return [f"weights {r:.1f}x smaller" if r >= 1 else f"weights {1 / r:.1f}x larger"]
-    return []
+    r = ix.weights_ratio(m, s, order["workloads"])
+    if r is None:
+        return []
+    return [f"weights {r:.1f}x smaller" if r >= 1 else f"weights {1 / r:.1f}x larger"]
 
 
 def _quality_parts(ix: Index, order: dict, m: str, s: str, spec: Metric | None) -> tuple[list[str], str]:
@@ -83,7 +81,7 @@ def contrast(ix: Index, order: dict, cells: list) -> dict | None:
     a, b = ("text", "code") if {"text", "code"} <= set(W) else (W[0], W[1])
     rows = []
     for m in order["models"]:
-        task = next((c.get("task") for c in cells if c.get("model") == m and c.get("task")), None)
+        task = model_task(cells, m)
         for s in order["schemes"]:
             for spec in contrasted(task):
                 ra, rb = ix.get(m, s, a, spec.name), ix.get(m, s, b, spec.name)

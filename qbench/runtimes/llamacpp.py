@@ -32,6 +32,7 @@ import numpy as np
 
 from qbench.errors import ModelError
 from qbench.runtimes.base import PeerModel, PeerState
+from qbench.schema.experiment import LLAMACPP_TYPES as QUANT_TYPES  # the file types a scheme may ask for
 
 EXTRA = "pip install 'qbench-cards[llamacpp]' (builds llama.cpp from source, minutes)"
 
@@ -84,8 +85,9 @@ class LlamaCppRuntime:
     def build(self, loaded, config, threads: int, reserve: int = 64) -> "LlamaCppModel":
         from qbench.models.gguf_export import cached_float_gguf
 
-        if self.problem():
-            raise ModelError(self.problem())
+        problem = self.problem()
+        if problem:
+            raise ModelError(problem)
         if loaded.task != "causal_lm" or loaded.source_format is None or not str(loaded.source).endswith(".gguf"):
             raise ModelError("llama.cpp runs causal LMs loaded from a GGUF file (gguf: ids, smollm2-135m, ...)")
         src = Path(loaded.source)
@@ -115,7 +117,7 @@ def quantized_file(float_file: Path, type_: str, threads: int) -> Path:
     from qbench.atomic import atomic_path
     from qbench.cache import cache_dir
 
-    if type_ not in FORMATS and type_ not in QUANT_TYPES:
+    if type_ not in QUANT_TYPES:
         raise ModelError(f"llama.cpp type '{type_}' is not one of {', '.join(QUANT_TYPES)}")
     dst = cache_dir() / "llamacpp" / f"{float_file.stem}.{type_}.llama-cpp-python{version('llama_cpp_python')}.gguf"
     if dst.is_file():
@@ -133,11 +135,6 @@ def quantized_file(float_file: Path, type_: str, threads: int) -> Path:
             raise ModelError(f"llama.cpp could not quantize {float_file.name} to {type_} (llama_model_quantize "
                              f"returned {rc}){log.why()}")
     return dst
-
-
-# the file types a scheme may ask for (schema.experiment.LLAMACPP_TYPES; a test keeps them in step)
-QUANT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q5_1", "Q4_K_M", "Q4_K_S",
-               "Q4_0", "Q4_1", "IQ4_NL", "Q3_K_M", "Q3_K_S", "Q3_K_L", "Q2_K")
 
 
 def tensor_map(float_file: Path, qfile: Path, kernel: str) -> tuple[list, int, dict[str, bool]]:

@@ -198,7 +198,7 @@ class QuantMethod(_Strict):
         return {k: v for k, v in handler(self).items() if v is not None}
 
 
-# llama.cpp file types a runtime scheme may ask for (qbench.runtimes.llamacpp.QUANT_TYPES; a test keeps them equal)
+# llama.cpp file types a runtime scheme may ask for (qbench.runtimes.llamacpp maps each to llama.cpp's constant)
 LLAMACPP_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q5_1", "Q4_K_M", "Q4_K_S",
                   "Q4_0", "Q4_1", "IQ4_NL", "Q3_K_M", "Q3_K_S", "Q3_K_L", "Q2_K")
 

@@ -34,3 +34,25 @@ SCHEMES = """\
   - name: w4g16
     weights: {bits: 4, symmetric: false, granularity: per_group, group_size: 16}
 """
+
+
+def kill_after_cells(args: list, out: Path, experiment_name: str, env: dict, cells: int = 2) -> Path:
+    """Start `qbench run ARGS` (with --no-progress), SIGKILL it once `cells` cells are on disk under `out`, and
+    return the run folder. Fails if the run ends before it could be killed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "qbench.cli", "run", *args, "--out", str(out), "--no-progress"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, found = time.time() + 240, []
+    while time.time() < deadline and proc.poll() is None:
+        found = list(out.glob(f"{experiment_name}/*/cells/*.json"))
+        if len(found) >= cells:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return found[0].parent.parent

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 
 from qbench import api
 from qbench.errors import ConfigError
-from tests.runner.support import SCHEMES, write_experiment
+from tests.runner.support import SCHEMES, kill_after_cells, write_experiment
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,19 +157,8 @@ def test_a_worker_killed_mid_cell_gets_its_cell_retried(ray_run):
 def test_sigkill_of_the_driver_then_resume_in_process(cluster, experiment, inprocess_run, tmp_path):
     c, env = cluster
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "qbench.cli", "run", str(experiment), "--out", str(out),
-                             "--executor", "ray", "--ray-address", c.address, "--no-progress"],
-                            env=dict(os.environ, **env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, cells = time.time() + 240, []
-    while time.time() < deadline and proc.poll() is None:
-        cells = list(out.glob("rayexp/*/cells/*.json"))
-        if len(cells) >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    run_dir = cells[0].parent.parent
+    run_dir = kill_after_cells([str(experiment), "--executor", "ray", "--ray-address", c.address], out, "rayexp",
+                               dict(os.environ, **env))
     finished = list((run_dir / "cells").glob("*.json"))
     assert 2 <= len(finished) < 8
     assert all(json.loads(p.read_text())["status"] == "ok" for p in finished)   # atomic writes

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from qbench import api
-from tests.runner.support import SCHEMES, write_experiment
+from tests.runner.support import SCHEMES, kill_after_cells, write_experiment
 
 pytestmark = pytest.mark.slow
 QUALITY = {"cosine_mean", "cosine_min", "nn_agreement", "ppl", "log_ppl_ratio", "kl_mean", "kl_p99",
@@ -43,19 +43,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(tiny_models, tmp_
 
     out = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    proc = subprocess.Popen([sys.executable, "-m", "qbench.cli", "run", str(exp), "--out", str(out),
-                             "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    cells = []
-    while time.time() < deadline and proc.poll() is None:
-        cells = list(out.glob("killme/*/cells/*.json"))
-        if len(cells) >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    run_dir = cells[0].parent.parent
+    run_dir = kill_after_cells([str(exp)], out, "killme", env)
     finished = list((run_dir / "cells").glob("*.json"))
     assert 2 <= len(finished) < 8
     for p in finished:  # atomic writes: every file on disk is complete JSON

@@ -44,22 +44,28 @@ class InputStats:
         return out
 
 
-def collect_input_stats(model: nn.Module, names: Iterable[str], calibrate: Callable[[nn.Module], None],
-                        gram: bool = True, transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None
-                        ) -> dict[str, dict[str, torch.Tensor]]:
-    """Run `calibrate(model)` with a pre-hook on each named module; per module, its input statistics.
-    `transform(name, x)` (optional) maps the input before it is counted. Raises when a module saw no token."""
-    collectors = {name: InputStats(gram) for name in names}
-    hooks = []
-    for name, c in collectors.items():
-        fn = (lambda _m, args, c=c, name=name: c.update(transform(name, args[0]) if transform else args[0]))
-        hooks.append(model.get_submodule(name).register_forward_pre_hook(fn))
+def feed_inputs(model: nn.Module, calibrate: Callable[[nn.Module], None],
+                feeds: dict[str, Callable[[torch.Tensor], None]]) -> None:
+    """Run `calibrate(model)` without gradients, handing each named module's input to its callable (a forward
+    pre-hook per module, removed afterwards whatever happens)."""
+    hooks = [model.get_submodule(name).register_forward_pre_hook(lambda _m, args, fn=fn: fn(args[0]))
+             for name, fn in feeds.items()]
     try:
         with torch.no_grad():
             calibrate(model)
     finally:
         for h in hooks:
             h.remove()
+
+
+def collect_input_stats(model: nn.Module, names: Iterable[str], calibrate: Callable[[nn.Module], None],
+                        gram: bool = True, transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None
+                        ) -> dict[str, dict[str, torch.Tensor]]:
+    """Run `calibrate(model)` with a pre-hook on each named module; per module, its input statistics.
+    `transform(name, x)` (optional) maps the input before it is counted. Raises when a module saw no token."""
+    collectors = {name: InputStats(gram) for name in names}
+    feed_inputs(model, calibrate, {name: (lambda x, c=c, name=name: c.update(transform(name, x) if transform else x))
+                                   for name, c in collectors.items()})
     silent = [name for name, c in collectors.items() if c.n == 0]
     if silent:
         raise ValueError(f"calibration ran no data through {len(silent)} module(s) (first: {silent[0]})")
