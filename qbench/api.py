@@ -105,7 +105,12 @@ def run(path: Optional[str | Path] = None, *, out: str | Path = "reports", resum
         if session["name"] == "ray":
             log(f"ray: {session['nodes']} node(s), {session['slots']} cell(s) at a time")
         log(f"writing to {run_dir}")
-        statuses = execute(the_plan, run_dir, meta, log=log, progress=progress, executor=runner)
+        first, later = _split_conditional(the_plan)
+        statuses = execute(first, run_dir, meta, log=log, progress=progress, executor=runner)
+        if later:
+            chosen, notes = _conditional_cells(the_plan, later, run_dir, log)
+            statuses.update(execute(chosen, run_dir, meta, log=log, progress=progress, executor=runner,
+                                    notes=notes))
     finally:
         runner.close()
     meta = finished_meta(run_dir, meta, statuses)
@@ -114,6 +119,45 @@ def run(path: Optional[str | Path] = None, *, out: str | Path = "reports", resum
     for line in verdict_lines(verdicts):
         log(line)
     return RunOutcome(run_dir, meta["status"], statuses, card_paths, verdicts)
+
+
+def _split_conditional(plan):
+    """(the plan without the cells of conditional schemes, those cells): they run once the others have."""
+    from dataclasses import replace
+
+    later = tuple(c for c in plan.cells if c.scheme.if_fails)
+    return replace(plan, cells=tuple(c for c in plan.cells if not c.scheme.if_fails)), later
+
+
+def _conditional_cells(plan, cells, run_dir: Path, log) -> tuple[object, dict]:
+    """A plan of the conditional cells whose scheme's `if_fails` scheme failed a gate on the cell's model (the
+    others skipped, saying why), and each cell's `triggered_by` note. A gate that has no row of that scheme and
+    model (it is written for other schemes) does not decide; one that has and fails triggers."""
+    from dataclasses import replace
+
+    from qbench.report.gates import evaluate_gates
+    from qbench.results.table import load_results
+
+    rows = load_results(run_dir).rows
+    run, skipped, notes = [], [], {}
+    for cell in cells:
+        twin = cell.scheme.if_fails
+        mine = [r for r in rows if r.get("scheme") == twin and r.get("model") == cell.model.display]
+        verdicts = evaluate_gates(plan.experiment, mine)
+        judged = [v for v in verdicts if v.get("status") in ("pass", "fail")]
+        failed = [v for v in judged if v.get("status") == "fail"]
+        labels = [v.get("label") or v.get("check") or f"gate {v.get('index')}" for v in failed]
+        notes[cell.id] = {"triggered_by": {"scheme": twin, "gates": labels}}
+        if failed:
+            run.append(cell)
+        else:
+            why = (f"'{twin}' passed its gates on {cell.model.display}" if judged else
+                   f"no gate judges '{twin}' on {cell.model.display}" if mine else
+                   f"'{twin}' has no results on {cell.model.display} to judge")
+            skipped.append((cell, f"{why}: this if_fails scheme did not need to run"))
+    for c in run:
+        log(f"{c.id}: runs because '{c.scheme.if_fails}' failed {', '.join(notes[c.id]['triggered_by']['gates'])}")
+    return replace(plan, cells=tuple(run), skipped=tuple(skipped)), notes
 
 
 def _experiment(path, resume) -> tuple[Experiment, str]:

@@ -15,7 +15,7 @@ from torch import nn
 
 from qbench.engine.calibrated import MethodRun
 from qbench.engine.kernels import select_kernel
-from qbench.engine.methods import METHODS, Method, rtn
+from qbench.engine.methods import METHODS, Method, TrainingData, rtn
 from qbench.engine.methods.stats import feed_inputs
 from qbench.engine.modules import QuantEmbedding, QuantLinear, is_linear, linear_weight
 from qbench.engine.observers import make_observer
@@ -89,12 +89,15 @@ def unmatched_excludes(model: nn.Module, patterns) -> list[str]:
 def quantize_(model: nn.Module, scheme: Scheme | dict, *, device: str = "cpu",
               calibrate: Optional[Callable[[nn.Module], None]] = None,
               progress: Optional[Callable[[str], None]] = None,
-              method_info: Optional[dict] = None) -> list[ModuleRecord]:
+              method_info: Optional[dict] = None,
+              training: Optional[TrainingData] = None) -> list[ModuleRecord]:
     """Quantize `model` in place according to `scheme`; returns one record per quantizable module.
 
     `calibrate(model)` runs forward passes over calibration data; it is required when the scheme
     has static activations (dynamic: false) or a calibrated method (smoothquant, gptq, awq).
     `method_info`, when given, is filled with what the method did (name, parameters, seconds, ...).
+    `training` (engine.methods.qat.TrainingData: the calibration pool and the unquantized teacher) is required
+    by a training method (qat).
     """
     if isinstance(scheme, dict):
         scheme = Scheme.model_validate(scheme)
@@ -113,7 +116,7 @@ def quantize_(model: nn.Module, scheme: Scheme | dict, *, device: str = "cpu",
         raise KernelUnavailable(f"kernel '{kernel.name}' quantizes float weights its own way and cannot run the "
                                 f"codes {method.name} chooses; force another kernel")
     linears = [p.name for p in plan if not p.skip and p.op != "embedding"]
-    run = MethodRun(model, linears, method, scheme.method.params, w, calibrate)   # smoothing folds happen here
+    run = MethodRun(model, linears, method, scheme.method.params, w, calibrate, training, a)   # folds, training
     act_qparams = _calibrate(model, scheme, plan, a, calibrate, run.smoothing, run.folded)
     records = []
     for planned in plan:

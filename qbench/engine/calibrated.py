@@ -7,6 +7,8 @@ planned linear, in plan order:
 - sequential methods (gptq): linears are grouped in blocks (the module path up to its first numeric part, e.g.
   `model.layers.3`); when a block's first linear comes up, a calibration pass over the model as quantized so far
   collects that block's statistics, so each block sees the outputs of the already-quantized blocks before it;
+- training methods (qat): the model is fine-tuned first, with every planned linear fake-quantized, on the
+  TrainingData handed in (engine.methods.qat); each linear's context then carries the qparams it learned;
 - smoothing methods (smoothquant, awq) choose one input scale s per group of linears sharing one input tensor
   (found by tagging the tensors the calibration pass hands them). Where that input is the output of a
   Llama-style RMSNorm (weight times normalized x, pre-norm: its output feeds only linears) and every linear
@@ -24,7 +26,7 @@ from typing import Callable, Mapping, Optional
 import torch
 from torch import nn
 
-from qbench.engine.methods import Method, MethodContext
+from qbench.engine.methods import Method, MethodContext, TrainingData
 from qbench.engine.methods.stats import collect_input_stats
 from qbench.engine.modules import is_linear, linear_weight
 from qbench.engine.primitives import QuantSpec
@@ -53,7 +55,8 @@ class MethodRun:
     """The statistics, smoothing scales and folds of one method over one model (see the module docstring)."""
 
     def __init__(self, model: nn.Module, names: list[str], method: Method, params: Mapping[str, object],
-                 spec: QuantSpec, calibrate: Optional[Callable[[nn.Module], None]]):
+                 spec: QuantSpec, calibrate: Optional[Callable[[nn.Module], None]],
+                 training: Optional[TrainingData] = None, act: Optional[QuantSpec] = None):
         self.method, self.params, self.spec, self.calibrate = method, dict(params), spec, calibrate
         self.names = names
         self.seconds = 0.0
@@ -64,6 +67,12 @@ class MethodRun:
         self.fold_targets: list[str] = []
         self.sequential = method.needs_calibration and method.sequential and bool(params.get("sequential", True))
         self.passes = 0
+        self.trained = None
+        if method.trains:
+            if training is None:
+                raise ValueError(f"method {method.name} trains: pass training= (calibration data and teacher)")
+            self.trained = self._timed(method.train, model, names, spec, act, self.params, training)
+            return
         if not method.needs_calibration:
             return
         if calibrate is None:
@@ -82,6 +91,8 @@ class MethodRun:
         """The MethodContext for planned linear `name` (collecting its block's statistics first when sequential)."""
         if not self.method.needs_calibration:
             return MethodContext(name, params=self.params)
+        if self.trained is not None:
+            return MethodContext(name, params=self.params, learned=self.trained.qparams[name])
         if name not in self.stats:
             if not self.sequential:
                 raise ValueError(f"no calibration statistics for '{name}'")
@@ -140,6 +151,12 @@ class MethodRun:
     def summary(self) -> dict:
         """What the method did, for the cell record."""
         out = {"name": self.method.name, "params": self.params, "seconds": round(self.seconds, 3)}
+        if self.trained is not None:
+            t = self.trained
+            out["training"] = {"steps": len(t.losses), "tokens": t.tokens, "seconds": round(t.seconds, 3),
+                               "loss": [round(x, 6) for x in t.losses], "resumed_from": t.resumed_from,
+                               "reused": t.loaded, "threads": torch.get_num_threads()}
+            return out
         if self.method.needs_calibration:
             out["calibration_passes"] = self.passes
             tokens = {int(st["n"]) for st in self.stats.values()}

@@ -17,6 +17,7 @@ from qbench.report.pairs import pairs
 from qbench.report.setup import hardware, reproduce, setup
 from qbench.report.summary import contrast, summary
 from qbench.report.tables import gpu, quant_maps, results
+from qbench.report.training import training
 from qbench.results import ResultsTable, load_results
 
 CARD_SCHEMA_VERSION = 2
@@ -49,6 +50,7 @@ def build_context(source: ResultsTable | str | Path, style: dict | None = None) 
         "summary": summary(ix, order, cells),
         "contrast": contrast(ix, order, cells),  # text vs code degradation; None with a single workload
         "pairs": pairs(exp, cells, order),  # scheme vs scheme on the same sequences; None when nothing is paired
+        "training": training(exp, cells, order),  # QAT runs and recovery of the PTQ gap; None without QAT
         "gates": verdicts,  # one verdict per gate of the experiment (qbench.report.gates.evaluate_gates)
         "gates_section": gates_section(verdicts),  # None when the experiment declares no gates
         "setup": the_setup,

@@ -28,6 +28,7 @@ TITLES = {
     "text_vs_code": "Degradation on each workload, per scheme (95% CI)",
     "sqnr": "Weight SQNR per module",
     "weights": "Weight memory by scheme",
+    "loss": "Quantization-aware training: loss per step",
 }
 
 
@@ -148,6 +149,18 @@ def collect(ix, order: dict, qcells: dict, style: dict | None = None, tasks: dic
     if facets:
         data["weights"] = {"x": "scheme", "y": "weights (MiB)", "facets": facets}
 
+    facets = []
+    for m in models:
+        series = []
+        for s in schemes:
+            loss = (((qcells.get((m, s)) or {}).get("method") or {}).get("training") or {}).get("loss") or []
+            if loss:
+                series.append(_series(s, style[s], [[i + 1, num(v)] for i, v in enumerate(loss)], scheme=s))
+        if series:
+            facets.append({"title": m, "series": series})
+    if facets:
+        data["loss"] = {"x": "training step", "y": "distillation loss (log scale)", "facets": facets}
+
     return [{"name": k, "title": TITLES[k], "file": f"plots/{k}.png", "alt": _alt(k, data[k]), "data": data[k]}
             for k in TITLES if k in data]
 
@@ -179,6 +192,10 @@ def _alt(name: str, d: dict) -> str:
             lows = [(v, s["label"]) for s in ss for _, v in s["points"] if v is not None]
             low = min(lows)
             parts.append(f"{f['title']}: {len(ss)} schemes, lowest module SQNR {sig(low[0])} dB ({low[1]})")
+        elif name == "loss":
+            parts.append(f"{f['title']}: " + ", ".join(
+                f"{s['label']} from {sig(s['points'][0][1])} to {sig(s['points'][-1][1])} in {len(s['points'])} steps"
+                for s in ss))
         elif name == "weights":
             parts.append(f"{f['title']}: " + ", ".join(f"{s['label']} {sig(s['points'][0][0])} MiB" for s in ss))
     return f"{TITLES[name]}. " + "; ".join(parts) + "."
@@ -313,7 +330,22 @@ def _weights(fig, d):
         ax.set_ylabel(d["y"])
 
 
-DRAW = {"pareto": _pareto, "speedup": _speedup, "text_vs_code": _text_vs_code, "sqnr": _sqnr, "weights": _weights}
+def _loss(fig, d):
+    facets = d["facets"]
+    for ax, f in zip(_grid(fig, len(facets)), facets):
+        for s in f["series"]:
+            ys = [p[1] for p in s["points"]]
+            ax.plot([p[0] for p in s["points"]], [math.nan if y is None or y <= 0 else y for y in ys],
+                    linewidth=0.9, color=s["color"], label=s["label"])
+        ax.set_yscale("log")
+        ax.set_title(f["title"], fontsize="medium")
+        ax.set_xlabel(d["x"])
+        ax.set_ylabel(d["y"])
+    _legend(fig, [s for f in facets for s in f["series"]])
+
+
+DRAW = {"pareto": _pareto, "speedup": _speedup, "text_vs_code": _text_vs_code, "sqnr": _sqnr, "weights": _weights,
+        "loss": _loss}
 
 
 def draw(plot: dict) -> bytes:

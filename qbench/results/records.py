@@ -120,10 +120,23 @@ class CalibrationInfo(_Record):
                        "needs no calibration).")
 
 
+class TrainingInfo(_Record):
+    """What a training method (qat) did: qbench.engine.calibrated.MethodRun.summary()["training"]."""
+
+    steps: int = Field(ge=0, description="Optimizer steps taken.")
+    tokens: int = Field(ge=0, description="Real (unpadded) calibration tokens seen over all steps.")
+    seconds: float = Field(ge=0, description="Wall time of the training (of the cell that trained, when reused).")
+    loss: tuple[float, ...] = Field(description="The training loss after each step.")
+    resumed_from: int = Field(ge=0, description="The step a checkpoint resumed the training at (0: none).")
+    reused: bool = Field(description="The trained state was loaded from an earlier cell of the same scheme (its "
+                         "other workload, or an earlier run), not trained again.")
+    threads: int = Field(ge=1, description="Torch threads the cell ran with.")
+
+
 class MethodInfo(_Record):
     """What the scheme's quantization method did (qbench.engine.calibrated.MethodRun.summary())."""
 
-    name: str = Field(description="rtn, smoothquant, gptq or awq.")
+    name: str = Field(description="rtn, smoothquant, gptq, awq or qat.")
     params: dict[str, Union[bool, int, float, str]] = Field(description="Every parameter, defaults filled in.")
     seconds: float = Field(ge=0, description="Wall time of the method's own work: calibration passes, scale "
                            "searches and choosing codes (kernel packing excluded).")
@@ -135,6 +148,7 @@ class MethodInfo(_Record):
                                                    "into.")
     input_scale_layers: Optional[tuple[str, ...]] = Field(None, description="Layers that divide their input by "
                                                           "the smoothing scale themselves.")
+    training: Optional[TrainingInfo] = Field(None, description="qat: the training run.")
 
 
 class EvaluationInfo(_Record):
@@ -181,6 +195,8 @@ class CellRecord(_Record):
     sequences: Optional[dict[str, list[float]]] = Field(
         None, description="Per evaluation sequence (sample), in evaluation order, what scheme-vs-scheme comparisons "
         "pair on: causal LMs tokens, kl, nll_base, nll_quant, top1; encoders cosine.")
+    triggered_by: Optional[dict] = Field(None, description="Cells of a conditional scheme (if_fails): the scheme "
+                                         "whose gates decided, and the gates it failed (none: the cell was skipped).")
     source_grid: Optional[str] = Field(None, description="Why this scheme's weight grid contains the grid the "
                                        "model's source file already stored (its zero error there measures "
                                        "nothing); None when it provably does not, or the model was float.")

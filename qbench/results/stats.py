@@ -251,6 +251,21 @@ def paired_ratio(base: ArrayLike, other: ArrayLike, level: float = 0.95,
     return float(np.median(x) / np.median(y)), lo, hi
 
 
+def gap_recovery(before: ArrayLike, after: ArrayLike, level: float = 0.95,
+                 n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean(before) - mean(after)) / mean(before), the fraction of a degradation that `after` removed, with a
+    paired percentile bootstrap interval: before[i] and after[i] are the same sequence, resampled jointly."""
+    x, y = _paired(before, after)
+    if x.mean() == 0.0:
+        raise ValueError("mean of before is zero: no gap to recover")
+
+    def rec(idx):
+        b = x[idx].mean()
+        return (b - y[idx].mean()) / b if b != 0 else math.nan
+    lo, hi = _percentile_bootstrap(x.size, rec, level, n_boot, seed)
+    return float((x.mean() - y.mean()) / x.mean()), lo, hi
+
+
 def mean_ci(samples: ArrayLike, level: float = 0.95) -> tuple[float, float, float]:
     """(mean, lo, hi): Student-t interval mean -/+ t_{n-1} s / sqrt(n); NaN bounds at n == 1."""
     upper = _check_level(level)

@@ -86,10 +86,49 @@ def quantize_stage(plan: Plan, cell: Cell, state: ModelState):
             reserve=max(m.decode_tokens, m.generate_tokens))
         return peer, peer.peer.records, None, None
     quant = copy.deepcopy(state.loaded.model)
-    calibrate, cal_info = calibration(plan, cell, state)
+    calibrate, cal_info, cal_batch = calibration(plan, cell, state)
     method_info: dict = {}
-    records = quantize_(quant, cell.scheme, device=plan.device, calibrate=calibrate, method_info=method_info)
+    training = training_data(plan, cell, state, cal_batch, cal_info) if cell.scheme.method.name == "qat" else None
+    records = quantize_(quant, cell.scheme, device=plan.device, calibrate=calibrate, method_info=method_info,
+                        training=training)
     return quant, records, cal_info, method_info
+
+
+def training_data(plan: Plan, cell: Cell, state: ModelState, batch: dict, cal_info: dict):
+    """The TrainingData of a training method: the calibration pool, the baseline as teacher, the seed, a
+    progress bar with the loss, and a checkpoint folder in the cache keyed by everything the result depends on
+    (baseline weights, scheme, calibration samples, seed, threads, versions), so an interrupted cell resumes
+    and the scheme's other workloads reuse the trained state."""
+    import hashlib
+    import json
+
+    import torch
+    from tqdm.auto import tqdm
+
+    import qbench
+    from qbench.cache import cache_dir
+    from qbench.engine.methods import TrainingData
+
+    model, m = state.loaded.model, plan.experiment.measure
+    h = hashlib.sha256()
+    for name, p in model.state_dict().items():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    h.update(json.dumps({"scheme": cell.scheme.model_dump(mode="json", exclude={"name"}),
+                         "calibration": cal_info["hash"], "seq_len": cal_info["seq_len"], "seed": m.seed,
+                         "threads": torch.get_num_threads(), "torch": torch.__version__,
+                         "qbench": qbench.__version__}, sort_keys=True).encode())
+    bar = tqdm(total=int(cell.scheme.method.params["steps"]), desc=f"qat {cell.scheme.name}", unit="step",
+               leave=False, disable=None, dynamic_ncols=True)
+
+    def progress(step: int, steps: int, loss: float) -> None:
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        bar.refresh()
+        if step == steps:
+            bar.close()
+    return TrainingData(batch, state.loaded.task, model, seed=m.seed,
+                        checkpoint_dir=cache_dir() / "qat" / h.hexdigest()[:32], progress=progress)
 
 
 def quality_stage(plan: Plan, cell: Cell, state: ModelState, quant) -> tuple[list[dict], dict]:
@@ -215,11 +254,12 @@ def is_python(dataset: str) -> bool:
     return dataset == "builtin:code" or dataset.endswith(".py.txt") or dataset.endswith(".py.jsonl")
 
 
-def calibration(plan: Plan, cell: Cell, state: ModelState) -> tuple[Optional[Callable], Optional[dict]]:
-    """A function running calibration samples through a model, and their provenance."""
+def calibration(plan: Plan, cell: Cell, state: ModelState
+                ) -> tuple[Optional[Callable], Optional[dict], Optional[dict]]:
+    """(a function running calibration samples through a model, their provenance, the tokenized samples)."""
     scheme = cell.scheme
     if scheme.calibration is None:
-        return None, None
+        return None, None, None
     from qbench.datasets import load_suite
     from qbench.runner.measure import outputs, tokenize
 
@@ -235,5 +275,5 @@ def calibration(plan: Plan, cell: Cell, state: ModelState) -> tuple[Optional[Cal
             "hash": suite.calibration_hash, "overlap_with_eval": overlap, "seq_len": seq_len,
             "used": scheme.uses_calibration}
     if not info["used"]:
-        return None, info
-    return (lambda model: outputs(model, state.loaded.task, batch)), info
+        return None, info, batch
+    return (lambda model: outputs(model, state.loaded.task, batch)), info, batch

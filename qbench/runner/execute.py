@@ -21,9 +21,10 @@ def now() -> str:
 
 
 def execute(plan: Plan, run_dir: Path, meta: dict, *, log: Callable[[str], None] = print,
-            progress: bool = True, executor: Optional[Executor] = None) -> dict:
+            progress: bool = True, executor: Optional[Executor] = None, notes: Optional[dict] = None) -> dict:
     """Run every cell not already finished in run_dir; returns {cell id: status}. `meta` gains the
-    provenance of the models loaded and is rewritten whenever it does."""
+    provenance of the models loaded and is rewritten whenever it does. `notes` ({cell id: {field: value}})
+    are added to those cells' records (e.g. `triggered_by` of a conditional scheme's cells)."""
     import torch
 
     measure = plan.experiment.measure
@@ -31,12 +32,12 @@ def execute(plan: Plan, run_dir: Path, meta: dict, *, log: Callable[[str], None]
     threads = torch.get_num_threads()
     setup_torch(measure)
     try:
-        return _drive(plan, run_dir, meta, executor, log, progress)
+        return _drive(plan, run_dir, meta, executor, log, progress, notes or {})
     finally:
         torch.set_num_threads(threads)
 
 
-def _drive(plan: Plan, run_dir: Path, meta: dict, executor: Executor, log, progress: bool) -> dict:
+def _drive(plan: Plan, run_dir: Path, meta: dict, executor: Executor, log, progress: bool, notes: dict) -> dict:
     done = finished_cells(run_dir)
     todo = [c for c in plan.cells if c.id not in done]
     statuses = {cid: "ok" for cid in done}
@@ -54,6 +55,7 @@ def _drive(plan: Plan, run_dir: Path, meta: dict, executor: Executor, log, progr
             failed += 1
             log(f"cell {result.cell.id} failed: {record['reason']}")
         record.setdefault("finished", now())   # a cell whose worker died: when the driver learned it
+        record.update(notes.get(result.cell.id, {}))
         write_cell(run_dir, record)
         statuses[result.cell.id] = record["status"]
         bar.set_description(result.cell.id)
@@ -61,7 +63,7 @@ def _drive(plan: Plan, run_dir: Path, meta: dict, executor: Executor, log, progr
         bar.update(1)
     bar.close()
     for cell, reason in plan.skipped:
-        write_cell(run_dir, cell_header(cell, "skipped", reason))
+        write_cell(run_dir, dict(cell_header(cell, "skipped", reason), **notes.get(cell.id, {})))
         statuses[cell.id] = "skipped"
     return statuses
 

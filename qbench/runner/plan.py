@@ -37,7 +37,8 @@ class Plan:
                  f"baseline {self.baseline_dtype}" + (f" ({self.baseline_note})" if self.baseline_note else ""),
                  f"batch sizes {list(m.batch_sizes)}, seq_len {m.seq_len}, warmup {m.warmup}, "
                  f"repeats {m.repeats}, eval samples {m.eval_samples}"]
-        lines += [f"  run  {c.id}" for c in self.cells]
+        lines += [f"  run  {c.id}" + (f" (only if {c.scheme.if_fails} fails a gate)" if c.scheme.if_fails else "")
+                  for c in self.cells]
         lines += [f"  skip {c.id}: {why}" for c, why in self.skipped]
         return lines
 

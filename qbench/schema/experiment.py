@@ -141,8 +141,10 @@ METHOD_PARAMS: dict[str, dict[str, object]] = {
     "smoothquant": {"alpha": 0.5},
     "gptq": {"damp": 0.01, "block_size": 128, "act_order": False, "static_groups": False, "sequential": True},
     "awq": {"grid": 20, "clip": False},
+    "qat": {"steps": 200, "lr": 2.0e-5, "batch_size": 4, "learn_scales": True, "distill": True,
+            "checkpoint_every": 50},
 }
-CALIBRATED_METHODS = ("smoothquant", "gptq", "awq")
+CALIBRATED_METHODS = ("smoothquant", "gptq", "awq", "qat")
 
 
 class QuantMethod(_Strict):
@@ -151,8 +153,9 @@ class QuantMethod(_Strict):
     name: str = Field(
         "rtn", description="rtn (round to nearest), smoothquant (activation outliers moved into the weights, "
         "then rtn), gptq (columns rounded one by one, errors spread by the inverse Hessian of calibration "
-        "inputs), awq (activation-aware column scaling, optional clipping). smoothquant, gptq and awq need a "
-        "`calibration` section."
+        "inputs), awq (activation-aware column scaling, optional clipping), qat (a short quantization-aware "
+        "training run from round to nearest, distilled from the unquantized model on the calibration pool). "
+        "smoothquant, gptq, awq and qat need a `calibration` section."
     )
     alpha: Optional[float] = Field(None, ge=0, le=1, description="smoothquant: migration strength in [0, 1] "
                                    "(default 0.5).")
@@ -170,6 +173,17 @@ class QuantMethod(_Strict):
                                 "(grid-1)/grid (default 20; 1 is round to nearest).")
     clip: Optional[bool] = Field(None, description="awq: search a clipping range per output row and block "
                                  "(default false).")
+    steps: Optional[int] = Field(None, ge=1, le=1_000_000, description="qat: optimizer steps (default 200).")
+    lr: Optional[float] = Field(None, gt=0, le=1, description="qat: peak learning rate of Adam (default 2e-5; "
+                                "10% linear warm-up, then cosine decay to a tenth).")
+    batch_size: Optional[int] = Field(None, ge=1, le=4096, description="qat: calibration sequences per step "
+                                      "(default 4).")
+    learn_scales: Optional[bool] = Field(None, description="qat: train the weight scales too, LSQ style "
+                                         "(default true).")
+    distill: Optional[bool] = Field(None, description="qat: loss against the unquantized model's outputs "
+                                    "(default true); false: next-token cross entropy (causal LMs only).")
+    checkpoint_every: Optional[int] = Field(None, ge=0, le=1_000_000, description="qat: steps between "
+                                            "checkpoints an interrupted run resumes from (default 50; 0: none).")
 
     @model_validator(mode="after")
     def _known(self):
@@ -259,11 +273,16 @@ class Scheme(_Strict):
     )
     calibration: Optional[Calibration] = Field(
         None, description="Calibration data; required when activations are static and for the methods "
-        "smoothquant, gptq and awq (which use it even when activations are dynamic or absent)."
+        "smoothquant, gptq, awq and qat (which use it even when activations are dynamic or absent; qat trains on it)."
     )
     kernel: str = Field(
         "auto", description="Kernel name to force (see `qbench list kernels`), or auto: the fastest "
         "kernel that supports the configuration on the device. A forced kernel that cannot run raises."
+    )
+    if_fails: Optional[str] = Field(
+        None, description="Run this scheme on a model only when the named scheme fails one of the experiment's "
+        "gates there (e.g. a QAT twin that trains only when its PTQ scheme misses); otherwise its cells are "
+        "skipped, saying so. Its cells run after all the others."
     )
 
     @model_validator(mode="after")
@@ -290,6 +309,9 @@ class Scheme(_Strict):
         if self.method.needs_calibration and "embedding" in self.ops:
             raise FieldError(("ops",), f"method {self.method.name} applies to linear ops (linear, lm_head), not "
                              "embedding; quantize embeddings in a scheme of their own")
+        if self.method.name == "qat" and self.weights is not None and self.weights.format != "int":
+            raise FieldError(("method", "name"), f"qat trains integer grids; weights.format "
+                             f"{self.weights.format} is a value table (use format: int)")
         if self.method.name == "smoothquant" and self.activations is None:
             raise FieldError(("method", "name"), "smoothquant balances activation and weight ranges for "
                              "quantized activations; this scheme has none (use rtn, gptq or awq)")
@@ -308,6 +330,8 @@ class Scheme(_Strict):
         data = handler(self)
         if self.method.name == "rtn":
             data.pop("method", None)
+        if self.if_fails is None:
+            data.pop("if_fails", None)
         if self.runtime is None:
             data.pop("runtime", None)
         else:            # a runtime scheme dumps as written: what it must leave out stays out (it re-validates)
@@ -532,6 +556,19 @@ class Experiment(_Strict):
                 )
         self._check_gates()
         names = [s.name for s in self.schemes]
+        for i, s in enumerate(self.schemes):
+            if s.if_fails is None:
+                continue
+            where = ("schemes", i, "if_fails")
+            if s.if_fails not in names:
+                raise FieldError(where, f"unknown scheme '{s.if_fails}'{did_you_mean(s.if_fails, names)}; this "
+                                 f"experiment has: {', '.join(names)}")
+            if s.if_fails == s.name or self.schemes[names.index(s.if_fails)].if_fails is not None:
+                raise FieldError(where, f"'{s.if_fails}' must be a scheme that always runs (not this one, not "
+                                 "another conditional scheme)")
+            if not self.gates:
+                raise FieldError(where, "if_fails needs gates to judge the other scheme by; this experiment has "
+                                 "none")
         for i, pair in enumerate(self.pairs):
             for j, name in enumerate(pair):
                 if name not in names:

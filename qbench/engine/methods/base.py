@@ -3,7 +3,7 @@
 A method turns a float (N, K) weight, its QuantSpec and what else it may know about the layer (a MethodContext:
 the module's name, calibration statistics of its input, the method's parameters, a smoothing scale chosen for
 the group of linears sharing its input) into a QuantizedWeight; a kernel then packs that object and never chooses
-qparams itself. Methods: rtn, gptq, smoothquant, awq, each in its own module.
+qparams itself. Methods: rtn, gptq, smoothquant, awq, qat, each in its own module.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class MethodContext:
     smoothing: Optional[torch.Tensor] = None           # (K,) s > 0 chosen for the group (SmoothQuant, AWQ): the
     #   weight's columns are multiplied by s and the input divided by s
     folded: bool = False                               # the input already arrives divided by s (s folded upstream)
+    learned: Optional[tuple] = None                    # (scale, zero_point) a training method learned (qat)
 
 
 class Method:
@@ -37,6 +38,7 @@ class Method:
     needs_calibration = False   # True when quantize() reads context.input_stats
     smooths = False             # True: group_scales() chooses one input scale per group of linears sharing an input
     sequential = False          # True: a block's statistics come from the outputs of the already-quantized blocks
+    trains = False              # True: train() fine-tunes the model first and quantize() uses what it learned
 
     def group_scales(self, weights: list[torch.Tensor], stats: Mapping[str, torch.Tensor],
                      params: Mapping[str, object], spec: QuantSpec) -> torch.Tensor:
