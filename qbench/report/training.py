@@ -108,7 +108,9 @@ def _run_cells(scheme: dict, cells: list) -> list[str]:
     t, p = info["training"], info.get("params") or params
     cal = next((c.get("calibration") for c in cells if c.get("calibration")), None) or {}
     data = (f"{cal.get('dataset', DASH)}, {cal.get('size', DASH)} samples x {cal.get('seq_len', DASH)} tokens, "
-            f"hash {str(cal.get('hash', DASH))[:12]}, overlap with evaluation {cal.get('overlap_with_eval', DASH)}")
+            f"hash {str(cal.get('hash', DASH))[:12]}; evaluation hashes "
+            + ", ".join(f"{c.get('workload')} {str((c.get('evaluation') or {}).get('hash', DASH))[:12]}" for c in cells)
+            + f"; overlap {cal.get('overlap_with_eval', DASH)}")
     how = []
     if trained is None:
         how.append("trained state reused from an earlier run")

@@ -95,3 +95,64 @@ def test_the_card_reports_the_training_and_the_recovered_gap(qat_run):
     md = (outcome.run_dir / "card.md").read_text()
     assert "## Quantization-aware training" in md and "### Recovery of the PTQ gap" in md
     assert (outcome.run_dir / "plots" / "loss.png").is_file()
+
+
+def test_a_qat_cell_killed_mid_training_resumes_to_the_same_weights(tiny_models, tmp_path):
+    """kill -9 of `qbench run` once a checkpoint is on disk, then `--resume`: the training continues from the
+    checkpoint and ends with exactly the weights, losses and quality of an uninterrupted run (one thread)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import torch
+
+    schemes = """\
+  - name: w4-qat
+    weights: {bits: 4, symmetric: false, granularity: per_group, group_size: 16}
+    method: {name: qat, steps: 300, lr: 1.0e-3, batch_size: 4, checkpoint_every: 5}
+    calibration: {dataset: text, size: 16}
+"""
+    exp = write_experiment(tmp_path, {"gpt2": tiny_models["gpt2"]}, schemes, name="qatkill")
+    exp.write_text(exp.read_text().replace("eval_samples: 8}", "eval_samples: 8, threads: 1}"))
+    root = str(Path(__file__).resolve().parents[2])
+
+    def env(cache):
+        return dict(os.environ, PYTHONPATH=root, QBENCH_CACHE_DIR=str(tmp_path / cache))
+
+    def qbench(*args, cache):
+        return [sys.executable, "-m", "qbench.cli", "run", *args, "--no-progress"], env(cache)
+
+    cmd, e = qbench(str(exp), "--out", str(tmp_path / "whole"), cache="cache-a")
+    assert subprocess.run(cmd, env=e, capture_output=True, timeout=600).returncode == 0
+
+    cmd, e = qbench(str(exp), "--out", str(tmp_path / "killed"), cache="cache-b")
+    proc = subprocess.Popen(cmd, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list((tmp_path / "cache-b").glob("qat/*/checkpoint.pt")):
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before a checkpoint could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (ckpt,) = (tmp_path / "cache-b").glob("qat/*/checkpoint.pt")
+    assert not (ckpt.parent / "final.pt").exists()
+    (run_dir,) = (tmp_path / "killed" / "qatkill").iterdir()
+    cmd, e = qbench("--resume", str(run_dir), cache="cache-b")
+    done = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+
+    (a,) = (tmp_path / "cache-a").glob("qat/*/final.pt")
+    (b,) = (tmp_path / "cache-b").glob("qat/*/final.pt")
+    assert a.parent.name == b.parent.name                                # the same key: same inputs
+    fa, fb = torch.load(a, weights_only=False), torch.load(b, weights_only=False)
+    assert fa["losses"] == fb["losses"] and len(fa["losses"]) == 300
+    assert fa["tensors"].keys() == fb["tensors"].keys()
+    assert all(torch.equal(fa["tensors"][k], fb["tensors"][k]) for k in fa["tensors"])
+    (whole_dir,) = (tmp_path / "whole" / "qatkill").iterdir()
+    first = json.loads((run_dir / "cells" / "gpt2__w4-qat__text.json").read_text())["method"]["training"]
+    assert first["resumed_from"] > 0 and first["resumed_from"] % 5 == 0 and not first["reused"]
+    for w in ("text", "code"):
+        ka, kb = (json.loads((d / "cells" / f"gpt2__w4-qat__{w}.json").read_text()) for d in (whole_dir, run_dir))
+        assert ka["sequences"] == kb["sequences"] and ka["quant_map"] == kb["quant_map"]
