@@ -322,3 +322,25 @@ def test_table_formats_run_on_the_emulated_kernel_only():
     x = torch.randn(4, 32)
     with torch.no_grad():
         assert torch.allclose(lin(x), x @ rtn(w, spec).dequantize().t() + b, atol=1e-5)
+
+
+def test_calibration_statistics_leave_padding_out():
+    """A padded calibration batch gives the statistics of its real tokens only: equal to those of the same
+    sequences run one at a time without padding."""
+    from qbench.engine.methods.stats import collect_input_stats
+
+    model = tiny_llama()
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(1, 200, (3, 12), generator=g)
+    lengths = (12, 7, 4)
+    mask = torch.zeros(3, 12, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    names = ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"]
+    padded = collect_input_stats(model, names, lambda m: m(input_ids=ids, attention_mask=mask))
+    one_by_one = collect_input_stats(model, names, lambda m: [m(input_ids=ids[i:i + 1, :n]) for i, n in
+                                                               enumerate(lengths)])
+    for name in names:
+        assert int(padded[name]["n"]) == sum(lengths)
+        for key in ("xtx", "absmax", "absmean"):
+            assert torch.allclose(padded[name][key], one_by_one[name][key], rtol=1e-5, atol=1e-7), (name, key)

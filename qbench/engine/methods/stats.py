@@ -1,6 +1,8 @@
 """Calibration statistics of a linear layer's input, gathered with forward pre-hooks.
 
-For each hooked module, over every calibration token x (K,) that reaches it:
+For each hooked module, over every real calibration token x (K,) that reaches it (padding excluded: when the
+model is called with a 2-D `attention_mask`, a module input shaped (B, T, K) like that mask keeps only the rows the
+mask marks real):
     n        number of tokens
     xtx      (K, K) float64  X^T X / n          (GPTQ's Hessian is 2 * xtx; AWQ's output error is a quadratic form in it)
     absmax   (K,)  float64   max_t |x_t|         (SmoothQuant)
@@ -47,9 +49,24 @@ class InputStats:
 def feed_inputs(model: nn.Module, calibrate: Callable[[nn.Module], None],
                 feeds: dict[str, Callable[[torch.Tensor], None]]) -> None:
     """Run `calibrate(model)` without gradients, handing each named module's input to its callable (a forward
-    pre-hook per module, removed afterwards whatever happens)."""
-    hooks = [model.get_submodule(name).register_forward_pre_hook(lambda _m, args, fn=fn: fn(args[0]))
-             for name, fn in feeds.items()]
+    pre-hook per module, removed afterwards whatever happens). Padding positions are left out: the model's own
+    pre-hook notes the `attention_mask` it is called with, and an input shaped (B, T, K) like that mask is handed
+    on as its real rows only (M, K)."""
+    seen: dict = {}
+
+    def note_mask(_m, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        seen["mask"] = mask.bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+    def real(x: torch.Tensor) -> torch.Tensor:
+        mask = seen.get("mask")
+        if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape) and not bool(mask.all()):
+            return x[mask.to(x.device)]
+        return x
+
+    hooks = [model.register_forward_pre_hook(note_mask, with_kwargs=True)]
+    hooks += [model.get_submodule(name).register_forward_pre_hook(lambda _m, args, fn=fn: fn(real(args[0])))
+              for name, fn in feeds.items()]
     try:
         with torch.no_grad():
             calibrate(model)
