@@ -79,10 +79,13 @@ def _method_text(method: dict, mine: list) -> str:
     params = ran[0].get("params") if ran else {k: v for k, v in method.items() if k != "name"}
     text = name + (": " + ", ".join(f"{k} {str(v).lower() if isinstance(v, bool) else v}"
                                     for k, v in (params or {}).items()) if params else "")
-    secs = sorted(num(m.get("seconds")) for m in ran if num(m.get("seconds")) is not None)
+    own = [m for m in ran if not m.get("shared_from")]          # cells that quantized, not those that reused it
+    secs = sorted(num(m.get("seconds")) for m in own if num(m.get("seconds")) is not None)
     if secs and name != "rtn":
         text += f"; {sig(secs[0])} s" if secs[0] == secs[-1] or len(secs) == 1 else \
-            f"; {sig(secs[0])}-{sig(secs[-1])} s per cell"
+            f"; {sig(secs[0])}-{sig(secs[-1])} s per quantization"
+        if len(own) < len(ran):
+            text += f" (once for {len(ran)} cells)" if len(own) == 1 else f" ({len(own)} quantizations, {len(ran)} cells)"
     return text
 
 

@@ -149,6 +149,9 @@ class MethodInfo(_Record):
     input_scale_layers: Optional[tuple[str, ...]] = Field(None, description="Layers that divide their input by "
                                                           "the smoothing scale themselves.")
     training: Optional[TrainingInfo] = Field(None, description="qat: the training run.")
+    shared_from: Optional[str] = Field(None, description="The cell that quantized the model this cell measured "
+                                       "(a scheme quantizes the same way for every workload, so a worker quantizes "
+                                       "it once); the method's numbers are that cell's.")
 
 
 class EvaluationInfo(_Record):

@@ -85,12 +85,18 @@ def quantize_stage(plan: Plan, cell: Cell, state: ModelState):
             state.loaded, cell.scheme.runtime, threads=torch.get_num_threads(),
             reserve=max(m.decode_tokens, m.generate_tokens))
         return peer, peer.peer.records, None, None
-    quant = copy.deepcopy(state.loaded.model)
     calibrate, cal_info, cal_batch = calibration(plan, cell, state)
+    key = cell.scheme.model_dump_json()
+    if key in state.last_quantized:             # the scheme's other workload: the same quantized model
+        quant, records, method_info, first = state.last_quantized[key]
+        return quant, records, cal_info, dict(method_info, shared_from=first)
+    state.last_quantized.clear()                # at most one quantized model kept beside the baseline
+    quant = copy.deepcopy(state.loaded.model)
     method_info: dict = {}
     training = training_data(plan, cell, state, cal_batch, cal_info) if cell.scheme.method.name == "qat" else None
     records = quantize_(quant, cell.scheme, device=plan.device, calibrate=calibrate, method_info=method_info,
                         training=training)
+    state.last_quantized[key] = (quant, records, method_info, cell.id)
     return quant, records, cal_info, method_info
 
 

@@ -7,7 +7,7 @@ a subprocess, a remote worker) can call it and hand the provenance back to the d
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qbench.runner.plan import Cell, Plan
 
@@ -22,6 +22,10 @@ class ModelState:
     inputs: dict              # workload name -> tokenized evaluation batch
     reference: dict           # workload name -> baseline outputs on that batch
     suites: dict              # workload name -> Suite
+    # the latest quantized model of this worker, {scheme as JSON: (model, module records, method info, cell id)}:
+    # a scheme quantizes the same way for every workload, so its next cell measures this one instead of
+    # quantizing (and calibrating, or training) again; replaced by the next scheme's
+    last_quantized: dict = field(default_factory=dict)
 
 
 def setup_torch(measure) -> None:

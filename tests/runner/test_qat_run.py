@@ -66,9 +66,10 @@ def test_the_twin_s_gates_decide_which_qat_cells_run(qat_run):
 
 def test_the_scheme_trains_once_for_both_workloads(qat_run):
     outcome, _ = qat_run
-    runs = [cell(outcome, f"gpt2__w4t-qat__{w}")["method"]["training"] for w in ("text", "code")]
-    assert sorted(r["reused"] for r in runs) == [False, True]
-    assert runs[0]["loss"] == runs[1]["loss"] and len(runs[0]["loss"]) == 6 and runs[0]["tokens"] > 0
+    methods = [cell(outcome, f"gpt2__w4t-qat__{w}")["method"] for w in ("text", "code")]
+    assert "shared_from" not in methods[0] and methods[1]["shared_from"] == "gpt2__w4t-qat__text"
+    runs = [m["training"] for m in methods]
+    assert not runs[0]["reused"] and runs[0] == runs[1] and len(runs[0]["loss"]) == 6 and runs[0]["tokens"] > 0
     a, b = (cell(outcome, f"gpt2__w4t-qat__{w}")["quant_map"] for w in ("text", "code"))
     assert [r["sqnr_db"] for r in a] == [r["sqnr_db"] for r in b]           # the same trained weights
     ptq = cell(outcome, "gpt2__w4t__text")["quant_map"]
