@@ -75,7 +75,7 @@ def _only_method_or_format(a: dict, b: dict) -> bool:
         w = {k: v for k, v in (s.get("weights") or {}).items() if k != "format"}
         if fa != fb:
             w = {k: w.get(k) for k in ("granularity", "group_size")}
-        return {k: v for k, v in dict(s, weights=w).items() if k not in ("name", "method", "calibration")}
+        return {k: v for k, v in dict(s, weights=w).items() if k not in ("name", "method", "calibration", "if_fails")}
     return rest(a) == rest(b) and (ma != mb or fa != fb)
 
 

@@ -93,6 +93,8 @@ def test_the_card_reports_the_training_and_the_recovered_gap(qat_run):
         assert got == pytest.approx(want, rel=5e-3, abs=0.05), (shown, want)
     assert any(p["name"] == "loss" and p["data"]["facets"][0]["series"][0]["label"] == "w4t-qat"
                for p in card["plots"])
+    paired = [r["cells"][:4] for r in card["pairs"]["table"]["rows"]]
+    assert ["gpt2", "w4t", "w4t-qat", "KL mean"] in paired                  # twins differ only in method
     md = (outcome.run_dir / "card.md").read_text()
     assert "## Quantization-aware training" in md and "### Recovery of the PTQ gap" in md
     assert (outcome.run_dir / "plots" / "loss.png").is_file()
