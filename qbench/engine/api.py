@@ -42,10 +42,13 @@ class ModuleRecord:
                                  # None when not applied
     bytes_before: int
     bytes_after: int
+    override: str = ""           # the glob of the scheme override whose recipe this module got ("" when none)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["shape"] = list(self.shape)
+        if not d["override"]:
+            del d["override"]
         return d
 
 
@@ -94,37 +97,59 @@ def quantize_(model: nn.Module, scheme: Scheme | dict, *, device: str = "cpu",
     """Quantize `model` in place according to `scheme`; returns one record per quantizable module.
 
     `calibrate(model)` runs forward passes over calibration data; it is required when the scheme
-    has static activations (dynamic: false) or a calibrated method (smoothquant, gptq, awq).
-    `method_info`, when given, is filled with what the method did (name, parameters, seconds, ...).
-    `training` (engine.methods.qat.TrainingData: the calibration pool and the unquantized teacher) is required
-    by a training method (qat).
+    has static activations (dynamic: false) or a calibrated method (smoothquant, gptq, awq), itself or in an
+    override. `method_info`, when given, is filled with what the method did (name, parameters, seconds, ...;
+    the methods of overrides under "overrides"). `training` (engine.methods.qat.TrainingData: the calibration
+    pool and the unquantized teacher) is required by a training method (qat).
+
+    A scheme with `overrides` quantizes each module with the recipe of the first override whose glob matches
+    it (or leaves it alone: skip), else with the scheme's own: each recipe gets its kernel, its method run and
+    its static activation ranges, over its modules only.
     """
     if isinstance(scheme, dict):
         scheme = Scheme.model_validate(scheme)
-    w, a = weight_spec(scheme), activation_spec(scheme)
     kinds = classify(model)
-    # choose the kernel once, before touching the model, so an impossible request leaves it unchanged
-    linear_ops = any(op != "embedding" and op in scheme.ops for op in kinds.values())
     plan = plan_modules(model, scheme, kinds)
-    shapes = tuple({p.shape for p in plan if not p.skip and p.op != "embedding"})
-    kernel = select_kernel(w, a, device, scheme.kernel, shapes) if linear_ops else None
-    misfits = shape_misfits(plan, kernel)
-    if misfits:
-        raise KernelUnavailable(misfits)
-    method = scheme_method(scheme)
-    if method.needs_calibration and kernel is not None and kernel.rederives_weight:
-        raise KernelUnavailable(f"kernel '{kernel.name}' quantizes float weights its own way and cannot run the "
-                                f"codes {method.name} chooses; force another kernel")
-    linears = [p.name for p in plan if not p.skip and p.op != "embedding"]
-    run = MethodRun(model, linears, method, scheme.method.params, w, calibrate, training, a)   # folds, training
-    act_qparams = _calibrate(model, scheme, plan, a, calibrate, run.smoothing, run.folded)
+    recipes = [scheme, *(scheme.recipe(o) for o in scheme.overrides)]
+    # choose every kernel before touching the model, so an impossible request leaves it unchanged
+    steps = {}
+    for r, recipe in enumerate(recipes):
+        mine = [p for p in plan if p.recipe == r]
+        if recipe is None or not mine:
+            continue
+        w, a = weight_spec(recipe), activation_spec(recipe)
+        shapes = tuple({p.shape for p in mine if not p.skip and p.op != "embedding"})
+        kernel = select_kernel(w, a, device, scheme.kernel, shapes) if shapes else None
+        misfits = shape_misfits(mine, kernel)
+        if misfits:
+            raise KernelUnavailable(misfits)
+        method = scheme_method(recipe)
+        if method.needs_calibration and kernel is not None and kernel.rederives_weight:
+            raise KernelUnavailable(f"kernel '{kernel.name}' quantizes float weights its own way and cannot run the "
+                                    f"codes {method.name} chooses; force another kernel")
+        steps[r] = (recipe, mine, w, a, method, kernel)
+    runs, act_qparams = {}, {}
+    for r, (recipe, mine, w, a, method, kernel) in steps.items():
+        linears = [p.name for p in mine if not p.skip and p.op != "embedding"]
+        runs[r] = MethodRun(model, linears, method, recipe.method.params, w, calibrate, training, a)  # folds, training
+        act_qparams.update(_calibrate(model, recipe, mine, a, calibrate, runs[r].smoothing, runs[r].folded))
     records = []
     for planned in plan:
-        records.append(_swap_one(model, planned, scheme, run, w, a, act_qparams.get(planned.name), kernel))
+        recipe, _mine, w, a, _method, kernel = steps.get(planned.recipe) or (scheme, None, weight_spec(scheme),
+                                                                             activation_spec(scheme), None, None)
+        records.append(_swap_one(model, planned, recipe, runs.get(planned.recipe), w, a,
+                                 act_qparams.get(planned.name), kernel))
         if progress:
             progress(planned.name)
     if method_info is not None:
-        method_info.update(run.summary())
+        if 0 in runs:
+            method_info.update(runs[0].summary())
+        else:
+            method_info.update(name=scheme.method.name, params=scheme.method.params, seconds=0.0)
+        others = [dict(runs[r].summary(), match=scheme.overrides[r - 1].match) for r in runs if r
+                  and (runs[r].method.name != "rtn" or scheme.method.name != "rtn")]
+        if others:
+            method_info["overrides"] = others
     return records
 
 
@@ -137,18 +162,31 @@ class PlannedModule:
     shape: tuple[int, int]       # (out, in) for linear ops, (rows, dim) for embeddings
     skip: str                    # "" (quantize), "op", "excluded" or "group_size"
     reason: str                  # why it is left alone, "" when it is quantized
+    recipe: int = 0              # 0: the scheme's own recipe; i + 1: that of scheme.overrides[i]
+    override: str = ""           # the glob of the override that decided, "" when none matched
 
 
 def plan_modules(model: nn.Module, scheme: Scheme, kinds: Optional[dict[str, str]] = None) -> list[PlannedModule]:
     """The per-module decisions of quantize_ without changing the model (works on the meta device)."""
-    w = weight_spec(scheme)
+    recipes = [scheme, *(scheme.recipe(o) for o in scheme.overrides)]
     out = []
     for name, op in (kinds or classify(model)).items():
         mod = model.get_submodule(name)
         shape = tuple((mod.weight if op == "embedding" else linear_weight(mod)[0]).shape)
-        skip, reason = _plan_reason(name, op, scheme, w, shape)
-        out.append(PlannedModule(name, op, shape, skip, reason))
+        r = next((i + 1 for i, o in enumerate(scheme.overrides) if fnmatch.fnmatchcase(name, o.match)), 0)
+        glob = scheme.overrides[r - 1].match if r else ""
+        if r and recipes[r] is None:
+            skip, reason = ("op", f"op '{op}' not in scheme ops") if op not in scheme.ops else \
+                ("excluded", f"skipped by override '{glob}'")
+        else:
+            skip, reason = _plan_reason(name, op, recipes[r], weight_spec(recipes[r]), shape)
+        out.append(PlannedModule(name, op, shape, skip, reason, r, glob))
     return out
+
+
+def unmatched_overrides(model: nn.Module, scheme: Scheme) -> list[str]:
+    """Override globs that match no quantizable module (likely typos)."""
+    return unmatched_excludes(model, [o.match for o in scheme.overrides])
 
 
 def shape_misfits(plan: list[PlannedModule], kernel) -> str:
@@ -179,7 +217,8 @@ def _swap_one(model, planned: PlannedModule, scheme, run: MethodRun, w, a, act_q
     mod = model.get_submodule(name)
     weight = mod.weight if op == "embedding" else linear_weight(mod)[0]
     before = sum(p.numel() * p.element_size() for p in mod.parameters(recurse=False))
-    rec = dict(name=name, op=op, shape=shape, requested=op in scheme.ops, bytes_before=before)
+    rec = dict(name=name, op=op, shape=shape, requested=op in scheme.ops, bytes_before=before,
+               override=planned.override)
     if reason:
         return ModuleRecord(**rec, applied=False, reason=reason, kernel="baseline",
                             weights=str(weight.dtype).replace("torch.", ""), activations="float",

@@ -139,10 +139,14 @@ def quant_maps(qcells: dict, order: dict, excludes: dict | None = None) -> list:
             rows = [_quant_row(i, q, (excludes or {}).get(s) or ()) for i, q in enumerate(c["quant_map"])]
             before = sum(num(q.get("bytes_before")) or 0 for q in c["quant_map"])
             after = sum(num(q.get("bytes_after")) or 0 for q in c["quant_map"])
+            applied = [q for q in c["quant_map"] if q.get("applied")]
+            weights = sum((q.get("shape") or [0, 0])[0] * (q.get("shape") or [0, 0])[1] for q in applied)
             out.append({
                 "model": m, "scheme": s, "cell": c["cell"], "mismatches": sum(r["flag"] for r in rows),
                 "total": len(rows), "applied": sum(1 for q in c["quant_map"] if q.get("applied")),
                 "bytes": f"{mib(before)} → {mib(after)}",
+                "bits_per_weight": (f"{sig(8 * sum(num(q.get('bytes_after')) or 0 for q in applied) / weights)}"
+                                    if weights else DASH),
                 "warnings": [f"exclusion glob '{g}' matched no module" for g in c.get("unmatched_excludes") or []],
                 "table": table(["#", "Module", "Op", "Shape", "Applied", "Reason", "Kernel", "Weights",
                                 "Activations", "SQNR dB"], rows, "rlllllllllr"[:10]),
@@ -151,9 +155,11 @@ def quant_maps(qcells: dict, order: dict, excludes: dict | None = None) -> list:
 
 
 def _quant_row(i: int, q: dict, excludes) -> dict:
-    excluded = any(fnmatchcase(str(q.get("name")), g) for g in excludes)
+    excluded = any(fnmatchcase(str(q.get("name")), g) for g in excludes) or \
+        str(q.get("reason") or "").startswith("skipped by override")
     miss = bool(q.get("requested")) and not q.get("applied") and not excluded
     applied = "⚠ no" if miss else _yn(q.get("applied"))
+    reason = q.get("reason") or (f"override '{q['override']}'" if q.get("override") else "")
     return {"cells": [i, q.get("name"), q.get("op"), "×".join(str(d) for d in q.get("shape") or []) or DASH,
-                      applied, q.get("reason") or "", q.get("kernel") or DASH, q.get("weights") or DASH,
+                      applied, reason, q.get("kernel") or DASH, q.get("weights") or DASH,
                       q.get("activations") or DASH, fmt(q.get("sqnr_db"))], "flag": miss}

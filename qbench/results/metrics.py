@@ -87,6 +87,8 @@ _DECLARED = (
            "model is faster.", display="ratio", ideal=1.0, plot="speedup", **_SPEED),
     Metric("weight_bytes", "bytes", "lower", _BQ, "Bytes of model weights held in memory.", display="bytes",
            section="memory", plot="weights"),
+    Metric("bits_per_weight", "bits", "lower", _BQ, "Average bits per model parameter as held: 8 x weight bytes "
+           "(codes, scales, zero points and every parameter left in float) / parameters.", section="memory"),
     Metric("peak_rss_bytes", "bytes", "lower", (_P,), "Peak resident memory of the process while the cell ran.",
            display="bytes", section="memory"),
     Metric("foreign_cpu_cores", "cores", "none", (_P,), "CPU cores busy with other processes while the cell was "

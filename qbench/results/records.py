@@ -102,6 +102,8 @@ class QuantEntry(_Record):
     sqnr_db: Optional[float] = Field(description="Weight SQNR in dB; None when not applied or exact.")
     bytes_before: int = Field(ge=0)
     bytes_after: int = Field(ge=0)
+    override: str = Field("", description="The scheme override whose recipe the module got (its glob); absent "
+                          "when none matched.")
 
 
 class KernelInfo(_Record):
@@ -149,6 +151,8 @@ class MethodInfo(_Record):
     input_scale_layers: Optional[tuple[str, ...]] = Field(None, description="Layers that divide their input by "
                                                           "the smoothing scale themselves.")
     training: Optional[TrainingInfo] = Field(None, description="qat: the training run.")
+    overrides: Optional[tuple[dict, ...]] = Field(None, description="The methods of the scheme's overrides (each "
+                                                  "with its glob under `match`), where one differs from rtn.")
     shared_from: Optional[str] = Field(None, description="The cell that quantized the model this cell measured "
                                        "(a scheme quantizes the same way for every workload, so a worker quantizes "
                                        "it once); the method's numbers are that cell's.")

@@ -174,8 +174,11 @@ def size_stage(state: ModelState, quant, records) -> list[dict]:
         q_bytes = sum(t.numel() * t.element_size() for t in [*quant.parameters(), *quant.buffers()])
         q_bytes += sum(r.bytes_after for r in records if r.applied)
         method = "bytes of parameters, buffers and quantized weight state (codes, scales, zero points, sums)"
+    per = f"8 x weight bytes / {state.params:,} parameters"
     return [row("weight_bytes", state.baseline_bytes, "bytes", method, "baseline"),
-            row("weight_bytes", q_bytes, "bytes", method, "quantized")]
+            row("weight_bytes", q_bytes, "bytes", method, "quantized"),
+            row("bits_per_weight", 8 * state.baseline_bytes / state.params, "bits", per, "baseline"),
+            row("bits_per_weight", 8 * q_bytes / state.params, "bits", per, "quantized")]
 
 
 def speed_stage(plan: Plan, cell: Cell, state: ModelState, quant, gpu) -> list[dict]:

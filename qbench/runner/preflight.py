@@ -94,7 +94,7 @@ def check(plan: Plan, source: str | Path, warn: Callable[[str], None]) -> None:
         for i, s in enumerate(exp.schemes):
             if s.runtime is not None:
                 continue
-            _check_scheme(model, kinds, ref.display, s, f"{source}: schemes[{i}]", warn, kernels[i])
+            _check_scheme(model, kinds, ref.display, s, f"{source}: schemes[{i}]", warn, kernels[i], plan.device)
 
 
 def _check_runtime(scheme, where: str) -> None:
@@ -105,20 +105,37 @@ def _check_runtime(scheme, where: str) -> None:
         raise ConfigError(f"scheme '{scheme.name}' runs in {scheme.runtime.name}: {problem}", where=where)
 
 
-def _check_scheme(model, kinds, model_name, scheme, where, warn, kernel=None) -> None:
-    from qbench.engine.api import plan_modules, shape_misfits, unmatched_excludes
+def _check_scheme(model, kinds, model_name, scheme, where, warn, kernel=None, device="cpu") -> None:
+    from qbench.engine.api import (activation_spec, plan_modules, shape_misfits, unmatched_excludes,
+                                   unmatched_overrides, weight_spec)
+    from qbench.engine.kernels import select_kernel
 
     planned = plan_modules(model, scheme, kinds)
-    misfit = shape_misfits(planned, kernel)
-    if misfit:
-        raise ConfigError(f"{model_name}: {misfit}", where=f"{where}.kernel")
+    for r, recipe in enumerate([scheme, *(scheme.recipe(o) for o in scheme.overrides)]):
+        mine = [p for p in planned if p.recipe == r]
+        if recipe is None or not mine:
+            continue
+        at = f"{where}.kernel" if r == 0 else f"{where}.overrides[{r - 1}]"
+        k = kernel
+        if r:
+            try:
+                k = select_kernel(weight_spec(recipe), activation_spec(recipe), device, scheme.kernel)
+            except KernelUnavailable as e:
+                raise ConfigError(f"{model_name}: {e}", where=at) from None
+        misfit = shape_misfits(mine, k)
+        if misfit:
+            raise ConfigError(f"{model_name}: {misfit}", where=at)
     for pattern in unmatched_excludes(model, scheme.exclude):
         warn(f"{where}.exclude: '{pattern}' matches no quantizable module of {model_name}")
+    for pattern in unmatched_overrides(model, scheme):
+        warn(f"{where}.overrides: '{pattern}' matches no quantizable module of {model_name}")
     if not any(p.skip in ("", "group_size") for p in planned):
         warn(f"{where}: quantizes no module of {model_name} (ops {list(scheme.ops)}, exclude "
              f"{list(scheme.exclude)}): its cells measure the baseline against itself")
     for p in planned:
         if p.skip == "group_size":
-            raise ConfigError(f"group_size {scheme.weights.group_size} does not divide the {p.shape[1]} input "
+            recipe = scheme if p.recipe == 0 else scheme.recipe(scheme.overrides[p.recipe - 1])
+            field = "weights.group_size" if p.recipe == 0 else f"overrides[{p.recipe - 1}].weights.group_size"
+            raise ConfigError(f"group_size {recipe.weights.group_size} does not divide the {p.shape[1]} input "
                               f"columns of {model_name}'s {p.name}; pick a divisor or exclude the module",
-                              where=f"{where}.weights.group_size")
+                              where=f"{where}.{field}")

@@ -7,6 +7,7 @@ from qbench.schema.experiment import (
     Gate,
     Measure,
     ModelRef,
+    Override,
     Runtime,
     QuantMethod,
     Scheme,
@@ -16,7 +17,7 @@ from qbench.schema.experiment import (
 from qbench.schema.loader import json_schema, load_experiment, parse_experiment
 
 __all__ = [
-    "ActivationQuant", "Baseline", "Calibration", "Experiment", "Gate", "Measure", "ModelRef", "QuantMethod",
+    "ActivationQuant", "Baseline", "Calibration", "Experiment", "Gate", "Measure", "ModelRef", "Override", "QuantMethod",
     "Runtime", "Scheme",
     "WeightQuant", "Workload", "json_schema", "load_experiment", "parse_experiment",
 ]

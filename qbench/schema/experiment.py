@@ -212,6 +212,36 @@ class QuantMethod(_Strict):
         return {k: v for k, v in handler(self).items() if v is not None}
 
 
+class Override(_Strict):
+    """A per-module exception to its scheme: other weights, activations or method, or left in float."""
+
+    match: str = Field(min_length=1, description="Module-name glob (fnmatch, case-sensitive), e.g. "
+                       "'model.layers.0.*' or '*.mlp.down_proj'; the first override that matches a module wins.")
+    weights: Optional[WeightQuant] = Field(None, description="Weights for the matched modules (default: the "
+                                           "scheme's).")
+    activations: Optional[ActivationQuant] = Field(None, description="Activations for the matched modules "
+                                                   "(default: the scheme's); null: weight-only there.")
+    method: Optional[QuantMethod] = Field(None, description="Method for the matched modules (default: the "
+                                          "scheme's); qat trains a whole scheme and cannot be an override.")
+    skip: bool = Field(False, description="Leave the matched modules at baseline precision.")
+
+    @model_validator(mode="after")
+    def _meaningful(self):
+        given = [k for k in ("weights", "activations", "method") if k in self.model_fields_set]
+        if self.skip and given:
+            raise FieldError((given[0],), "skip: true leaves the modules in float; remove " + ", ".join(given))
+        if not self.skip and not given:
+            raise FieldError(("match",), "an override changes weights, activations or method, or sets skip: true")
+        if self.method is not None and self.method.name == "qat":
+            raise FieldError(("method", "name"), "qat trains a whole scheme; give it to the scheme, not an override")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler):
+        data = handler(self)
+        return {k: v for k, v in data.items() if k == "match" or k in self.model_fields_set}
+
+
 # llama.cpp file types a runtime scheme may ask for (qbench.runtimes.llamacpp maps each to llama.cpp's constant)
 LLAMACPP_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q5_1", "Q4_K_M", "Q4_K_S",
                   "Q4_0", "Q4_1", "IQ4_NL", "Q3_K_M", "Q3_K_S", "Q3_K_L", "Q2_K")
@@ -243,7 +273,7 @@ class Runtime(_Strict):
 
 
 # Scheme fields that describe qbench's own quantization and mean nothing to a peer runtime
-_ENGINE_ONLY = ("activations", "ops", "exclude", "calibration", "kernel", "method")
+_ENGINE_ONLY = ("activations", "ops", "exclude", "calibration", "kernel", "method", "overrides")
 
 
 class Scheme(_Strict):
@@ -278,6 +308,11 @@ class Scheme(_Strict):
     kernel: str = Field(
         "auto", description="Kernel name to force (see `qbench list kernels`), or auto: the fastest "
         "kernel that supports the configuration on the device. A forced kernel that cannot run raises."
+    )
+    overrides: tuple[Override, ...] = Field(
+        (), description="Per-module exceptions, first match wins: `{match: <glob>, weights: {...}, activations: "
+        "{...} | null, method: {...}}` or `{match: <glob>, skip: true}` (mixed precision). The quantization map "
+        "shows what each module got."
     )
     if_fails: Optional[str] = Field(
         None, description="Run this scheme on a model only when the named scheme fails one of the experiment's "
@@ -317,11 +352,41 @@ class Scheme(_Strict):
                              "quantized activations; this scheme has none (use rtn, gptq or awq)")
         return self
 
+    @model_validator(mode="after")
+    def _overrides_valid(self):
+        from pydantic import ValidationError
+
+        for i, o in enumerate(self.overrides):
+            try:
+                self.recipe(o)
+            except ValidationError as e:      # what the override makes of the scheme is not a valid scheme
+                first = e.errors(include_url=False)[0]
+                cause = (first.get("ctx") or {}).get("error")
+                loc = tuple(first.get("loc", ())) + (cause.loc if isinstance(cause, FieldError) else ())
+                msg = str(cause) if cause is not None else first["msg"]
+                raise FieldError(("overrides", i, *(loc if loc and loc[0] in ("weights", "activations", "method")
+                                                    else ())), msg) from None
+        return self
+
+    def recipe(self, override: "Override") -> Optional["Scheme"]:
+        """The scheme the modules `override` matches are quantized with (None: they are skipped)."""
+        if override.skip:
+            return None
+        data = self.model_dump(mode="json", exclude={"overrides", "if_fails"})
+        for key in ("weights", "activations", "method"):
+            if key in override.model_fields_set:
+                value = getattr(override, key)
+                data[key] = None if value is None else value.model_dump(mode="json")
+        if "method" in override.model_fields_set or self.method.name == "qat":
+            data.setdefault("method", {"name": "rtn"})
+        return Scheme.model_validate(data)
+
     @property
     def uses_calibration(self) -> bool:
-        """Calibration data is run: static activation ranges or a calibrated method."""
+        """Calibration data is run: static activation ranges or a calibrated method (here or in an override)."""
         static = self.activations is not None and not self.activations.dynamic
-        return static or self.method.needs_calibration
+        return static or self.method.needs_calibration or any(
+            r is not None and r.uses_calibration for r in map(self.recipe, self.overrides))
 
     @model_serializer(mode="wrap")
     def _compact(self, handler):
@@ -332,6 +397,8 @@ class Scheme(_Strict):
             data.pop("method", None)
         if self.if_fails is None:
             data.pop("if_fails", None)
+        if not self.overrides:
+            data.pop("overrides", None)
         if self.runtime is None:
             data.pop("runtime", None)
         else:            # a runtime scheme dumps as written: what it must leave out stays out (it re-validates)

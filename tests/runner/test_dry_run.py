@@ -46,8 +46,13 @@ def _rejections(tiny_models, wide_bert, tmp_path):
     activations: {bits: 8, granularity: per_token}
     kernel: int8_native
 """, name="forced")
+    override = write_experiment(tmp_path, gpt2, SCHEMES + """\
+    overrides:
+      - {match: "*.attn.*", weights: {bits: 4, granularity: per_group, group_size: 24}}
+""", name="ov")
     return {
         "group-size": (grouped, ("schemes[1].weights.group_size", "24 does not divide the 64")),
+        "override-group-size": (override, ("schemes[1].overrides[0].weights.group_size", "24 does not divide the 64")),
         "seq-len": (long, ("measure.seq_len", "context of gpt2 (64)")),
         # on a CPU with AVX-512 VNNI the kernel runs but cannot hold the K = 32776 layer; without it the forced
         # kernel cannot run at all: either way the run must refuse before measuring, at schemes[0].kernel
@@ -55,7 +60,7 @@ def _rejections(tiny_models, wide_bert, tmp_path):
     }
 
 
-@pytest.mark.parametrize("case", ["group-size", "seq-len", "forced-kernel"])
+@pytest.mark.parametrize("case", ["group-size", "override-group-size", "seq-len", "forced-kernel"])
 def test_dry_run_rejects_what_the_run_rejects(case, tiny_models, wide_bert, tmp_path):
     exp, fragments = _rejections(tiny_models, wide_bert, tmp_path)[case]
     out = tmp_path / "reports"

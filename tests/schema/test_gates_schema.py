@@ -111,7 +111,7 @@ def test_every_runner_metric_is_gateable():
     for metric, info in GATE_METRICS.items():
         g = Gate(metric=metric, max=1.0)
         assert g.resolved_variant in info.variants
-    assert set(GATE_METRICS) == {"latency_ms", "throughput_tok_s", "speedup", "weight_bytes", "peak_rss_bytes",
+    assert set(GATE_METRICS) == {"latency_ms", "throughput_tok_s", "speedup", "weight_bytes", "bits_per_weight", "peak_rss_bytes",
                                  "cosine_mean", "cosine_min", "nn_agreement", "ppl", "log_ppl_ratio", "kl_mean",
                                  "kl_p99", "top1_agreement", "kl_median", "kl_p90", "kl_max", "p_top_change",
                                  "gen_prefix_match", "gen_exact_match", "gen_parse_rate", "decode_ms_per_token",
