@@ -331,6 +331,8 @@ def _weights(fig, d):
 
 
 def _loss(fig, d):
+    from matplotlib.ticker import FuncFormatter
+
     facets = d["facets"]
     for ax, f in zip(_grid(fig, len(facets)), facets):
         for s in f["series"]:
@@ -338,6 +340,7 @@ def _loss(fig, d):
             ax.plot([p[0] for p in s["points"]], [math.nan if y is None or y <= 0 else y for y in ys],
                     linewidth=0.9, color=s["color"], label=s["label"])
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))   # no mathtext: parse_math is off
         ax.set_title(f["title"], fontsize="medium")
         ax.set_xlabel(d["x"])
         ax.set_ylabel(d["y"])
