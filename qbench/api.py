@@ -243,6 +243,34 @@ def publish(run_dirs: list, out: str | Path) -> dict[str, Path]:
     return build([Path(r) for r in run_dirs], out)
 
 
+def sensitivity(path: str | Path, *, model: Optional[str] = None, out: Optional[str | Path] = None,
+                samples: int = 8, seq_len: int = 64, log: Callable[[str], None] = print,
+                progress: bool = True) -> dict[str, dict[str, Path]]:
+    """Per-unit sensitivity of the experiment's models (or of `model`, an id or display name) to each of its
+    engine schemes as candidate formats, on calibration samples only (qbench.runner.sensitivity); writes
+    sensitivity.json, .md, .html and .png per model under `out` (default reports/<experiment>/sensitivity/<model>)
+    and returns {model: {file name: path}}."""
+    from qbench.report.sensitivity import write
+    from qbench.runner.sensitivity import sensitivity as measure
+
+    exp = load_experiment(path)
+    refs = [m for m in exp.models if model in (None, m.id, m.display)]
+    if not refs:
+        names = [m.display for m in exp.models]
+        from qbench.registry import did_you_mean
+
+        raise ConfigError(f"no model '{model}' in {path}{did_you_mean(str(model), names)}; it has: "
+                          f"{', '.join(names)}", where="--model")
+    if samples < 1 or seq_len < 8:
+        raise ConfigError("--samples must be at least 1 and --seq-len at least 8", where="--samples/--seq-len")
+    base = Path(out) if out else Path("reports") / exp.name / "sensitivity"
+    written = {}
+    for ref in refs:
+        report = measure(exp, ref, samples=samples, seq_len=seq_len, log=log, progress=progress)
+        written[ref.display] = write(report, base / ref.display if len(refs) > 1 or not out else base)
+    return written
+
+
 def gate_verdicts(run_dir: str | Path) -> list:
     """Gate verdicts of a rendered card (evaluated once, while the card context was built)."""
     data = json.loads((Path(run_dir) / "card.json").read_text(encoding="utf-8"))

@@ -180,6 +180,28 @@ def publish(runs: list[Path] = typer.Argument(..., help="Run folders to publish.
                f"{sum(1 for k in written if k.startswith('plots/'))} frontier plot(s)")
 
 
+@app.command()
+@handled
+def sensitivity(experiment: Path = typer.Argument(..., help="Experiment YAML file: its models, and its engine "
+                                                  "schemes as candidate formats."),
+                model: Optional[str] = typer.Option(None, "--model", help="Only this model (id or name)."),
+                out: Optional[Path] = typer.Option(None, "--out", help="Folder for sensitivity.json/.md/.html/.png "
+                                                   "(default reports/<experiment>/sensitivity/<model>)."),
+                samples: int = typer.Option(8, "--samples", help="Calibration samples."),
+                seq_len: int = typer.Option(64, "--seq-len", help="Tokens per calibration sample."),
+                no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar.")):
+    """Rank a model's units (a linear, or the linears sharing an input) by what quantizing each one alone does:
+    end-to-end KL (causal LMs) or 1 - cosine (encoders) and output SQNR, per candidate scheme, on calibration
+    data only."""
+    from qbench import api
+
+    written = api.sensitivity(experiment, model=model, out=out, samples=samples, seq_len=seq_len,
+                              log=lambda s: typer.echo(s, err=True), progress=not no_progress)
+    for name, paths in written.items():
+        for kind, path in paths.items():
+            typer.echo(f"{name} {kind}: {path}")
+
+
 @app.command("list")
 @handled
 def list_(what: str = typer.Argument("kernels", help="kernels, models or datasets")):
