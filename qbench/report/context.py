@@ -12,6 +12,7 @@ from qbench.report.caveats import caveats, glossary
 from qbench.report.fmt import DASH, when
 from qbench.report.gates import evaluate_gates, gates_section
 from qbench.report.index import Index, card_order
+from qbench.report.mixed import mixed
 from qbench.report.overview import overview
 from qbench.report.pairs import pairs
 from qbench.report.setup import hardware, reproduce, setup
@@ -50,7 +51,8 @@ def build_context(source: ResultsTable | str | Path, style: dict | None = None) 
         "summary": summary(ix, order, cells),
         "contrast": contrast(ix, order, cells),  # text vs code degradation; None with a single workload
         "pairs": pairs(exp, cells, order),  # scheme vs scheme on the same sequences; None when nothing is paired
-        "training": training(exp, cells, order),  # QAT runs and recovery of the PTQ gap; None without QAT
+        "training": training(exp, cells, order),
+        "mixed": mixed(ix, cells, order),  # mixed-precision plans, proxy vs measured; None without mixed schemes  # QAT runs and recovery of the PTQ gap; None without QAT
         "gates": verdicts,  # one verdict per gate of the experiment (qbench.report.gates.evaluate_gates)
         "gates_section": gates_section(verdicts),  # None when the experiment declares no gates
         "setup": the_setup,

@@ -29,6 +29,7 @@ TITLES = {
     "sqnr": "Weight SQNR per module",
     "weights": "Weight memory by scheme",
     "loss": "Quantization-aware training: loss per step",
+    "frontier": "Measured damage against bits per weight, per model and workload (95% CI)",
 }
 
 
@@ -149,6 +150,26 @@ def collect(ix, order: dict, qcells: dict, style: dict | None = None, tasks: dic
     if facets:
         data["weights"] = {"x": "scheme", "y": "weights (MiB)", "facets": facets}
 
+    if any(c.get("mixed") for c in qcells.values()):
+        from qbench.report.mixed import damage
+
+        facets = []
+        for m in models:
+            for w in workloads:
+                series = []
+                for s in schemes:
+                    b = ix.get(m, s, w, "bits_per_weight", "quantized")
+                    d = damage(ix, m, s, w, tasks.get(m))
+                    if b and num(b["value"]) is not None and d:
+                        series.append(_series(s, style[s], [[num(b["value"]), *d]], scheme=s,
+                                              mixed=bool((qcells.get((m, s)) or {}).get("mixed"))))
+                if series:
+                    facets.append({"title": f"{m} / {w}", "series": series,
+                                   "y": "KL mean" if tasks.get(m) == "causal_lm" else "1 − cosine"})
+        if facets:
+            data["frontier"] = {"x": "bits per weight (whole model, as held)", "y": "measured damage (log scale)",
+                                "facets": facets}
+
     facets = []
     for m in models:
         series = []
@@ -196,6 +217,9 @@ def _alt(name: str, d: dict) -> str:
             parts.append(f"{f['title']}: " + ", ".join(
                 f"{s['label']} from {sig(s['points'][0][1])} to {sig(s['points'][-1][1])} in {len(s['points'])} steps"
                 for s in ss))
+        elif name == "frontier":
+            parts.append(f"{f['title']}: " + ", ".join(
+                f"{s['label']} {sig(s['points'][0][0])} bits, {sig(s['points'][0][1])}" for s in ss))
         elif name == "weights":
             parts.append(f"{f['title']}: " + ", ".join(f"{s['label']} {sig(s['points'][0][0])} MiB" for s in ss))
     return f"{TITLES[name]}. " + "; ".join(parts) + "."
@@ -347,8 +371,31 @@ def _loss(fig, d):
     _legend(fig, [s for f in facets for s in f["series"]])
 
 
+def _frontier_plot(fig, d):
+    from matplotlib.ticker import FuncFormatter
+
+    facets = d["facets"]
+    for ax, f in zip(_grid(fig, len(facets)), facets):
+        mixed = sorted((s["points"][0] for s in f["series"] if s.get("mixed")), key=lambda p: p[0])
+        if len(mixed) > 1:
+            ax.plot([p[0] for p in mixed], [p[1] for p in mixed], color="#555555", linewidth=1, linestyle=":",
+                    zorder=0)
+        for s in f["series"]:
+            x, y, lo, hi = s["points"][0]
+            if y is not None and y > 0:
+                _point(ax, s, x, y, None, _err(y, lo if lo is None or lo > 0 else None, hi))
+                ax.annotate(s.get("scheme") or s["label"], (x, y), xytext=(5, 4), textcoords="offset points",
+                            fontsize="x-small", color=s["color"])
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax.set_title(f["title"], fontsize="medium")
+        ax.set_xlabel(d["x"])
+        ax.set_ylabel(f["y"] + " (log scale)")
+    _legend(fig, [s for f in facets for s in f["series"]])
+
+
 DRAW = {"pareto": _pareto, "speedup": _speedup, "text_vs_code": _text_vs_code, "sqnr": _sqnr, "weights": _weights,
-        "loss": _loss}
+        "loss": _loss, "frontier": _frontier_plot}
 
 
 def draw(plot: dict) -> bytes:

@@ -202,6 +202,9 @@ class CellRecord(_Record):
     sequences: Optional[dict[str, list[float]]] = Field(
         None, description="Per evaluation sequence (sample), in evaluation order, what scheme-vs-scheme comparisons "
         "pair on: causal LMs tokens, kl, nll_base, nll_quant, top1; encoders cosine.")
+    mixed: Optional[dict] = Field(None, description="Mixed schemes: the budget, the plan (a choice per unit), its "
+                                  "predicted score, planned and held bits per weight, and the sensitivity "
+                                  "measurement it came from.")
     triggered_by: Optional[dict] = Field(None, description="Cells of a conditional scheme (if_fails): the scheme "
                                          "whose gates decided, and the gates it failed (none: the cell was skipped).")
     source_grid: Optional[str] = Field(None, description="Why this scheme's weight grid contains the grid the "

@@ -47,6 +47,7 @@ def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
     quant = None
     try:
         quant, records, cal_info, method_info = quantize_stage(plan, cell, state)
+        mixed = (method_info or {}).pop("mixed", None)
         rows, sequences = quality_stage(plan, cell, state, quant)
         rows += size_stage(state, quant, records)
         rows += speed_stage(plan, cell, state, quant, gpu)
@@ -57,6 +58,8 @@ def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
         record = record_stage(plan, cell, state, rows, records, cal_info, gpu_record, method_info,
                               peer_state(quant))
         record["sequences"] = sequences
+        if mixed is not None:
+            record["mixed"] = mixed
         return record
     finally:
         if gpu is not None:
@@ -85,19 +88,37 @@ def quantize_stage(plan: Plan, cell: Cell, state: ModelState):
             state.loaded, cell.scheme.runtime, threads=torch.get_num_threads(),
             reserve=max(m.decode_tokens, m.generate_tokens))
         return peer, peer.peer.records, None, None
-    calibrate, cal_info, cal_batch = calibration(plan, cell, state)
     key = cell.scheme.model_dump_json()
     if key in state.last_quantized:             # the scheme's other workload: the same quantized model
-        quant, records, method_info, first = state.last_quantized[key]
+        quant, records, method_info, first, scheme = state.last_quantized[key]
+        _, cal_info, _ = calibration(plan, cell, state, scheme)
         return quant, records, cal_info, dict(method_info, shared_from=first)
     state.last_quantized.clear()                # at most one quantized model kept beside the baseline
+    scheme, mixed = cell.scheme, None
+    if scheme.mixed is not None:                # one override per module, from the model's sensitivity
+        from qbench.runner.sensitivity import mixed_scheme
+
+        scheme, mixed = mixed_scheme(plan.experiment, scheme, cell.model, state.loaded, state.sensitivity,
+                                     plan.device)
+    calibrate, cal_info, cal_batch = calibration(plan, cell, state, scheme)
     quant = copy.deepcopy(state.loaded.model)
     method_info: dict = {}
-    training = training_data(plan, cell, state, cal_batch, cal_info) if cell.scheme.method.name == "qat" else None
-    records = quantize_(quant, cell.scheme, device=plan.device, calibrate=calibrate, method_info=method_info,
+    training = training_data(plan, cell, state, cal_batch, cal_info) if scheme.method.name == "qat" else None
+    records = quantize_(quant, scheme, device=plan.device, calibrate=calibrate, method_info=method_info,
                         training=training)
-    state.last_quantized[key] = (quant, records, method_info, cell.id)
+    if mixed is not None:
+        method_info["mixed"] = dict(mixed, held_bits=_held_bits(records, mixed))
+    state.last_quantized[key] = (quant, records, method_info, cell.id, scheme)
     return quant, records, cal_info, method_info
+
+
+def _held_bits(records, mixed: dict) -> float:
+    """Bits per weight the planned units' modules hold after quantization (a module left in float at its own
+    width), over their weights."""
+    names = {n for u in mixed["units"] for n in u["names"]}
+    mine = [r for r in records if r.name in names]
+    weights = sum(r.shape[0] * r.shape[1] for r in mine)
+    return round(8 * sum(r.bytes_after for r in mine) / weights, 4) if weights else 0.0
 
 
 def training_data(plan: Plan, cell: Cell, state: ModelState, batch: dict, cal_info: dict):
@@ -263,10 +284,11 @@ def is_python(dataset: str) -> bool:
     return dataset == "builtin:code" or dataset.endswith(".py.txt") or dataset.endswith(".py.jsonl")
 
 
-def calibration(plan: Plan, cell: Cell, state: ModelState
+def calibration(plan: Plan, cell: Cell, state: ModelState, scheme=None
                 ) -> tuple[Optional[Callable], Optional[dict], Optional[dict]]:
-    """(a function running calibration samples through a model, their provenance, the tokenized samples)."""
-    scheme = cell.scheme
+    """(a function running calibration samples through a model, their provenance, the tokenized samples) for
+    `scheme` (default: the cell's)."""
+    scheme = scheme or cell.scheme
     if scheme.calibration is None:
         return None, None, None
     from qbench.datasets import load_suite

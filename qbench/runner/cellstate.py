@@ -26,6 +26,8 @@ class ModelState:
     # a scheme quantizes the same way for every workload, so its next cell measures this one instead of
     # quantizing (and calibrating, or training) again; replaced by the next scheme's
     last_quantized: dict = field(default_factory=dict)
+    # sensitivity reports of this model measured for mixed schemes, by (choices, samples, seq_len)
+    sensitivity: dict = field(default_factory=dict)
 
 
 def setup_torch(measure) -> None:

@@ -94,6 +94,9 @@ def check(plan: Plan, source: str | Path, warn: Callable[[str], None]) -> None:
         for i, s in enumerate(exp.schemes):
             if s.runtime is not None:
                 continue
+            if s.mixed is not None:
+                _check_mixed(model, kinds, ref.display, s, exp.schemes, f"{source}: schemes[{i}]")
+                continue
             _check_scheme(model, kinds, ref.display, s, f"{source}: schemes[{i}]", warn, kernels[i], plan.device)
 
 
@@ -139,3 +142,40 @@ def _check_scheme(model, kinds, model_name, scheme, where, warn, kernel=None, de
             raise ConfigError(f"group_size {recipe.weights.group_size} does not divide the {p.shape[1]} input "
                               f"columns of {model_name}'s {p.name}; pick a divisor or exclude the module",
                               where=f"{where}.{field}")
+
+
+def _check_mixed(model, kinds, model_name, scheme, schemes, where) -> None:
+    """The budget against the bits the model's linears can have under the choices (every linear at its cheapest
+    choice, or at its dearest)."""
+    from qbench.engine.api import weight_spec
+    from qbench.engine.modules import linear_weight
+    from qbench.runner.sensitivity import unit_bits
+    mx = scheme.mixed
+    by_name = {s.name: s for s in schemes}
+    shapes = [tuple(linear_weight(model.get_submodule(n))[0].shape) for n, op in kinds.items() if op == "linear"]
+    if not shapes:
+        raise ConfigError(f"{model_name} has no linear layer to plan", where=f"{where}.mixed")
+    specs = {}
+    lo = hi = 0.0
+    for n, k in shapes:
+        opts = []
+        for c in mx.choices:
+            if c == "skip":
+                opts.append(32.0)
+                continue
+            w = specs.setdefault(c, weight_spec(by_name[c]))
+            if not (w.group_size and k % w.group_size):
+                opts.append(unit_bits([(n, k)], w))
+        if not opts:
+            raise ConfigError(f"no choice can hold {model_name}'s {n}x{k} linears (group sizes); add a choice "
+                              "that can, or skip", where=f"{where}.mixed.choices")
+        lo += min(opts) * n * k
+        hi += max(opts) * n * k
+    total = sum(n * k for n, k in shapes)
+    if mx.budget_bits < lo / total - 1e-9:
+        raise ConfigError(f"{mx.budget_bits:g} bits per weight is below the cheapest plan for {model_name} "
+                          f"({lo / total:.3g} bits with scales and zero points)", where=f"{where}.mixed.budget_bits")
+    if mx.budget_bits > hi / total + 1e-9:
+        raise ConfigError(f"{mx.budget_bits:g} bits per weight is above the dearest plan for {model_name} "
+                          f"({hi / total:.3g} bits): every unit would get its largest choice",
+                          where=f"{where}.mixed.budget_bits")

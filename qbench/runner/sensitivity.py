@@ -155,32 +155,43 @@ def _depth(name: str) -> int:
 def sensitivity(exp, model_ref, *, samples: int = 8, seq_len: int = 64, device: str = "cpu",
                 log: Callable[[str], None] = print, progress: bool = True) -> dict:
     """The sensitivity report of one model of experiment `exp` (a plain JSON-able dict)."""
-    from tqdm.auto import tqdm
-
-    from qbench.datasets import load_suite
     from qbench.models import load_model
-    from qbench.runner.measure import tokenize
 
-    t0 = time.perf_counter()
     m = exp.measure
     if m.threads:
         torch.set_num_threads(m.threads)
     torch.manual_seed(m.seed)
-    candidates = [(s.name, s) for s in exp.schemes if s.runtime is None and s.weights is not None]
+    candidates = [(s.name, s) for s in exp.schemes
+                  if s.runtime is None and s.weights is not None and s.mixed is None and not s.overrides]
     if not candidates:
-        raise ValueError("the experiment has no engine scheme to use as a candidate format")
+        raise ValueError("the experiment has no plain engine scheme to use as a candidate format")
+    t0 = time.perf_counter()
+    loaded = load_model(model_ref, "fp32", device)
+    log(f"{model_ref.display}: measuring {len(candidates)} candidate(s) on {samples} calibration samples x "
+        f"{seq_len} tokens")
+    report = unit_report(exp, model_ref, loaded, candidates, samples, seq_len, device, progress=progress)
+    report["seconds"] = round(time.perf_counter() - t0, 2)       # model loading included
+    return report
+
+
+def unit_report(exp, model_ref, loaded, candidates: list, samples: int, seq_len: int, device: str = "cpu",
+                progress: bool = False) -> dict:
+    """The sensitivity of `loaded` (already loaded) to `candidates` [(name, Scheme)], as `sensitivity` returns."""
+    from tqdm.auto import tqdm
+
+    from qbench.datasets import load_suite
+    from qbench.runner.measure import tokenize
+
+    t0 = time.perf_counter()
     cal = next((s for s in exp.schemes if s.calibration is not None), None)
     dataset = exp.calibration_dataset(cal) if cal else "builtin:text"
-    loaded = load_model(model_ref, "fp32", device)
-    suite = load_suite(dataset, calibration_size=samples, evaluation_size=0, seed=m.seed)
+    suite = load_suite(dataset, calibration_size=samples, evaluation_size=0, seed=exp.measure.seed)
     batch = tokenize(loaded.tokenizer, [s.text for s in suite.calibration], seq_len, device)
     model = loaded.model
     names = [n for n, op in classify(model).items() if op == "linear"]
     units = decision_units(model, names, lambda mm: mm(**{k: v[:1] for k, v in batch.items()}))
-    log(f"{model_ref.display}: {len(units)} units ({len(names)} linears) x {len(candidates)} candidates on "
-        f"{samples} calibration samples x {seq_len} tokens")
-    bar = tqdm(total=len(units) * len(candidates), unit="unit", disable=not progress, dynamic_ncols=True,
-               desc=f"sensitivity {model_ref.display}")
+    bar = tqdm(total=len(units) * len(candidates), unit="unit", disable=None if progress else True,
+               dynamic_ncols=True, leave=False, desc=f"sensitivity {model_ref.display}")
     try:
         entries = measure(model, loaded.task, batch, units, candidates, progress=lambda: bar.update(1))
     finally:
@@ -195,3 +206,66 @@ def sensitivity(exp, model_ref, *, samples: int = 8, seq_len: int = 64, device: 
                         "hash": suite.calibration_hash, "tokens": int(batch["attention_mask"].sum())},
         "units": entries, "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def mixed_scheme(exp, scheme, model_ref, loaded, cache: dict, device: str = "cpu"):
+    """(the scheme with one override per planned module, what the plan is) for a scheme with `mixed`: the
+    sensitivity of the model to the choices (measured once per worker and kept in `cache`), then the optimal or
+    random assignment under the budget (qbench.engine.mixed)."""
+    from qbench.engine.mixed import plan_optimal, plan_random
+    from qbench.schema.experiment import Scheme
+
+    mx = scheme.mixed
+    by_name = {s.name: s for s in exp.schemes}
+    chosen = [c for c in mx.choices if c != "skip"]
+    key = (tuple(chosen), mx.samples, mx.seq_len)
+    if key not in cache:
+        cache[key] = unit_report(exp, model_ref, loaded, [(c, by_name[c]) for c in chosen], mx.samples, mx.seq_len,
+                                 device, progress=True)
+    report = cache[key]
+    units = report["units"]
+    costs, scores = [], []
+    for u in units:
+        cr, sr = [], []
+        for c in mx.choices:
+            if c == "skip":
+                cr.append(32.0 * u["params"])
+                sr.append(0.0)
+                continue
+            r = u["results"].get(c)
+            cr.append(None if r is None else r["bits"] * u["params"])
+            sr.append(None if r is None else r["score"] if mx.score == "kl" else
+                      (0.0 if r["sqnr_db"] is None or math.isinf(r["sqnr_db"]) else 10 ** (-r["sqnr_db"] / 10)))
+        costs.append(cr)
+        scores.append(sr)
+    total_params = sum(u["params"] for u in units)
+    budget = mx.budget_bits * total_params
+    pick = plan_optimal(costs, scores, budget) if mx.strategy == "optimal" else plan_random(costs, budget, mx.seed)
+    overrides = []
+    for u, j in zip(units, pick):
+        c = mx.choices[j]
+        for name in u["names"]:
+            if c == "skip":
+                overrides.append({"match": name, "skip": True})
+            else:
+                other = by_name[c]
+                overrides.append({"match": name, "weights": other.weights.model_dump(mode="json"),
+                                  "activations": other.activations.model_dump(mode="json") if other.activations
+                                  else None, "method": other.method.model_dump(mode="json")})
+    data = scheme.model_dump(mode="json", exclude={"mixed", "if_fails"})
+    data["overrides"] = overrides
+    if any(by_name[c].uses_calibration for c in chosen) and not data.get("calibration"):
+        data["calibration"] = next(by_name[c].calibration for c in chosen if by_name[c].uses_calibration
+                                   ).model_dump(mode="json")
+    planned = Scheme.model_validate(data)
+    info = {
+        "budget_bits": mx.budget_bits, "strategy": mx.strategy, "score": mx.score, "seed": mx.seed,
+        "planned_bits": round(sum(costs[i][j] for i, j in enumerate(pick)) / total_params, 4),
+        "predicted": sum(scores[i][j] for i, j in enumerate(pick)),
+        "units": [{"names": u["names"], "depth": u["depth"], "params": u["params"], "choice": mx.choices[j]}
+                  for u, j in zip(units, pick)],
+        "sensitivity": {"seconds": report["seconds"], "samples": report["calibration"]["size"],
+                        "seq_len": report["calibration"]["seq_len"], "hash": report["calibration"]["hash"],
+                        "dataset": report["calibration"]["dataset"]},
+    }
+    return planned, info

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal, NamedTuple, Optional
+from typing import Literal, NamedTuple, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
@@ -242,6 +242,35 @@ class Override(_Strict):
         return {k: v for k, v in data.items() if k == "match" or k in self.model_fields_set}
 
 
+class Mixed(_Strict):
+    """A per-unit mixed-precision plan under a bits budget, from a sensitivity measurement of the model."""
+
+    budget_bits: Union[float, tuple[float, ...]] = Field(
+        description="Average bits per weight over the planned units (codes, scales and zero points), e.g. 5.0; a "
+        "list makes one scheme per budget, named <scheme>-<budget>b, so one run draws the frontier.")
+    choices: tuple[str, ...] = Field(
+        min_length=2, description="Formats a unit may get: names of other (plain) schemes of this experiment, "
+        "whose weights and activations are used, and `skip` (left in float, counted at 32 bits).")
+    score: Literal["kl", "sqnr"] = Field(
+        "kl", description="What the plan minimizes, summed over units: kl (each unit's end-to-end KL for causal "
+        "LMs, 1 - cosine for encoders, when quantized alone) or sqnr (the unit's output noise power, 10^(-SQNR/10)).")
+    strategy: Literal["optimal", "random"] = Field(
+        "optimal", description="optimal: an exact dynamic program over the units' costs; random: units upgraded "
+        "in a seeded random order until the budget is spent (a control with about the same bits).")
+    seed: int = Field(0, ge=0, description="random: the seed of the order.")
+    samples: int = Field(8, ge=1, le=512, description="Calibration samples of the sensitivity measurement.")
+    seq_len: int = Field(64, ge=8, le=8192, description="Tokens per calibration sample of the sensitivity "
+                         "measurement.")
+
+    @field_validator("budget_bits")
+    @classmethod
+    def _budgets(cls, v):
+        for b in (v if isinstance(v, tuple) else (v,)):
+            if not 1 <= b <= 32:
+                raise ValueError(f"budget {b:g} bits per weight is outside [1, 32]")
+        return v
+
+
 # llama.cpp file types a runtime scheme may ask for (qbench.runtimes.llamacpp maps each to llama.cpp's constant)
 LLAMACPP_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q5_1", "Q4_K_M", "Q4_K_S",
                   "Q4_0", "Q4_1", "IQ4_NL", "Q3_K_M", "Q3_K_S", "Q3_K_L", "Q2_K")
@@ -313,6 +342,11 @@ class Scheme(_Strict):
         (), description="Per-module exceptions, first match wins: `{match: <glob>, weights: {...}, activations: "
         "{...} | null, method: {...}}` or `{match: <glob>, skip: true}` (mixed precision). The quantization map "
         "shows what each module got."
+    )
+    mixed: Optional[Mixed] = Field(
+        None, description="Plan this scheme per unit from a sensitivity measurement: `{budget_bits: 5.0, choices: "
+        "[w4, w8, skip]}` assigns each unit (a linear, or the linears sharing an input) one of the choices to "
+        "minimize the summed sensitivity under the budget (see Mixed). Its own weights are ignored."
     )
     if_fails: Optional[str] = Field(
         None, description="Run this scheme on a model only when the named scheme fails one of the experiment's "
@@ -399,6 +433,8 @@ class Scheme(_Strict):
             data.pop("if_fails", None)
         if not self.overrides:
             data.pop("overrides", None)
+        if self.mixed is None:
+            data.pop("mixed", None)
         if self.runtime is None:
             data.pop("runtime", None)
         else:            # a runtime scheme dumps as written: what it must leave out stays out (it re-validates)
@@ -596,6 +632,22 @@ class Experiment(_Strict):
         "exits with 3 when one fails or has no data to judge."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_scheme_per_budget(cls, data):
+        """A mixed scheme with a list of budgets becomes one scheme per budget, named <name>-<budget>b."""
+        if not isinstance(data, dict) or not isinstance(data.get("schemes"), (list, tuple)):
+            return data
+        out = []
+        for s in data["schemes"]:
+            mixed = s.get("mixed") if isinstance(s, dict) else None
+            budgets = mixed.get("budget_bits") if isinstance(mixed, dict) else None
+            if isinstance(budgets, (list, tuple)) and budgets and all(isinstance(b, (int, float)) for b in budgets):
+                out += [dict(s, name=f"{s.get('name')}-{b:g}b", mixed=dict(mixed, budget_bits=b)) for b in budgets]
+            else:
+                out.append(s)
+        return dict(data, schemes=out)
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
@@ -624,6 +676,9 @@ class Experiment(_Strict):
         self._check_gates()
         names = [s.name for s in self.schemes]
         for i, s in enumerate(self.schemes):
+            if s.mixed is not None:
+                self._check_mixed(i, s, names)
+        for i, s in enumerate(self.schemes):
             if s.if_fails is None:
                 continue
             where = ("schemes", i, "if_fails")
@@ -644,6 +699,36 @@ class Experiment(_Strict):
             if pair[0] == pair[1]:
                 raise FieldError(("pairs", i), f"a pair compares two different schemes (got {pair[0]} twice)")
         return self
+
+    def _check_mixed(self, i: int, s: "Scheme", names: list[str]) -> None:
+        where = ("schemes", i, "mixed")
+        if s.runtime is not None or s.overrides:
+            raise FieldError(where, "a mixed scheme makes its own per-unit overrides; give it neither runtime nor "
+                             "overrides")
+        bits = []
+        for j, c in enumerate(s.mixed.choices):
+            if c == "skip":
+                bits.append(32)
+                continue
+            if c not in names:
+                raise FieldError((*where, "choices", j), f"unknown scheme '{c}'{did_you_mean(c, names)}; choices are "
+                                 f"schemes of this experiment or skip")
+            other = self.schemes[names.index(c)]
+            if other.runtime is not None or other.mixed is not None or other.overrides or other.weights is None:
+                raise FieldError((*where, "choices", j), f"'{c}' must be a plain engine scheme (no runtime, mixed "
+                                 "or overrides)")
+            if other.method.name == "qat":
+                raise FieldError((*where, "choices", j), f"'{c}' trains the whole model (qat); a unit cannot take it")
+            bits.append(other.weights.resolved_bits)
+        if len(set(s.mixed.choices)) != len(s.mixed.choices):
+            raise FieldError((*where, "choices"), "each choice once")
+        b = s.mixed.budget_bits
+        if b < min(bits):
+            raise FieldError((*where, "budget_bits"), f"{b:g} bits per weight is below the smallest choice "
+                             f"({min(bits)} bits before scales): no plan fits")
+        if b > max(bits) + 1:
+            raise FieldError((*where, "budget_bits"), f"{b:g} bits per weight is above the largest choice "
+                             f"({max(bits)} bits plus scales): every unit would get it; raise the choices instead")
 
     def _check_gates(self) -> None:
         names = {"scheme": [s.name for s in self.schemes], "workload": [w.name for w in self.workloads],
