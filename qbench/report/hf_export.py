@@ -141,7 +141,7 @@ def _context(t: ResultsTable, model: str | None, scheme: str | None) -> dict:
         "scheme_yaml": scheme_yaml, "fence": "`" * max(3, longest + 1),
         "baseline": ctx["setup"]["baseline"],
         "speed": _sub(res["speed"], _pick(res["speed"]["rows"], model, scheme), [2, 3, 7, 4, 5]),
-        "memory": _sub(res["memory"], _pick(res["memory"]["rows"], model, scheme), [2, 3, 4, 5]),
+        "memory": _sub(res["memory"], _pick(res["memory"]["rows"], model, scheme), [2, 3, 4, 5, 6]),
         "quality": _sub(res["quality"], _pick(res["quality"]["rows"], model, scheme),
                         list(range(2, len(res["quality"]["columns"])))),
         "caveats": caveats,

@@ -29,7 +29,8 @@ def results(ix: Index, order: dict) -> dict:
                         "Throughput tok/s (baseline / quantized)"], [_speed_row(ix, *key) for key in cells],
                        "lllrrrrrr"),
         "memory": table(["Model", "Scheme", "Baseline weights", "Quantized weights", "Ratio",
-                         "Peak RSS (max over workloads)"], memory, "llrrrr"),
+                         "Bits per weight (baseline / quantized)", "Peak RSS (max over workloads)"], memory,
+                        "llrrrrr"),
         "quality": table(["Model", "Scheme", "Metric"] + W, [r for m, s in pairs for r in _quality_rows(ix, W, m, s)],
                          "lll" + "r" * len(W)),
     }
@@ -51,16 +52,19 @@ def _speed_row(ix: Index, m, s, w, bs) -> dict:
 
 
 def _memory_row(ix: Index, W: list, m, s) -> list | None:
-    wb = wq = None
+    wb = wq = bb = bq = None
     for w in W:
         wb = wb or ix.get(m, s, w, "weight_bytes", "baseline")
         wq = wq or ix.get(m, s, w, "weight_bytes", "quantized")
+        bb = bb or ix.get(m, s, w, "bits_per_weight", "baseline")
+        bq = bq or ix.get(m, s, w, "bits_per_weight", "quantized")
     rss = [num(r["value"]) for r in (ix.get(m, s, w, "peak_rss_bytes") for w in W) if r]
     rss = [x for x in rss if x is not None]
     if not (wb or wq or rss):
         return None
     b, q = num((wb or {}).get("value")), num((wq or {}).get("value"))
-    return [m, s, mib(b), mib(q), f"{b / q:.2f}x" if b and q else DASH, mib(max(rss)) if rss else DASH]
+    bits = f"{sig(num(bb['value']))} / {sig(num(bq['value']))}" if bb and bq else DASH
+    return [m, s, mib(b), mib(q), f"{b / q:.2f}x" if b and q else DASH, bits, mib(max(rss)) if rss else DASH]
 
 
 def _quality_rows(ix: Index, W: list, m, s) -> list:

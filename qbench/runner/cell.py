@@ -195,11 +195,19 @@ def size_stage(state: ModelState, quant, records) -> list[dict]:
         q_bytes = sum(t.numel() * t.element_size() for t in [*quant.parameters(), *quant.buffers()])
         q_bytes += sum(r.bytes_after for r in records if r.applied)
         method = "bytes of parameters, buffers and quantized weight state (codes, scales, zero points, sums)"
-    per = f"8 x weight bytes / {state.params:,} parameters"
-    return [row("weight_bytes", state.baseline_bytes, "bytes", method, "baseline"),
-            row("weight_bytes", q_bytes, "bytes", method, "quantized"),
-            row("bits_per_weight", 8 * state.baseline_bytes / state.params, "bits", per, "baseline"),
-            row("bits_per_weight", 8 * q_bytes / state.params, "bits", per, "quantized")]
+    rows = [row("weight_bytes", state.baseline_bytes, "bytes", method, "baseline"),
+            row("weight_bytes", q_bytes, "bytes", method, "quantized")]
+    per = (f"8 x bytes of the parameters (quantized ones as codes, scales and zero points) / {state.params:,} "
+           "parameters; buffers not counted")
+    base_bits = 8 * sum(p.numel() * p.element_size() for p in state.loaded.model.parameters()) / state.params
+    if peer is None:
+        q_bits = 8 * (sum(p.numel() * p.element_size() for p in quant.parameters())
+                      + sum(r.bytes_after for r in records if r.applied)) / state.params
+    else:
+        q_bits = 8 * peer.held_bytes / state.params
+        per += f"; {peer.kernel}: every tensor it holds"
+    return rows + [row("bits_per_weight", base_bits, "bits", per, "baseline"),
+                   row("bits_per_weight", q_bits, "bits", per, "quantized")]
 
 
 def speed_stage(plan: Plan, cell: Cell, state: ModelState, quant, gpu) -> list[dict]:

@@ -6,6 +6,7 @@ from qbench.schema.experiment import (
     Experiment,
     Gate,
     Measure,
+    Mixed,
     ModelRef,
     Override,
     Runtime,
@@ -17,7 +18,7 @@ from qbench.schema.experiment import (
 from qbench.schema.loader import json_schema, load_experiment, parse_experiment
 
 __all__ = [
-    "ActivationQuant", "Baseline", "Calibration", "Experiment", "Gate", "Measure", "ModelRef", "Override", "QuantMethod",
+    "ActivationQuant", "Baseline", "Calibration", "Experiment", "Gate", "Measure", "Mixed", "ModelRef", "Override", "QuantMethod",
     "Runtime", "Scheme",
     "WeightQuant", "Workload", "json_schema", "load_experiment", "parse_experiment",
 ]

@@ -346,7 +346,8 @@ class Scheme(_Strict):
     mixed: Optional[Mixed] = Field(
         None, description="Plan this scheme per unit from a sensitivity measurement: `{budget_bits: 5.0, choices: "
         "[w4, w8, skip]}` assigns each unit (a linear, or the linears sharing an input) one of the choices to "
-        "minimize the summed sensitivity under the budget (see Mixed). Its own weights are ignored."
+        "minimize the summed sensitivity under the budget (see Mixed); its own weights and activations apply only to "
+        "quantized modules outside the units (lm_head or embeddings, when its ops include them)."
     )
     if_fails: Optional[str] = Field(
         None, description="Run this scheme on a model only when the named scheme fails one of the experiment's "

@@ -118,7 +118,7 @@ def test_numbers_exactly_as_in_card(run):
     text = hf_snippet(run, model="minilm", scheme="w8a8-dyn")
     assert "| text | 8 | 1.43x [1.38, 1.49] | 60.2 [59.1, 61.0] | 42.1 [41.5, 43.0] |" in text
     assert "(95% CI 1.38-1.49)" in text
-    assert "| 6.00 MiB | 2.00 MiB | 3.00x | 512 MiB |" in text
+    assert "| 6.00 MiB | 2.00 MiB | 3.00x | 32.0 / 20.9 | 512 MiB |" in text
     assert "| cosine_mean | 0.9981 [0.9976, 0.9985] | 0.9952 [0.9943, 0.9960] |" in text
 
 

@@ -46,7 +46,7 @@ def _cpu_rows(monkeypatch) -> list[dict]:
 
 # rows written outside runner/measure.py: cell.py's size and speed stages (checked end to end by
 # tests/results/test_fixture.py) and GpuCell.end (CUDA only)
-ELSEWHERE = {"weight_bytes", "peak_rss_bytes", "foreign_cpu_cores", "cuda_max_allocated_bytes",
+ELSEWHERE = {"weight_bytes", "bits_per_weight", "peak_rss_bytes", "foreign_cpu_cores", "cuda_max_allocated_bytes",
              "cuda_max_reserved_bytes"}
 
 
