@@ -40,7 +40,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from qbench.engine.methods.base import METHODS, Method
-from qbench.engine.modules import linear_weight
 from qbench.engine.primitives import QuantSpec, choose_qparams, fake_quantize, quantize, reduce_minmax
 from qbench.engine.tensors import QuantizedWeight
 
@@ -84,6 +83,14 @@ def fake_quant_weight(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
     s, z = _expand(scale, w, spec), _expand(zero_point.to(w.dtype), w, spec)
     q = torch.clamp(round_ste(w / s) + z, spec.qmin, spec.qmax)
     return (q - z) * s
+
+
+def linear_weight(mod: nn.Module):
+    """engine.modules.linear_weight, imported when first used (engine.modules imports the kernels, which import
+    the methods)."""
+    from qbench.engine.modules import linear_weight as lw
+
+    return lw(mod)
 
 
 def _expand(p: torch.Tensor, w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
