@@ -30,7 +30,10 @@ def _quality(run_dir: Path) -> dict:
 
 
 def _card_sections(run_dir: Path) -> dict:
-    card = json.loads((run_dir / "card.json").read_text())
+    """The card sections a resumed run must reproduce. Where the causal LM's reference came from (computed, or
+    reused from the cache) is provenance, not a result: a resumed run reuses what its killed process computed."""
+    text = (run_dir / "card.json").read_text().replace(", reused from cache", ", computed")
+    card = json.loads(text)
     return {k: card[k] for k in ("setup", "quant_maps")} | {"quality": card["results"]["quality"]}
 
 
