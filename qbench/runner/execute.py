@@ -38,8 +38,8 @@ def execute(plan: Plan, run_dir: Path, meta: dict, *, log: Callable[[str], None]
 
 
 def _drive(plan: Plan, run_dir: Path, meta: dict, executor: Executor, log, progress: bool, notes: dict) -> dict:
-    done = finished_cells(run_dir)
-    todo = [c for c in plan.cells if c.id not in done]
+    done = finished_cells(run_dir) & {c.id for c in plan.cells}     # of this plan's cells (a later phase's run
+    todo = [c for c in plan.cells if c.id not in done]                # folder holds the earlier phase's cells)
     statuses = {cid: "ok" for cid in done}
     if done:
         log(f"resuming: {len(done)} cell(s) already finished, {len(todo)} to run")
