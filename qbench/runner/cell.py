@@ -47,7 +47,9 @@ def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
     quant = None
     try:
         quant, records, cal_info, method_info = quantize_stage(plan, cell, state)
-        mixed = (method_info or {}).pop("mixed", None)
+        mixed = (method_info or {}).get("mixed")       # its own record field (the kept method info stays whole:
+        if mixed is not None:                           # the scheme's next workload shares it)
+            method_info = {k: v for k, v in method_info.items() if k != "mixed"}
         rows, sequences = quality_stage(plan, cell, state, quant)
         rows += size_stage(state, quant, records)
         rows += speed_stage(plan, cell, state, quant, gpu)

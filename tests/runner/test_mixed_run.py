@@ -41,6 +41,9 @@ def test_each_budget_is_a_scheme_planned_per_unit(mixed_run):
     assert mixed_run.status == "ok"
     for model in ("gpt2", "bert"):
         plans = {s: cell(mixed_run, f"{model}__{s}__text")["mixed"] for s in ("mix-5.5b", "mix-7b", "mix-random")}
+        for s, p in plans.items():       # the scheme's other workload measured the same plan, and says so
+            other = cell(mixed_run, f"{model}__{s}__code")
+            assert other["mixed"] == p and other["method"]["shared_from"] == f"{model}__{s}__text"
         for s, p in plans.items():
             assert p["planned_bits"] <= p["budget_bits"] + 1e-9 and p["held_bits"] > 0
             qmap = {q["name"]: q for q in cell(mixed_run, f"{model}__{s}__text")["quant_map"]}
