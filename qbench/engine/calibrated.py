@@ -125,13 +125,11 @@ class MethodRun:
             self._smooth(model, first_inputs)
 
     def _smooth(self, model: nn.Module, seen: "_FirstInputs") -> None:
-        by_tag = defaultdict(list)
-        for name in self.names:
-            by_tag[seen.tag[name]].append(name)
         readers = defaultdict(set)
         for name, tag in seen.all_tags.items():
             readers[tag].add(name)
-        for tag, group in by_tag.items():
+        for group in seen.groups(self.names):
+            tag = seen.tag[group[0]]
             weights = [linear_weight(model.get_submodule(n))[0].detach().float() for n in group]
             s = self.method.group_scales(weights, self.stats[group[0]], self.params, self.spec)
             norm = seen.norm.get(group[0])
@@ -203,9 +201,29 @@ class _FirstInputs:
                     self.norm[name] = getattr(x, _NORM)
         return fn
 
+    def groups(self, names: list[str]) -> list[list[str]]:
+        """`names` grouped by the tensor each read first, in the order of `names` (a name that no forward reached
+        stands alone)."""
+        by_tag: dict = {}
+        for i, name in enumerate(names):
+            by_tag.setdefault(self.tag.get(name, ("unreached", i)), []).append(name)
+        return list(by_tag.values())
+
     def remove(self) -> None:
         for h in self.hooks:
             h.remove()
+
+
+def shared_input_groups(model: nn.Module, names: list[str], run: Callable[[nn.Module], None]) -> list[list[str]]:
+    """The linears `names` grouped by the input tensor they read (q/k/v, gate/up), from one pass of `run(model)`
+    without gradients, in the order of `names`."""
+    seen = _FirstInputs(model, names)
+    try:
+        with torch.no_grad():
+            run(model)
+    finally:
+        seen.remove()
+    return seen.groups(names)
 
 
 def _tag_hooks(model: nn.Module) -> list:

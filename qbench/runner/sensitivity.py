@@ -23,39 +23,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from qbench.engine.api import activation_spec, classify, weight_spec
+from qbench.engine.calibrated import shared_input_groups
 from qbench.engine.methods import rtn
 from qbench.engine.modules import linear_weight
 from qbench.engine.primitives import QuantSpec, fake_quantize
 
-_TAG = "_qbench_sensitivity_tag"
-
-
 def decision_units(model: nn.Module, names: list[str], run: Callable[[nn.Module], None]) -> list[list[str]]:
-    """The linears `names` grouped by the input tensor they read (one forward through `run`), in model order."""
-    tags: dict[str, int] = {}
-    counter = [0]
-
-    def hook(name):
-        def fn(_m, args):
-            if name in tags:
-                return
-            x = args[0]
-            if not hasattr(x, _TAG):
-                counter[0] += 1
-                setattr(x, _TAG, counter[0])
-            tags[name] = getattr(x, _TAG)
-        return fn
-    hooks = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
-    try:
-        with torch.no_grad():
-            run(model)
-    finally:
-        for h in hooks:
-            h.remove()
-    groups: dict[int, list[str]] = {}
-    for n in names:
-        groups.setdefault(tags.get(n, -len(groups) - 1), []).append(n)
-    return list(groups.values())
+    """The linears `names` grouped by the input tensor they read (one forward through `run`), in model order:
+    engine.calibrated.shared_input_groups, the grouping SmoothQuant and AWQ smooth by."""
+    return shared_input_groups(model, names, run)
 
 
 def unit_bits(shapes: list[tuple[int, int]], spec: QuantSpec) -> float:
