@@ -10,22 +10,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-from qbench.report.fmt import DASH, num, sig, table
+from qbench.report.fmt import DASH, sig, table
 from qbench.report.index import model_task
+from qbench.report.plots import degradation_ci
+from qbench.results.metrics import metric
 
 
 def damage(ix, m: str, s: str, w: str, task: str | None) -> list | None:
-    """[value, low, high] of KL mean or 1 − cosine mean for one cell, or None."""
-    if task == "causal_lm":
-        r = ix.get(m, s, w, "kl_mean", "quantized")
-        if not r or num(r["value"]) is None:
-            return None
-        return [num(r["value"]), num(r.get("ci_low")), num(r.get("ci_high"))]
-    r = ix.get(m, s, w, "cosine_mean", "quantized")
-    if not r or num(r["value"]) is None:
-        return None
-    lo, hi = num(r.get("ci_low")), num(r.get("ci_high"))
-    return [1 - num(r["value"]), None if hi is None else 1 - hi, None if lo is None else 1 - lo]
+    """[value, low, high] of KL mean (causal LMs) or 1 − cosine mean (encoders) for one cell, or None."""
+    return degradation_ci(ix, m, s, w, metric("kl_mean" if task == "causal_lm" else "cosine_mean"))
 
 
 def strip(units: list) -> str:

@@ -30,7 +30,7 @@ def pairs(exp: dict, cells: list, order: dict) -> dict | None:
     wanted = [tuple(p) for p in exp.get("pairs") or []]
     names = [n for n in order["schemes"] if n in schemes]
     auto = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]
-            if _only_method_or_format(schemes[a], schemes[b])]
+            if only_method_or_format(schemes[a], schemes[b])]
     chosen = list(dict.fromkeys(wanted + [p for p in auto if p not in wanted and p[::-1] not in wanted]))
     if not chosen:
         return None
@@ -63,7 +63,7 @@ def pairs(exp: dict, cells: list, order: dict) -> dict | None:
                            "llll" + "l" * len(W))}
 
 
-def _only_method_or_format(a: dict, b: dict) -> bool:
+def only_method_or_format(a: dict, b: dict) -> bool:
     """Whether two scheme dicts (as stored) differ in their method or weights.format and nothing else (a value
     table and an integer format compare by granularity and group size: they have no common bit width)."""
     if a.get("runtime") or b.get("runtime"):
@@ -79,8 +79,14 @@ def _only_method_or_format(a: dict, b: dict) -> bool:
     return rest(a) == rest(b) and (ma != mb or fa != fb)
 
 
-def _paired(ca: dict | None, cb: dict | None, value) -> tuple[float, float, float, int] | None:
-    """(mean of B − A, CI low, CI high, sequences) when both cells recorded the same number of sequences."""
+def degradation(task: str | None):
+    """The per-sequence degradation a cell's `sequences` give for a task: KL (causal LMs), 1 − cosine (encoders)."""
+    return (_LM if task == "causal_lm" else _ENCODER)[0][1]
+
+
+def aligned(ca: dict | None, cb: dict | None, value) -> tuple[np.ndarray, np.ndarray] | None:
+    """(A's, B's) per-sequence values when both cells recorded them on the same evaluation sequences (same
+    hash, same count, at least 2); None otherwise."""
     qa, qb = ((c or {}).get("sequences") for c in (ca, cb))
     if not qa or not qb:
         return None
@@ -92,6 +98,15 @@ def _paired(ca: dict | None, cb: dict | None, value) -> tuple[float, float, floa
         return None
     if (ca.get("evaluation") or {}).get("hash") != (cb.get("evaluation") or {}).get("hash"):
         return None                       # not the same sequences: no pairing
+    return xa, xb
+
+
+def _paired(ca: dict | None, cb: dict | None, value) -> tuple[float, float, float, int] | None:
+    """(mean of B − A, CI low, CI high, sequences) when both cells recorded the same sequences."""
+    pair = aligned(ca, cb, value)
+    if pair is None:
+        return None
+    xa, xb = pair
     d, lo, hi = stats.mean_ci(xb - xa)
     return d, lo, hi, len(xa)
 

@@ -354,17 +354,23 @@ def _weights(fig, d):
         ax.set_ylabel(d["y"])
 
 
-def _loss(fig, d):
+def log_y(ax) -> None:
+    """A log y axis whose ticks read as plain numbers (card plots turn math text off, so the default labels
+    would show their TeX source)."""
     from matplotlib.ticker import FuncFormatter
 
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+
+
+def _loss(fig, d):
     facets = d["facets"]
     for ax, f in zip(_grid(fig, len(facets)), facets):
         for s in f["series"]:
             ys = [p[1] for p in s["points"]]
             ax.plot([p[0] for p in s["points"]], [math.nan if y is None or y <= 0 else y for y in ys],
                     linewidth=0.9, color=s["color"], label=s["label"])
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))   # no mathtext: parse_math is off
+        log_y(ax)
         ax.set_title(f["title"], fontsize="medium")
         ax.set_xlabel(d["x"])
         ax.set_ylabel(d["y"])
@@ -372,8 +378,6 @@ def _loss(fig, d):
 
 
 def _frontier_plot(fig, d):
-    from matplotlib.ticker import FuncFormatter
-
     facets = d["facets"]
     for ax, f in zip(_grid(fig, len(facets)), facets):
         mixed = sorted((s["points"][0] for s in f["series"] if s.get("mixed")), key=lambda p: p[0])
@@ -386,8 +390,7 @@ def _frontier_plot(fig, d):
                 _point(ax, s, x, y, None, _err(y, lo if lo is None or lo > 0 else None, hi))
                 ax.annotate(s.get("scheme") or s["label"], (x, y), xytext=(5, 4), textcoords="offset points",
                             fontsize="x-small", color=s["color"])
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        log_y(ax)
         ax.set_title(f["title"], fontsize="medium")
         ax.set_xlabel(d["x"])
         ax.set_ylabel(f["y"] + " (log scale)")

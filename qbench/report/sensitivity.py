@@ -13,7 +13,8 @@ from pathlib import Path
 
 from qbench.atomic import write_atomic
 from qbench.report.fmt import sig
-from qbench.report.plots import PALETTE
+from qbench.report.plots import PALETTE, log_y
+from qbench.report.render import md_align, md_cell
 
 TOP = 10
 
@@ -56,9 +57,10 @@ def tables(report: dict) -> dict:
 
 
 def _md_table(header, rows) -> str:
-    esc = lambda s: str(s).replace("|", "\\|")
-    return "\n".join(["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)] +
-                     ["| " + " | ".join(map(esc, r)) + " |" for r in rows])
+    """A Markdown table, cells escaped as the card's are (report.render.md_cell)."""
+    return "\n".join(["| " + " | ".join(map(md_cell, header)) + " |",
+                      "|" + "".join(md_align("l") + "|" for _ in header)] +
+                     ["| " + " | ".join(map(md_cell, r)) + " |" for r in rows])
 
 
 def _intro(report: dict) -> list[str]:
@@ -128,7 +130,7 @@ def plot(report: dict) -> bytes:
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
+    from matplotlib.ticker import MaxNLocator
 
     with matplotlib.rc_context({"text.parse_math": False, "font.size": 11}):
         fig = Figure(figsize=(8.0, 4.2), dpi=100, layout="constrained")
@@ -139,8 +141,7 @@ def plot(report: dict) -> bytes:
                    if u["results"].get(c) and u["results"][c]["score"] > 0]
             if pts:
                 ax.plot(*zip(*pts), marker="o", markersize=3, linewidth=0.8, color=PALETTE[i % len(PALETTE)], label=c)
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        log_y(ax)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("unit (model order)")
         ax.set_ylabel(f"{_score_name(report)} (log scale, higher is more sensitive)")

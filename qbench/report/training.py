@@ -14,11 +14,8 @@ import numpy as np
 
 from qbench.report.fmt import DASH, sig, table
 from qbench.report.index import model_task
+from qbench.report.pairs import aligned, degradation, only_method_or_format
 from qbench.results import stats
-
-
-def _rest(s: dict) -> dict:
-    return {k: v for k, v in s.items() if k not in ("name", "method", "calibration", "if_fails")}
 
 
 def twins(exp: dict, order: dict) -> dict[str, str]:
@@ -31,20 +28,15 @@ def twins(exp: dict, order: dict) -> dict[str, str]:
             continue
         twin = s.get("if_fails") or next(
             (n for n in order["schemes"] if n != name and n in schemes
-             and (schemes[n].get("method") or {"name": "rtn"})["name"] == "rtn" and _rest(schemes[n]) == _rest(s)),
-            None)
+             and (schemes[n].get("method") or {"name": "rtn"})["name"] == "rtn"
+             and _format(schemes[n]) == _format(s) and only_method_or_format(schemes[n], s)), None)
         if twin:
             out[name] = twin
     return out
 
 
-def _degradation(cell: dict | None, task: str):
-    q = (cell or {}).get("sequences")
-    if not q:
-        return None
-    if task == "causal_lm":
-        return np.asarray(q.get("kl") or [], dtype=float)
-    return 1 - np.asarray(q.get("cosine") or [], dtype=float)
+def _format(s: dict) -> str:
+    return (s.get("weights") or {}).get("format") or "int"
 
 
 def training(exp: dict, cells: list, order: dict) -> dict | None:
@@ -69,11 +61,11 @@ def training(exp: dict, cells: list, order: dict) -> dict | None:
                 continue
             shown = []
             for w in W:
-                a, b = _degradation(by.get((m, twin, w)), task), _degradation(by.get((m, s, w)), task)
-                same = (by.get((m, twin, w)) or {}).get("evaluation") == (by.get((m, s, w)) or {}).get("evaluation")
-                if a is None or b is None or len(a) != len(b) or len(a) < 2 or not same or a.mean() == 0:
+                pair_ab = aligned(by.get((m, twin, w)), by.get((m, s, w)), degradation(task))
+                if pair_ab is None or pair_ab[0].mean() == 0:
                     shown.append(DASH)
                     continue
+                a, b = pair_ab
                 r, lo, hi = stats.gap_recovery(a, b)
                 shown.append(f"{sig(100 * r)}% [{sig(100 * lo)}, {sig(100 * hi)}] ({sig(a.mean())} → "
                              f"{sig(b.mean())}, n={len(a)})")

@@ -12,7 +12,7 @@ from scipy import stats as sps
 from tests.report.support import edit_json
 
 from qbench.report import build_context
-from qbench.report.pairs import _only_method_or_format
+from qbench.report.pairs import only_method_or_format
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "run_small"
@@ -70,6 +70,6 @@ def test_which_schemes_pair_by_themselves():
     nf4 = {"name": "c", "weights": {"format": "nf4", "granularity": "per_group", "group_size": 64}}
     w3 = {"name": "d", "weights": dict(w4, bits=3)}
     peer = {"name": "e", "runtime": {"name": "llama.cpp", "type": "Q4_0"}}
-    assert _only_method_or_format(rtn, gptq) and _only_method_or_format(rtn, nf4)
-    assert not _only_method_or_format(rtn, w3) and not _only_method_or_format(rtn, dict(rtn, name="x"))
-    assert not _only_method_or_format(rtn, peer)
+    assert only_method_or_format(rtn, gptq) and only_method_or_format(rtn, nf4)
+    assert not only_method_or_format(rtn, w3) and not only_method_or_format(rtn, dict(rtn, name="x"))
+    assert not only_method_or_format(rtn, peer)
