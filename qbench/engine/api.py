@@ -17,7 +17,7 @@ from qbench.engine.calibrated import MethodRun
 from qbench.engine.kernels import select_kernel
 from qbench.engine.methods import METHODS, Method, TrainingData, rtn
 from qbench.engine.methods.stats import feed_inputs
-from qbench.engine.modules import QuantEmbedding, QuantLinear, is_linear, linear_weight
+from qbench.engine.modules import QuantEmbedding, QuantLinear, is_linear, linear_weight, set_submodule
 from qbench.engine.observers import make_observer
 from qbench.engine.primitives import QuantSpec
 from qbench.engine.tensors import QuantizedWeight
@@ -229,7 +229,7 @@ def _swap_one(model, planned: PlannedModule, scheme, run: MethodRun, w, a, act_q
     else:
         new = _quant_linear(model, mod, name, kernel, run, w, a, act_qp)
         kernel_name, act = kernel.name, (a.describe() + (" static" if act_qp else " dynamic")) if a else "float"
-    _set_submodule(model, name, new)
+    set_submodule(model, name, new)
     return ModuleRecord(**rec, applied=True, reason="", kernel=kernel_name, weights=w.describe(),
                         activations=act, sqnr_db=sqnr_db(weight, new.held_weight()), bytes_after=new.weight_nbytes)
 
@@ -254,12 +254,6 @@ def sqnr_db(weight: torch.Tensor, held: QuantizedWeight | QuantSpec) -> float:
     err = (deq - wf).pow(2).sum().item()
     sig = wf.pow(2).sum().item()
     return math.inf if err == 0 else 10 * math.log10(sig / err) if sig > 0 else -math.inf
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def _calibrate(model, scheme: Scheme, plan: list[PlannedModule], a: Optional[QuantSpec], calibrate,

@@ -126,6 +126,12 @@ def is_linear(mod: nn.Module) -> bool:
     return isinstance(mod, nn.Linear) or (type(mod).__name__ == "Conv1D" and hasattr(mod, "nf"))
 
 
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` where the submodule `name` (a dotted path) is."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
 def linear_weight(mod: nn.Module) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(N, K) weight and bias of nn.Linear or transformers' Conv1D (which stores (K, N))."""
     if not is_linear(mod):

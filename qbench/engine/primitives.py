@@ -146,7 +146,7 @@ def quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | None = None
     if scale is None or zero_point is None:
         scale, zero_point = choose_qparams(*reduce_minmax(x, spec), spec)
     xf = x.detach().float()
-    s, z = _broadcast(scale, x, spec), _broadcast(zero_point, x, spec)
+    s, z = broadcast_qparams(scale, x, spec), broadcast_qparams(zero_point, x, spec)
     if spec.is_table:
         return QTensor(formats.encode(xf.double() / s.double(), spec.format), scale, zero_point, spec)
     q = torch.clamp(torch.round(xf / s) + z, spec.qmin, spec.qmax)
@@ -155,10 +155,10 @@ def quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | None = None
 
 def dequantize(q: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Floats from integers: scale * (q - zero_point), or scale * TABLE[q] for a table format."""
-    s = _broadcast(q.scale, q.data, q.spec)
+    s = broadcast_qparams(q.scale, q.data, q.spec)
     if q.spec.is_table:
         return (formats.decode(q.data, q.spec.format) * s).to(dtype)
-    z = _broadcast(q.zero_point, q.data, q.spec)
+    z = broadcast_qparams(q.zero_point, q.data, q.spec)
     return ((q.data.to(torch.int32) - z).float() * s).to(dtype)
 
 
@@ -178,7 +178,7 @@ def _groups(x2: torch.Tensor, group_size: int) -> torch.Tensor:
     return x2.reshape(n, k // group_size, group_size)
 
 
-def _broadcast(p: torch.Tensor, x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+def broadcast_qparams(p: torch.Tensor, x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """Expand a qparam tensor to x's shape."""
     if spec.granularity == "per_tensor":
         return p

@@ -40,7 +40,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from qbench.engine.methods.base import METHODS, Method
-from qbench.engine.primitives import QuantSpec, choose_qparams, fake_quantize, quantize, reduce_minmax
+from qbench.engine.primitives import (QuantSpec, broadcast_qparams, choose_qparams, fake_quantize, quantize,
+                                      reduce_minmax)
 from qbench.engine.tensors import QuantizedWeight
 
 FINAL = "final.pt"
@@ -80,7 +81,7 @@ def round_ste(u: torch.Tensor) -> torch.Tensor:
 def fake_quant_weight(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec
                       ) -> torch.Tensor:
     """s * (clamp(round_ste(w / s) + z, qmin, qmax) - z) for an (N, K) weight, differentiable in w and s."""
-    s, z = _expand(scale, w, spec), _expand(zero_point.to(w.dtype), w, spec)
+    s, z = broadcast_qparams(scale, w, spec), broadcast_qparams(zero_point.to(w.dtype), w, spec)
     q = torch.clamp(round_ste(w / s) + z, spec.qmin, spec.qmax)
     return (q - z) * s
 
@@ -93,14 +94,11 @@ def linear_weight(mod: nn.Module):
     return lw(mod)
 
 
-def _expand(p: torch.Tensor, w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    n, k = w.shape
-    if spec.granularity == "per_tensor":
-        return p
-    if spec.granularity == "per_channel":
-        return p.reshape(n, 1)
-    g = spec.group_size
-    return p.reshape(n, k // g, 1).expand(n, k // g, g).reshape(n, k)
+def _set(model: nn.Module, name: str, new: nn.Module) -> None:
+    """engine.modules.set_submodule, imported when first used (as linear_weight)."""
+    from qbench.engine.modules import set_submodule
+
+    set_submodule(model, name, new)
 
 
 def fake_quant_activation(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
@@ -168,11 +166,6 @@ def _wrap(model, names, spec, act, learn_scale) -> dict[str, FakeQuantLinear]:
 def _unwrap(model, wrappers) -> None:
     for name, w in wrappers.items():
         _set(model, name, w.inner)
-
-
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
 def _trainables(wrappers) -> list[tuple[str, nn.Parameter]]:
