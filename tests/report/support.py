@@ -67,16 +67,17 @@ def plot_style_problems(card: dict) -> list[str]:
     a plot whose alt text does not say what it shows. Empty when the card keeps them."""
     out, colours = [], {}
     for p in card["plots"]:
-        looks = {}
+        looks, labels_of_look = {}, {}
         for f in p["data"]["facets"]:
             for s in f["series"]:
-                looks.setdefault(s["label"], set()).add((s["color"], s["marker"]))
+                look = (s["color"], s["marker"])
+                looks.setdefault(s["label"], set()).add(look)
+                labels_of_look.setdefault(look, set()).add(s["label"])
                 if s.get("scheme"):
                     colours.setdefault(s["scheme"], set()).add(s["color"])
-        out += [f"{p['name']}: {label} drawn {len(v)} ways" for label, v in looks.items() if len(v) > 1]
-        pairs = [next(iter(v)) for v in looks.values()]
-        out += [f"{p['name']}: two series share colour and marker {pair}" for pair in set(pairs)
-                if pairs.count(pair) > 1]
+        out += [f"{p['name']}: {label} drawn {len(v)} ways" for label, v in sorted(looks.items()) if len(v) > 1]
+        out += [f"{p['name']}: two series share colour and marker {look}: {sorted(labels)}"
+                for look, labels in sorted(labels_of_look.items()) if len(labels) > 1]
         if not (p["alt"].startswith(p["title"]) and len(p["alt"]) > len(p["title"]) + 10):
             out.append(f"{p['name']}: alt text says nothing beyond the title")
     out += [f"scheme {s} has {len(c)} colours" for s, c in colours.items() if len(c) > 1]
