@@ -2,6 +2,8 @@
 
 Per module: the plan (ops, exclusions, group sizes) -> the scheme's method chooses the QuantizedWeight (rtn, or a
 calibrated method run by engine.calibrated.MethodRun) -> the kernel packs it. The realized map's SQNR and bytes are measured from what the kernel then holds.
+The ops around the linears (attention, residual) are planned and installed by engine.ops, one map entry per
+instance.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from qbench.engine.methods import METHODS, Method, TrainingData, rtn
 from qbench.engine.methods.stats import feed_inputs
 from qbench.engine.modules import QuantEmbedding, QuantLinear, is_linear, linear_weight, set_submodule
 from qbench.engine.observers import make_observer
+from qbench.engine.ops import attention_modules, blocks, install as install_ops, plan_ops
 from qbench.engine.primitives import QuantSpec
 from qbench.engine.tensors import QuantizedWeight
 from qbench.errors import KernelUnavailable
@@ -30,8 +33,9 @@ class ModuleRecord:
     """What was requested for one module and what was actually applied."""
 
     name: str
-    op: str                      # linear | lm_head | embedding
-    shape: tuple[int, int]       # (out, in) for linear ops, (rows, dim) for embeddings
+    op: str                      # linear | lm_head | embedding | attention | residual
+    shape: tuple[int, ...]       # (out, in) for linear ops, (rows, dim) for embeddings, (heads, head_dim) for
+                                 # attention, (hidden,) for residual
     requested: bool              # the scheme's ops cover this module kind
     applied: bool
     reason: str                  # why it was left alone, or "" when applied
@@ -84,8 +88,8 @@ def classify(model: nn.Module) -> dict[str, str]:
 
 
 def unmatched_excludes(model: nn.Module, patterns) -> list[str]:
-    """Exclusion globs that match no quantizable module (likely typos)."""
-    names = list(classify(model))
+    """Exclusion globs that match no quantizable module or op instance (likely typos)."""
+    names = [*classify(model), *attention_modules(model), *blocks(model)]
     return [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
 
 
@@ -110,6 +114,7 @@ def quantize_(model: nn.Module, scheme: Scheme | dict, *, device: str = "cpu",
         scheme = Scheme.model_validate(scheme)
     kinds = classify(model)
     plan = plan_modules(model, scheme, kinds)
+    op_plan = plan_ops(model, scheme)        # attention, residual: raises before the model changes
     recipes = [scheme, *(scheme.recipe(o) for o in scheme.overrides)]
     # choose every kernel before touching the model, so an impossible request leaves it unchanged
     steps = {}
@@ -141,6 +146,7 @@ def quantize_(model: nn.Module, scheme: Scheme | dict, *, device: str = "cpu",
                                  act_qparams.get(planned.name), kernel))
         if progress:
             progress(planned.name)
+    records += [ModuleRecord(**r) for r in install_ops(model, scheme, op_plan, device, activation_spec)]
     if method_info is not None:
         if 0 in runs:
             method_info.update(runs[0].summary())

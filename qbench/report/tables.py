@@ -15,6 +15,7 @@ def _yn(b) -> str:
 
 
 _BQ = ("baseline", "quantized")
+WEIGHT_OPS = ("linear", "lm_head", "embedding")   # quantization-map ops that hold weights (not attention, residual)
 
 
 def results(ix: Index, order: dict) -> dict:
@@ -144,7 +145,8 @@ def quant_maps(qcells: dict, order: dict, excludes: dict | None = None) -> list:
             before = sum(num(q.get("bytes_before")) or 0 for q in c["quant_map"])
             after = sum(num(q.get("bytes_after")) or 0 for q in c["quant_map"])
             applied = [q for q in c["quant_map"] if q.get("applied")]
-            weights = sum((q.get("shape") or [0, 0])[0] * (q.get("shape") or [0, 0])[1] for q in applied)
+            weights = sum(q["shape"][0] * q["shape"][1] for q in applied if len(q.get("shape") or ()) == 2
+                          and q.get("op") in WEIGHT_OPS)
             out.append({
                 "model": m, "scheme": s, "cell": c["cell"], "mismatches": sum(r["flag"] for r in rows),
                 "total": len(rows), "applied": sum(1 for q in c["quant_map"] if q.get("applied")),

@@ -91,8 +91,9 @@ class QuantEntry(_Record):
     """One module of the realized quantization map (qbench.engine.api.ModuleRecord.to_dict())."""
 
     name: str
-    op: Literal["linear", "lm_head", "embedding"]
-    shape: tuple[int, int] = Field(description="(out, in) for linear ops, (rows, dim) for embeddings.")
+    op: Literal["linear", "lm_head", "embedding", "attention", "residual"]
+    shape: tuple[int, ...] = Field(description="(out, in) for linear ops, (rows, dim) for embeddings, (heads, "
+                                   "head_dim) for attention, (hidden,) for residual.")
     requested: bool = Field(description="The scheme's ops cover this module kind.")
     applied: bool
     reason: str = Field(description="Why it was left alone, or '' when applied.")

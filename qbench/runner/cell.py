@@ -246,6 +246,7 @@ def record_stage(plan: Plan, cell: Cell, state: ModelState, rows: list[dict], re
     """Stamp every row with its cell and kernel, and assemble the cell record."""
     from qbench.engine.api import unmatched_excludes
     from qbench.engine.kernels import KERNELS
+    from qbench.engine.ops import KERNELS as OP_KERNELS
 
     task, m = state.loaded.task, plan.experiment.measure
     kernels = sorted({r.kernel for r in records if r.applied})
@@ -258,8 +259,10 @@ def record_stage(plan: Plan, cell: Cell, state: ModelState, rows: list[dict], re
     record.update(
         task=task, rows=rows, quant_map=[r.to_dict() for r in records], kernels=kernels,
         unmatched_excludes=unmatched_excludes(state.loaded.model, cell.scheme.exclude),
-        kernel_info={k: {"backend": KERNELS.get(k).backend, "emulated": KERNELS.get(k).emulated}
-                     for k in kernels if k in KERNELS},
+        kernel_info={**{k: {"backend": KERNELS.get(k).backend, "emulated": KERNELS.get(k).emulated}
+                        for k in kernels if k in KERNELS},
+                     **{k: {"backend": OP_KERNELS[k][0], "emulated": OP_KERNELS[k][1]} for k in kernels
+                        if k in OP_KERNELS}},
         calibration=cal_info,
         evaluation={"dataset": cell.workload.dataset, "n": len(suite.evaluation),
                     "hash": suite.evaluation_hash, "seq_len": m.seq_len})

@@ -56,6 +56,7 @@ def check(plan: Plan, source: str | Path, warn: Callable[[str], None]) -> None:
     """Kernels, context length, group sizes against real layer widths; warnings for unused globs."""
     from qbench.engine.api import activation_spec, classify, weight_spec
     from qbench.engine.kernels import select_kernel
+    from qbench.engine.ops import plan_ops
     from qbench.models.loaders import load_skeleton
 
     exp = plan.experiment
@@ -94,6 +95,10 @@ def check(plan: Plan, source: str | Path, warn: Callable[[str], None]) -> None:
         for i, s in enumerate(exp.schemes):
             if s.runtime is not None:
                 continue
+            try:
+                plan_ops(model, s)
+            except KernelUnavailable as e:
+                raise ConfigError(str(e), where=f"{source}: schemes[{i}].ops") from None
             if s.mixed is not None:
                 _check_mixed(model, kinds, ref.display, s, exp.schemes, f"{source}: schemes[{i}]")
                 continue
@@ -112,6 +117,7 @@ def _check_scheme(model, kinds, model_name, scheme, where, warn, kernel=None, de
     from qbench.engine.api import (activation_spec, plan_modules, shape_misfits, unmatched_excludes,
                                    unmatched_overrides, weight_spec)
     from qbench.engine.kernels import select_kernel
+    from qbench.engine.ops import plan_ops
 
     planned = plan_modules(model, scheme, kinds)
     for r, recipe in enumerate([scheme, *(scheme.recipe(o) for o in scheme.overrides)]):
@@ -132,7 +138,7 @@ def _check_scheme(model, kinds, model_name, scheme, where, warn, kernel=None, de
         warn(f"{where}.exclude: '{pattern}' matches no quantizable module of {model_name}")
     for pattern in unmatched_overrides(model, scheme):
         warn(f"{where}.overrides: '{pattern}' matches no quantizable module of {model_name}")
-    if not any(p.skip in ("", "group_size") for p in planned):
+    if not any(p.skip in ("", "group_size") for p in planned) and all(p.reason for p in plan_ops(model, scheme)):
         warn(f"{where}: quantizes no module of {model_name} (ops {list(scheme.ops)}, exclude "
              f"{list(scheme.exclude)}): its cells measure the baseline against itself")
     for p in planned:

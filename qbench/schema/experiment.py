@@ -11,7 +11,7 @@ from qbench.registry import did_you_mean
 from qbench.results.metrics import gate_metric, gate_metrics, gate_problem
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
-OpKind = Literal["linear", "embedding", "lm_head"]  # the op kinds a scheme can quantize
+OpKind = Literal["linear", "embedding", "lm_head", "attention", "residual"]  # the op kinds a scheme can quantize
 
 
 class FieldError(ValueError):
@@ -322,7 +322,9 @@ class Scheme(_Strict):
     )
     ops: tuple[OpKind, ...] = Field(
         ("linear",), min_length=1, description="Op kinds to quantize: linear (nn.Linear and transformers "
-        "Conv1D), lm_head (the output projection of causal LMs), embedding (weight-only)."
+        "Conv1D), lm_head (the output projection of causal LMs), embedding (weight-only), attention (the inputs "
+        "of Q K^T and P V, with the scheme's activation bits and granularity, dynamic; an integer kernel on the "
+        "CPU), residual (quantize-dequantize of both inputs of each residual add; emulated)."
     )
     exclude: tuple[str, ...] = Field(
         (), description="Module-name globs kept at baseline precision (mixed precision), e.g. '*.pooler.*'."
@@ -382,6 +384,11 @@ class Scheme(_Strict):
         if self.method.name == "qat" and self.weights is not None and self.weights.format != "int":
             raise FieldError(("method", "name"), f"qat trains integer grids; weights.format "
                              f"{self.weights.format} is a value table (use format: int)")
+        around = [op for op in self.ops if op in ("attention", "residual")]
+        if around and self.activations is None and self.runtime is None:
+            raise FieldError(("ops",), f"op '{around[0]}' quantizes activations (the inputs of the attention "
+                             "matmuls or residual adds) with the scheme's activations spec, and this scheme has "
+                             "none (add activations: {bits: 8, granularity: per_token})")
         if self.method.name == "smoothquant" and self.activations is None:
             raise FieldError(("method", "name"), "smoothquant balances activation and weight ranges for "
                              "quantized activations; this scheme has none (use rtn, gptq or awq)")

@@ -1,0 +1,84 @@
+"""The two attention matmuls on quantized inputs: S = Q K^T and O = P V.
+
+Both products contract a dimension whose operands are quantized along the other one, so every scale and zero point
+factors out of the integer sum. Codes follow the activation spec `a` (kernels.codes.quantize_activations, the one
+activation quantizer):
+
+  Q, K   one scale per tensor, or per token: per (batch, head, position) row, over head_dim
+  P      the softmax output, unsigned (a probability is never negative, so a sign bit would be wasted; with the
+         range widened to include 0 its zero point is 0): per tensor, or per query row, over the keys
+  V      per tensor, or per head_dim channel, over the keys (a per-token scale of V would sit on the contracted
+         dimension and could not factor out; the channel is the dimension that survives the product)
+
+For A (G, M, K) and B (G, N, K), codes a, b in the int8 domain with zero points za (per row of A) and zb (per row
+of B):
+  sum_k (a_ik - za_i)(b_jk - zb_j) = sum_k a_ik b_jk - zb_j sum_k a_ik - za_i sum_k b_jk + K za_i zb_j
+and the product is sa_i sb_j times that. Two ways to compute the integer sum:
+
+  int8_attention   torch._int_mm (oneDNN, VNNI on CPUs that have it) on each (batch, head) slice, exact int32
+  attention_qdq    the dequantized codes in a float matmul (emulated: the same numbers up to float rounding, for
+                   devices where torch._int_mm does not take these shapes)
+"""
+from __future__ import annotations
+
+import torch
+
+from qbench.engine.kernels.codes import quantize_activations
+from qbench.engine.primitives import QuantSpec
+
+KERNELS = {
+    "int8_attention": ("torch._int_mm (int8 x int8 -> int32) per (batch, head) slice for Q K^T and P V, zero points "
+                       "corrected from row sums, softmax in float32", False),
+    "attention_qdq": ("quantize-dequantize of Q, K, P, V, then float matmuls (emulated)", True),
+}
+
+
+def attention_kernel(device: str) -> str:
+    """The attention kernel that runs on `device`: the integer one on the CPU, the emulated one elsewhere."""
+    return "int8_attention" if torch.device(device).type == "cpu" else "attention_qdq"
+
+
+def prob_spec(a: QuantSpec) -> QuantSpec:
+    """The spec of P: `a`'s bits and granularity, unsigned and asymmetric (zero point 0 for values >= 0)."""
+    return QuantSpec(a.bits, False, False, a.granularity)
+
+
+def quantize_rows(x: torch.Tensor, a: QuantSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x (G, M, K) float -> (codes (G, M, K) int8, scale (G, M) float32, zero point (G, M) int32), per row of
+    (G, M) for per_token specs, one for all otherwise."""
+    g, m, k = x.shape
+    c = quantize_activations(x.reshape(g * m, k), a, None)
+    q8, z8 = c.int8_()
+    scale = c.scale.float().reshape(-1).expand(g * m)       # (G*M,): a per-tensor scale repeated
+    z8 = z8.to(torch.int32).reshape(-1).expand(g * m)
+    return q8.reshape(g, m, k), scale.reshape(g, m), z8.reshape(g, m)
+
+
+def matmul_nt(a: tuple, b: tuple, kernel: str) -> torch.Tensor:
+    """(A) (G, M, K) x (B) (G, N, K) -> (G, M, N) float32: sum_k A_ik B_jk from quantize_rows' codes."""
+    qa, sa, za = a
+    qb, sb, zb = b
+    k = qa.shape[-1]
+    if kernel == "int8_attention":
+        acc = torch.stack([torch._int_mm(qa[i], qb[i].t()) for i in range(qa.shape[0])])  # (G, M, N) int32
+        acc = acc - zb[:, None, :] * qa.sum(-1, dtype=torch.int32)[:, :, None] \
+            - za[:, :, None] * qb.sum(-1, dtype=torch.int32)[:, None, :] + k * za[:, :, None] * zb[:, None, :]
+        return acc.float() * sa[:, :, None] * sb[:, None, :]
+    fa = (qa.float() - za[..., None].float()) * sa[..., None]
+    fb = (qb.float() - zb[..., None].float()) * sb[..., None]
+    return fa @ fb.transpose(1, 2)
+
+
+def quantized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scaling: float, a: QuantSpec,
+                        kernel: str) -> torch.Tensor:
+    """q (B, H, S, D), k and v (B, H, T, D) (heads already repeated for grouped queries), mask additive (B|1, 1|H,
+    S, T) float or None -> the attention output (B, H, S, D) in q's dtype."""
+    b, h, s, d = q.shape
+    t = k.shape[2]
+    qf, kf, vf = (x.float().reshape(b * h, -1, d) for x in (q, k, v))
+    scores = matmul_nt(quantize_rows(qf, a), quantize_rows(kf, a), kernel).reshape(b, h, s, t) * scaling
+    if mask is not None:
+        scores = scores + mask.float()
+    p = torch.softmax(scores, dim=-1).reshape(b * h, s, t)
+    out = matmul_nt(quantize_rows(p, prob_spec(a)), quantize_rows(vf.transpose(1, 2).contiguous(), a), kernel)
+    return out.reshape(b, h, s, d).to(q.dtype)
