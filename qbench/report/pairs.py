@@ -1,7 +1,7 @@
 """Scheme vs scheme, paired: "did GPTQ beat RTN?" answered on the same evaluation sequences.
 
 Two schemes of a model are compared when the experiment names them in `pairs`, or when they differ only in
-their method or weight format (everything else equal). Each cell records per-sequence values
+their method or weight format, or only in their ops (everything else equal). Each cell records per-sequence values
 (`sequences`: KL, both models' NLL, top-1 agreement; cosine for encoders), all on the same evaluation samples in
 the same order, so B − A is taken per sequence and its 95% interval is a paired Student-t interval over the
 sequences: much narrower than comparing two intervals against the baseline. A verdict is given only when the
@@ -30,7 +30,7 @@ def pairs(exp: dict, cells: list, order: dict) -> dict | None:
     wanted = [tuple(p) for p in exp.get("pairs") or []]
     names = [n for n in order["schemes"] if n in schemes]
     auto = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]
-            if only_method_or_format(schemes[a], schemes[b])]
+            if only_method_or_format(schemes[a], schemes[b]) or only_ops(schemes[a], schemes[b])]
     chosen = list(dict.fromkeys(wanted + [p for p in auto if p not in wanted and p[::-1] not in wanted]))
     if not chosen:
         return None
@@ -58,7 +58,7 @@ def pairs(exp: dict, cells: list, order: dict) -> dict | None:
         return None
     return {"note": "B − A per evaluation sequence, the mean with a paired 95% Student-t interval over the same "
                     "sequences; a scheme is called better only when the interval excludes 0. Compared: the pairs "
-                    "the experiment names, and schemes that differ only in method or weight format.",
+                    "the experiment names, and schemes that differ only in method, weight format or ops.",
             "table": table(["Model", "A", "B", "Metric", *[f"{w}: B − A [95% CI]" for w in W]], rows,
                            "llll" + "l" * len(W))}
 
@@ -77,6 +77,15 @@ def only_method_or_format(a: dict, b: dict) -> bool:
             w = {k: w.get(k) for k in ("granularity", "group_size")}
         return {k: v for k, v in dict(s, weights=w).items() if k not in ("name", "method", "calibration", "if_fails")}
     return rest(a) == rest(b) and (ma != mb or fa != fb)
+
+
+def only_ops(a: dict, b: dict) -> bool:
+    """Whether two scheme dicts (as stored) differ in their ops and nothing else (e.g. W8A8 with and without
+    quantized attention matmuls)."""
+    if a.get("runtime") or b.get("runtime"):
+        return False
+    rest = [{k: v for k, v in s.items() if k not in ("name", "ops", "if_fails")} for s in (a, b)]
+    return rest[0] == rest[1] and sorted(a.get("ops") or ["linear"]) != sorted(b.get("ops") or ["linear"])
 
 
 def degradation(task: str | None):

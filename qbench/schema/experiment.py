@@ -633,7 +633,7 @@ class Experiment(_Strict):
     pairs: tuple[tuple[str, str], ...] = Field(
         (), description="Scheme pairs [A, B] the card compares on the same evaluation sequences (B − A with paired "
         "intervals, text and code side by side), besides the pairs it finds itself: schemes that differ only in "
-        "method or weight format."
+        "method or weight format, or only in ops."
     )
     gates: tuple[Gate, ...] = Field(
         (), description="Pass/fail checks on the results, shown near the top of the card; `qbench run` "

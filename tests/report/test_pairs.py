@@ -12,7 +12,7 @@ from scipy import stats as sps
 from tests.report.support import edit_json
 
 from qbench.report import build_context
-from qbench.report.pairs import only_method_or_format
+from qbench.report.pairs import only_method_or_format, only_ops
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "run_small"
@@ -73,3 +73,13 @@ def test_which_schemes_pair_by_themselves():
     assert only_method_or_format(rtn, gptq) and only_method_or_format(rtn, nf4)
     assert not only_method_or_format(rtn, w3) and not only_method_or_format(rtn, dict(rtn, name="x"))
     assert not only_method_or_format(rtn, peer)
+
+
+def test_schemes_that_differ_only_in_ops_pair():
+    a8 = {"bits": 8, "granularity": "per_token"}
+    base = {"name": "a", "weights": {"bits": 8}, "activations": a8, "ops": ["linear"]}
+    attn = dict(base, name="b", ops=["linear", "attention"])
+    assert only_ops(base, attn) and only_ops(attn, dict(attn, name="c", ops=["attention", "linear", "residual"]))
+    assert only_ops({"name": "x", "weights": {"bits": 8}, "activations": a8}, attn)   # ops left out: [linear]
+    assert not only_ops(base, dict(base, name="d")) and not only_ops(attn, dict(attn, ops=["attention", "linear"]))
+    assert not only_ops(base, dict(attn, activations=dict(a8, bits=6)))

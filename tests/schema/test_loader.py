@@ -78,6 +78,8 @@ BAD_CASES = {
     "runtime_with_weights.yaml": (": schemes[0].weights:", "leave weights out"),
     "runtime_with_ops.yaml": (": schemes[0].ops:", "does not apply to a llama.cpp scheme"),
     "scheme_without_weights.yaml": (": schemes[0].weights:", "weights is required (or a runtime section)"),
+    "ops_attention_weight_only.yaml": (": schemes[0].ops:", "op 'attention' quantizes activations"),
+    "ops_unknown.yaml": (": schemes[0].ops[1]:", "got 'attn'"),
 }
 
 

@@ -60,7 +60,10 @@ def matmul_nt(a: tuple, b: tuple, kernel: str) -> torch.Tensor:
     qb, sb, zb = b
     k = qa.shape[-1]
     if kernel == "int8_attention":
-        acc = torch.stack([torch._int_mm(qa[i], qb[i].t()) for i in range(qa.shape[0])])  # (G, M, N) int32
+        # torch._int_mm on the CPU returns wrong sums when K = 1 (torch 2.13; e.g. P V over a single key): a zero
+        # column leaves every sum unchanged
+        pa, pb = (torch.nn.functional.pad(t, (0, 1)) for t in (qa, qb)) if k == 1 else (qa, qb)
+        acc = torch.stack([torch._int_mm(pa[i], pb[i].t()) for i in range(qa.shape[0])])  # (G, M, N) int32
         acc = acc - zb[:, None, :] * qa.sum(-1, dtype=torch.int32)[:, :, None] \
             - za[:, :, None] * qb.sum(-1, dtype=torch.int32)[:, None, :] + k * za[:, :, None] * zb[:, None, :]
         return acc.float() * sa[:, :, None] * sb[:, None, :]
