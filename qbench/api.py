@@ -271,6 +271,48 @@ def sensitivity(path: str | Path, *, model: Optional[str] = None, out: Optional[
     return written
 
 
+def bench_model(path: str | Path, *, model: Optional[str] = None, schemes: Optional[list[str]] = None,
+                batch_size: int = 1, seq_len: Optional[int] = None, repeats: int = 10, warmup: int = 2,
+                out: Optional[str | Path] = None, log: Callable[[str], None] = print,
+                progress: bool = True) -> dict[str, dict]:
+    """Where a forward's time goes (qbench.runner.profile): per model of the experiment (or `model`), the baseline
+    and its engine schemes (or `schemes`), prefill and (causal LMs) one decode step, timed round-robin and
+    profiled per module kind, with the linears-free ceiling. Writes profile.json and profile.md per model under
+    `out` (default reports/<experiment>/profile/<model>); returns {model: {"report": dict, "files": {name: path}}}."""
+    from qbench.hardware import detect
+    from qbench.report.profile import write
+    from qbench.runner.plan import make_plan
+    from qbench.runner.profile import bench_model as measure
+
+    exp = load_experiment(path)
+    refs = [m for m in exp.models if model in (None, m.id, m.display)]
+    if not refs:
+        from qbench.registry import did_you_mean
+
+        names = [m.display for m in exp.models]
+        raise ConfigError(f"no model '{model}' in {path}{did_you_mean(str(model), names)}; it has: "
+                          f"{', '.join(names)}", where="--model")
+    known = [s.name for s in exp.schemes]
+    for s in schemes or []:
+        if s not in known:
+            from qbench.registry import did_you_mean
+
+            raise ConfigError(f"no scheme '{s}' in {path}{did_you_mean(s, known)}; it has: {', '.join(known)}",
+                              where="--scheme")
+    if batch_size < 1 or repeats < 2 or warmup < 0 or (seq_len is not None and seq_len < 8):
+        raise ConfigError("--batch must be at least 1, --repeats at least 2, --warmup at least 0 and --seq-len at "
+                          "least 8", where="--batch/--repeats/--warmup/--seq-len")
+    plan = make_plan(exp, detect())
+    base = Path(out) if out else Path("reports") / exp.name / "profile"
+    done = {}
+    for ref in refs:
+        report = measure(exp, ref, schemes=schemes, batch_size=batch_size, seq_len=seq_len, repeats=repeats,
+                         warmup=warmup, device=plan.device, dtype=plan.baseline_dtype, log=log, progress=progress)
+        done[ref.display] = {"report": report,
+                             "files": write(report, base / ref.display if len(refs) > 1 or not out else base)}
+    return done
+
+
 def gate_verdicts(run_dir: str | Path) -> list:
     """Gate verdicts of a rendered card (evaluated once, while the card context was built)."""
     data = json.loads((Path(run_dir) / "card.json").read_text(encoding="utf-8"))
@@ -381,4 +423,5 @@ def bench_gemm(argv: list[str], prog: str = "qbench bench gemm") -> dict:
 
 __all__ = ["RunOutcome", "RunError", "GateFailed", "validate", "plan", "dry_run", "run", "card", "compare",
            "gate_verdicts", "verdict_lines", "gates_failed", "hf_snippet", "card_schema", "record_schema", "experiment_schema",
-           "env", "fingerprint", "kernels", "bundled_models", "builtin_datasets", "bench_gemm", "preflight"]
+           "env", "fingerprint", "kernels", "bundled_models", "builtin_datasets", "bench_gemm", "bench_model",
+           "preflight"]

@@ -247,6 +247,34 @@ def bench_gemm(ctx: typer.Context):
         raise typer.Exit(e.code if isinstance(e.code, int) else 2)
 
 
+@bench_app.command("model")
+@handled
+def bench_model(experiment: Path = typer.Argument(..., help="Experiment YAML file: its models and engine schemes."),
+                model: Optional[str] = typer.Option(None, "--model", help="Only this model (id or name)."),
+                scheme: Optional[list[str]] = typer.Option(None, "--scheme", help="Only this scheme (repeatable)."),
+                batch: int = typer.Option(1, "--batch", help="Sequences per forward."),
+                seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per sequence (default: "
+                                                      "the experiment's measure.seq_len)."),
+                repeats: int = typer.Option(10, "--repeats", help="Timed rounds per phase."),
+                warmup: int = typer.Option(2, "--warmup", help="Untimed rounds first."),
+                out: Optional[Path] = typer.Option(None, "--out", help="Folder for profile.json/.md (default "
+                                                   "reports/<experiment>/profile/<model>)."),
+                no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar.")):
+    """Where a forward's time goes: per model x scheme, prefill and one decode step (causal LMs), timed
+    round-robin against the baseline and profiled per module kind (linear, attention, norm, activation,
+    embedding, other), with the speed-up the model could reach if its linears were free."""
+    from qbench import api
+    from qbench.report.profile import markdown
+
+    done = api.bench_model(experiment, model=model, schemes=scheme, batch_size=batch, seq_len=seq_len,
+                           repeats=repeats, warmup=warmup, out=out, log=lambda s: typer.echo(s, err=True),
+                           progress=not no_progress)
+    for name, d in done.items():
+        typer.echo(markdown(d["report"]))
+        for kind, path in d["files"].items():
+            typer.echo(f"{name} {kind}: {path}")
+
+
 def main() -> None:
     app()
 

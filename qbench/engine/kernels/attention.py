@@ -54,22 +54,47 @@ def quantize_rows(x: torch.Tensor, a: QuantSpec) -> tuple[torch.Tensor, torch.Te
     return q8.reshape(g, m, k), scale.reshape(g, m), z8.reshape(g, m)
 
 
-def matmul_nt(a: tuple, b: tuple, kernel: str) -> torch.Tensor:
-    """(A) (G, M, K) x (B) (G, N, K) -> (G, M, N) float32: sum_k A_ik B_jk from quantize_rows' codes."""
+_WORKSPACE: dict = {}
+_WORKSPACE_MAX = 16 << 20          # int32 elements (64 MiB): larger products get a buffer of their own
+
+
+def _workspace(shape: tuple) -> torch.Tensor:
+    """An int32 buffer of `shape`, reused across calls of one shape (one per shape, the last four kept, none past
+    64 MiB): a fresh buffer is first touched page by page, which cost more than the integer products at
+    attention sizes (MiniLM, 96 x 128 x 128: 7.5 ms fresh against 1.7 ms reused, one thread)."""
+    if shape[0] * shape[1] * shape[2] > _WORKSPACE_MAX:
+        return torch.empty(shape, dtype=torch.int32)
+    buf = _WORKSPACE.get(shape)
+    if buf is None:
+        if len(_WORKSPACE) >= 4:
+            _WORKSPACE.pop(next(iter(_WORKSPACE)))
+        buf = _WORKSPACE[shape] = torch.empty(shape, dtype=torch.int32)
+    return buf
+
+
+def matmul_nt(a: tuple, b: tuple, kernel: str, scale: float = 1.0) -> torch.Tensor:
+    """(A) (G, M, K) x (B) (G, N, K) -> (G, M, N) float32: scale * sum_k A_ik B_jk from quantize_rows' codes."""
     qa, sa, za = a
     qb, sb, zb = b
-    k = qa.shape[-1]
+    g, m, k = qa.shape
+    n = qb.shape[1]
     if kernel == "int8_attention":
         # torch._int_mm on the CPU returns wrong sums when K = 1 (torch 2.13; e.g. P V over a single key): a zero
         # column leaves every sum unchanged
         pa, pb = (torch.nn.functional.pad(t, (0, 1)) for t in (qa, qb)) if k == 1 else (qa, qb)
-        acc = torch.stack([torch._int_mm(pa[i], pb[i].t()) for i in range(qa.shape[0])])  # (G, M, N) int32
-        acc = acc - zb[:, None, :] * qa.sum(-1, dtype=torch.int32)[:, :, None] \
-            - za[:, :, None] * qb.sum(-1, dtype=torch.int32)[:, None, :] + k * za[:, :, None] * zb[:, None, :]
-        return acc.float() * sa[:, :, None] * sb[:, None, :]
+        acc = _workspace((g, m, n))
+        for i in range(g):
+            torch._int_mm(pa[i], pb[i].t(), out=acc[i])                   # (M, K) @ (K, N) -> (M, N) int32
+        # zero points: acc -= za_i sum_k b_jk + zb_j (sum_k a_ik - K za_i), one exact rank-2 integer update; in
+        # place, as every fresh (G, M, N) tensor costs more than the arithmetic at these sizes
+        u = torch.stack([za, qa.sum(-1, dtype=torch.int32) - k * za], -1)          # (G, M, 2)
+        v = torch.stack([qb.sum(-1, dtype=torch.int32), zb], 1)                    # (G, 2, N)
+        acc.baddbmm_(u, v, alpha=-1)
+        out = acc.float()
+        return out.mul_((sa * scale)[:, :, None]).mul_(sb[:, None, :])
     fa = (qa.float() - za[..., None].float()) * sa[..., None]
     fb = (qb.float() - zb[..., None].float()) * sb[..., None]
-    return fa @ fb.transpose(1, 2)
+    return (fa @ fb.transpose(1, 2)).mul_(scale)
 
 
 def quantized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scaling: float, a: QuantSpec,
@@ -79,9 +104,9 @@ def quantized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask,
     b, h, s, d = q.shape
     t = k.shape[2]
     qf, kf, vf = (x.float().reshape(b * h, -1, d) for x in (q, k, v))
-    scores = matmul_nt(quantize_rows(qf, a), quantize_rows(kf, a), kernel).reshape(b, h, s, t) * scaling
+    scores = matmul_nt(quantize_rows(qf, a), quantize_rows(kf, a), kernel, scaling).reshape(b, h, s, t)
     if mask is not None:
-        scores = scores + mask.float()
+        scores.add_(mask.float())
     p = torch.softmax(scores, dim=-1).reshape(b * h, s, t)
     out = matmul_nt(quantize_rows(p, prob_spec(a)), quantize_rows(vf.transpose(1, 2).contiguous(), a), kernel)
     return out.reshape(b, h, s, d).to(q.dtype)

@@ -1,0 +1,79 @@
+"""The `qbench bench model` report: profile.json and profile.md from the dict qbench.runner.profile returns.
+Reads the report dict only; never imports torch."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from qbench.atomic import write_atomic
+from qbench.report.fmt import sig
+from qbench.report.render import md_align, md_cell
+
+CATEGORIES = ("linear", "attention", "norm", "activation", "embedding", "other")
+
+
+def _x(v: float) -> str:
+    return "∞" if not math.isfinite(v) else f"{sig(v)}x"
+
+
+def table(rows: list[dict]) -> tuple[list[str], list[list[str]], str]:
+    head = ["Variant", "ms (plain)", "Speed-up [p10, p90]", "ms (profiled)",
+            *[f"{c} ms (%)" for c in CATEGORIES], "Linears free: ≤ x now", "≤ x baseline"]
+    body = []
+    for r in rows:
+        body.append([r["variant"], sig(r["ms"]), f"{_x(r['speedup'])} [{sig(r['speedup_p10'])}, "
+                     f"{sig(r['speedup_p90'])}]", sig(r["profiled_ms"]),
+                     *[f"{sig(r['ms_by_category'][c])} ({100 * r['share'][c]:.0f}%)" for c in CATEGORIES],
+                     _x(r["linears_free_ceiling"]), _x(r["linears_free_vs_baseline"])])
+    return head, body, "lrlr" + "r" * len(CATEGORIES) + "rr"
+
+
+def markdown(report: dict) -> str:
+    m = report
+    lines = [f"# Where the time goes: {m['model']}", "",
+             f"{m['task']} on {m['device']} ({(m.get('machine') or {}).get('cpu_model') or 'unknown CPU'}, "
+             f"{m['threads']} threads, torch {m['torch']}), baseline {m['dtype']}; batch {m['batch_size']} x "
+             f"{m['seq_len']} tokens of workload {m['workload']}; {m['repeats']} rounds after {m['warmup']} warm-up "
+             "rounds.", "",
+             "Plain: each variant's forward alone, timed round-robin (every round times every variant), the median; "
+             "the speed-up is the median of the per-round ratios to the baseline, with the rounds' 10th and 90th "
+             "percentiles. Profiled: the same forward with a hook on every module, each module's own time (minus "
+             "its children's) added to its kind (linear: every linear, the LM head included; attention: the "
+             "attention modules' own work; other: residual adds, gating multiplies, masks, Python glue and the "
+             "hooks' own cost), medians over the rounds. Linears free: the profiled share of everything but the "
+             "linears bounds the speed-up any linear kernel can give, against this variant and against the "
+             "baseline.", ""]
+    for phase, rows in m["phases"].items():
+        head, body, align = table(rows)
+        lines += [f"## {phase}", "", "| " + " | ".join(head) + " |", "|" + "|".join(md_align(a) for a in align) + "|"]
+        lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in body]
+        lines.append("")
+    kernels = m.get("kernels") or {}
+    if kernels:
+        lines += ["Kernels: " + "; ".join(f"{s}: {', '.join(k) or 'none'}" for s, k in kernels.items()), ""]
+    for s, why in (m.get("skipped") or {}).items():
+        lines += [f"Not timed: {s}: {why}.", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _jsonable(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def write(report: dict, out: Path) -> dict[str, Path]:
+    """profile.json and profile.md in `out` (created); returns {file name: path}."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, text in {"profile.json": json.dumps(_jsonable(report), indent=1) + "\n",
+                       "profile.md": markdown(report)}.items():
+        write_atomic(out / name, text.encode("utf-8"))
+        paths[name] = out / name
+    return paths
