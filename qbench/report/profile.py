@@ -41,7 +41,7 @@ def markdown(report: dict) -> str:
              "percentiles. Profiled: the same forward with a hook on every module, each module's own time (minus "
              "its children's) added to its kind (linear: every linear, the LM head included; attention: the "
              "attention modules' own work; other: residual adds, gating multiplies, masks, Python glue and the "
-             "hooks' own cost), medians over the rounds. Linears free: the profiled share of everything but the "
+             "hooks' own cost), from the profiled round with the median total. Linears free: the profiled share of everything but the "
              "linears bounds the speed-up any linear kernel can give, against this variant and against the "
              "baseline.", ""]
     for phase, rows in m["phases"].items():

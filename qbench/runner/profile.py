@@ -119,7 +119,8 @@ def phases(model: nn.Module, task: str, batch: dict) -> dict[str, Callable[[], N
 
 def measure(variants: dict[str, nn.Module], task: str, batch: dict, repeats: int, warmup: int, device: str,
             progress: Optional[Callable[[], None]] = None) -> dict:
-    """{phase: {variant: {plain: [s...], profiled: {category: median s}, profiled_total: median s}}}."""
+    """{phase: {variant: {plain: [s...], profiled: {category: s}, profiled_total: s}}}: the profile of the
+    profiled round with the median total (one round, so its kinds add up to its total)."""
     sync = _sync_for(device)
     runs = {v: phases(m, task, batch) for v, m in variants.items()}
     out: dict = {}
@@ -144,8 +145,9 @@ def measure(variants: dict[str, nn.Module], task: str, batch: dict, repeats: int
                 for c in CATEGORIES:
                     per[c].append(p.seconds[c] if c != "other" else total - sum(
                         p.seconds[k] for k in CATEGORIES if k != "other"))
-            out[phase][v] = {"plain": plain[v], "profiled": {c: statistics.median(x) for c, x in per.items()},
-                             "profiled_total": statistics.median(totals)}
+            mid = sorted(range(repeats), key=totals.__getitem__)[(repeats - 1) // 2]   # the median round, whole
+            out[phase][v] = {"plain": plain[v], "profiled": {c: x[mid] for c, x in per.items()},
+                             "profiled_total": totals[mid]}
             if progress:
                 progress()
     return out
