@@ -19,6 +19,7 @@ from qbench.engine.primitives import QuantSpec, quantize
 
 W8 = QuantSpec(8, True, True, "per_channel")
 W4G = QuantSpec(4, False, False, "per_group", 128)
+W4C = QuantSpec(4, True, True, "per_channel")
 A_TENSOR_ASYM, A_TENSOR_SYM = QuantSpec(8, False, False, "per_tensor"), QuantSpec(8, True, True, "per_tensor")
 A_TOKEN_ASYM, A_TOKEN_SYM = QuantSpec(8, False, False, "per_token"), QuantSpec(8, True, True, "per_token")
 
@@ -232,6 +233,7 @@ def contenders(k: int, n: int, rotate_bytes: int, tmpdir: Path, max_copies: int 
         qbench_contender("w8a8 static per-tensor asym", "w8a8", "int8_native", w8s, b, W8, A_TENSOR_ASYM, True),
         qbench_contender("w8a8 oneDNN per-token asym", "w8a8", "int8_onednn", w8s, b, W8, A_TOKEN_ASYM),
         qbench_contender("w8a8 _int_mm per-token asym", "w8a8", "int8_int_mm", w8s, b, W8, A_TOKEN_ASYM),
+        qbench_contender("w4a8 dyn per-token asym", "w4a8", "w4a8_native", w4s, b, W4C, A_TOKEN_ASYM),
         qbench_contender("int8 weight-only", "wo8", "int8_wo_native", w8s, b, W8, None),
         qbench_contender("int8 weight-only (dequant+matmul)", "wo8", "int8_weight_only", w8s, b, W8, None),
         qbench_contender("int4 g128 weight-only", "wo4", "int4_wo_native", w4s, b, W4G, None)

@@ -52,6 +52,25 @@ def unpack_panels(flat: torch.Tensor, n: int, k: int) -> torch.Tensor:
     return flat.reshape(npad // PANEL, kpad // 4, PANEL, 4).permute(0, 2, 1, 3).reshape(npad, kpad)[:n, :k]
 
 
+def pack_nibble_panels(codes: torch.Tensor) -> torch.Tensor:
+    """(N, K) unsigned 4-bit codes (0..15, any integer dtype) -> qb_w4a8_gemm's layout, flat uint8: 64-column
+    panels; for every 8 k, the 64 columns' 4 bytes side by side, byte b = code[k = 8 t + b] | code[8 t + 4 + b]
+    << 4, i.e. [p][k // 8][j][b]; N padded to a multiple of 64 and K to a multiple of 8 with zero codes."""
+    n, k = codes.shape
+    npad, kpad = -(-n // PANEL) * PANEL, -(-k // 8) * 8
+    c = torch.nn.functional.pad(codes.to(torch.uint8), (0, kpad - k, 0, npad - n))       # (Np, Kp)
+    c = c.reshape(npad // PANEL, PANEL, kpad // 8, 2, 4).permute(0, 2, 1, 3, 4)          # [p][t][j][half][b]
+    return (c[..., 0, :] | (c[..., 1, :] << 4)).contiguous().reshape(-1)
+
+
+def unpack_nibble_panels(flat: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Inverse of pack_nibble_panels: -> (N, K) uint8 codes 0..15 (the padding dropped)."""
+    npad, kpad = -(-n // PANEL) * PANEL, -(-k // 8) * 8
+    b = flat.reshape(npad // PANEL, kpad // 8, PANEL, 4)
+    c = torch.stack([b & 15, b >> 4], 3)                                                  # [p][t][j][half][b]
+    return c.permute(0, 2, 1, 3, 4).reshape(npad, kpad)[:n, :k]
+
+
 def _padded(t: torch.Tensor, n: int) -> torch.Tensor:
     return torch.nn.functional.pad(t, (0, -(-n // PANEL) * PANEL - n)).contiguous()
 
@@ -68,25 +87,26 @@ class FusedState(KernelState):
     zc: Optional[torch.Tensor]       # (N padded,) int32 weight zero points (int8 domain); None when all are 0
     ws: torch.Tensor                 # (N padded,) float32 weight scales
     bias: Optional[torch.Tensor]     # (N padded,) float32
+    w4: bool = False                 # wp: uint8 nibble panels (pack_nibble_panels) of codes q - qmin, zc = z - qmin
 
 
 def gemm(state: FusedState, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
     """x (M, K) float32 contiguous -> y (M, N) float32; exact=True returns the int32 sums
     sum_k (u - za)(c - zc) instead (no rescale, no bias), for checking against integer arithmetic."""
     if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 2 or x.shape[1] != state.k:
-        raise ValueError(f"int8_native needs a contiguous float32 (M, {state.k}) input, got "
+        raise ValueError(f"the fused kernel needs a contiguous float32 (M, {state.k}) input, got "
                          f"{tuple(x.shape)} {x.dtype}")
     a, static = state.a, state.static
     m, n = x.shape[0], state.n
     out = torch.empty(m, n, dtype=torch.int32 if exact else torch.float32)
     p = native.ptr
-    rc = native.lib().qb_w8a8_gemm(
+    rc = (native.lib().qb_w4a8_gemm if state.w4 else native.lib().qb_w8a8_gemm)(
         p(x), p(state.wp), p(state.csum), p(state.zc), p(state.ws), p(state.bias),
         None if exact else p(out), p(out) if exact else None, m, n, state.k,
         int(a.granularity == "per_token"), int(a.symmetric), int(a.signed), a.bits, int(static is not None),
         *(static or (1.0, 0)), native.threads(m * n * state.k))
     if rc:
-        raise ValueError("int8_native: " + ("out of memory for its row buffers" if rc == 2 else
+        raise ValueError(("w4a8_native: " if state.w4 else "int8_native: ") + ("out of memory for its row buffers" if rc == 2 else
                                             f"the C kernel rejected its arguments (code {rc})"))
     return out
 
@@ -153,4 +173,40 @@ class Int8Native(Kernel):
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
+class W4A8Native(Int8Native):
+    """4-bit weights (per tensor or per channel) with quantized activations on the same fused kernel: the codes
+    stay nibbles in memory (half int8_native's weight bytes) and are unpacked in registers (qb_w4a8_gemm)."""
+
+    name = "w4a8_native"
+
+    @property
+    def backend(self) -> str:
+        return super().backend.replace("uint8 x int8", "4-bit weight codes unpacked in registers, uint8 x int8")
+
+    @staticmethod
+    def _config_reason(w, a):
+        if w.format != "int" or w.bits > 4:
+            return f"holds 4-bit integer weights as nibbles; {w.describe()} weights do not fit"
+        return Int8Native._config_reason(w, a)
+
+    def pack(self, qweight, bias, a, act_qparams=None):
+        self._require(self._config_reason(qweight.spec, a))
+        state = super().pack(qweight, bias, a, act_qparams)
+        spec, n = qweight.spec, state.n
+        c = qweight.codes.to(torch.int16) - spec.qmin                              # (N, K) 0..15
+        zc = (qweight.zero_point.to(torch.int32) - spec.qmin).reshape(-1).expand(n).contiguous()
+        state.wp, state.w4 = pack_nibble_panels(c), True
+        state.csum = _padded(c.sum(dim=1, dtype=torch.int32), n)
+        state.zc = _padded(zc, n) if bool((zc != 0).any()) else None
+        return state
+
+    def held_weight(self, state):
+        n, spec = state.n, state.spec
+        zc = state.zc[:n] if state.zc is not None else torch.zeros(n, dtype=torch.int32)
+        codes = (unpack_nibble_panels(state.wp, n, state.k).to(torch.int16) + spec.qmin).to(spec.storage_dtype)
+        zp = zc + spec.qmin
+        return state.quantized(codes, qparams_from_rows(state.ws[:n], spec, n), qparams_from_rows(zp, spec, n), spec)
+
+
 KERNELS.add(Int8Native.name, Int8Native())
+KERNELS.add(W4A8Native.name, W4A8Native())

@@ -29,6 +29,8 @@
  *                   qb_w8a8_gemm     (M, K) float32 -> (M, N) float32 in one call: rows quantized as
  *                                    qb_quant_u8 does, uint8 x int8 -> int32 dot products against packed
  *                                    weight codes, zero-point corrections, rescale and bias in registers
+ *                   qb_w4a8_gemm     the same on 4-bit weight codes held as nibbles (half the bytes),
+ *                                    unpacked in registers
  *                   qb_w8a8_isa      its code path: "avx512-vnni" or "portable-c"
  *
  * Each file's opening comment gives its formulas, layouts and the reasons for its loop structure.
@@ -135,6 +137,10 @@ int qb_row_epilogue(float *y, const float *rs, const float *dz, const float *c, 
                     int64_t N, int threads);
 const char *qb_w8a8_isa(void);
 int qb_w8a8_gemm(const float *x, const int8_t *wp, const int32_t *csum, const int32_t *zc, const float *ws,
+                 const float *bias, float *y, int32_t *acc_out, int64_t M, int64_t N, int64_t K, int per_row,
+                 int symmetric, int is_signed, int bits, int have_qparams, float scale0, int32_t zp0,
+                 int threads);
+int qb_w4a8_gemm(const float *x, const uint8_t *wp, const int32_t *csum, const int32_t *zc, const float *ws,
                  const float *bias, float *y, int32_t *acc_out, int64_t M, int64_t N, int64_t K, int per_row,
                  int symmetric, int is_signed, int bits, int have_qparams, float scale0, int32_t zp0,
                  int threads);

@@ -18,6 +18,15 @@
  * The micro-kernel keeps 6 rows x 64 columns of int32 sums in 24 registers; per 4 k it loads the 4 panel
  * vectors and broadcasts 4 activation bytes of each row. Threads split the rows (each quantizes its own),
  * or, for few rows, the panels (each quantizes all rows).
+ *
+ * qb_w4a8_gemm: the same GEMM on 4-bit weight codes held as nibbles, half the bytes. Codes are unsigned
+ * c = q - qmin (0..15; zc = zero point - qmin, so s (q - z) = s (c - zc) and the corrections above hold as
+ * they are). Layout: 64-column panels, K padded to a multiple of 8; for every 8 k, each column's 4 bytes side
+ * by side, byte b holding c[k = 8 t + b] in its low nibble and c[8 t + 4 + b] in its high nibble:
+ * wp[p][k / 8][j][b] = c[64 p + j, 8 t + b] | c[64 p + j, 8 t + 4 + b] << 4. One AND gives the 4 bytes of
+ * k = 8 t .. 8 t + 3, a 16-bit shift and an AND those of 8 t + 4 .. 8 t + 7, each a valid int8 operand of
+ * vpdpbusd against 4 activation bytes in their natural order: the weights are unpacked in registers, never
+ * in memory.
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -60,6 +69,7 @@ typedef struct {
     float scale0;              /* per tensor (static or dynamic): the scale and zero point (uint8 domain) */
     int32_t zp0;
     int per_row, by_panels;
+    int w4;                    /* nibble codes (qb_w4a8_gemm): kp a multiple of 8, a panel kp * 32 bytes */
     _Atomic int *oom;          /* set by a task that could not allocate its row block */
     _Atomic int64_t *next_row; /* by rows: the first row of the next block not yet taken */
     int64_t threads;
@@ -104,15 +114,34 @@ static void w8a8_quant_rows(const w8a8_t *g, int64_t r0, int64_t rows, uint8_t *
 /* rows a[0:MR] (stride kp) x panel p -> y rows m0.. (or acc_out), columns 64 p .. 64 p + 63 (masked at N) */
 static inline __attribute__((always_inline)) void w8a8_tile(const w8a8_t *g, const uint8_t *a, int64_t m0,
                                                             int64_t p, const float *sa, const int32_t *za,
-                                                            const int32_t *rt, const int MR) {
-    const int8_t *bp = g->wp + p * g->kp * W8_NR;
+                                                            const int32_t *rt, const int MR, const int W4) {
+    const int8_t *bp = g->wp + p * (W4 ? g->kp / 2 : g->kp) * W8_NR;
     const int64_t kp = g->kp, K4 = kp / 4;
     __m512i acc[W8_MR][4];
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_si512();
-    for (int64_t t = 0; t < K4; t++) {
+    if (W4) {
+        const __m512i low = _mm512_set1_epi8(0x0F);
+        for (int64_t t = 0; t < kp / 8; t++) {
+            __m512i b[4];
+#pragma GCC unroll 2
+            for (int half = 0; half < 2; half++) {          /* k = 8 t + 4 half .. + 3: low, then high nibbles */
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) {
+                    const __m512i v = _mm512_load_si512(bp + 256 * t + 64 * j);
+                    b[j] = _mm512_and_si512(half ? _mm512_srli_epi16(v, 4) : v, low);
+                }
+#pragma GCC unroll 8
+                for (int r = 0; r < MR; r++) {
+                    const __m512i av = _mm512_set1_epi32(*(const int32_t *)(a + r * kp + 8 * t + 4 * half));
+#pragma GCC unroll 4
+                    for (int j = 0; j < 4; j++) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], av, b[j]);
+                }
+            }
+        }
+    } else for (int64_t t = 0; t < K4; t++) {
         const __m512i b0 = _mm512_load_si512(bp + 256 * t), b1 = _mm512_load_si512(bp + 256 * t + 64);
         const __m512i b2 = _mm512_load_si512(bp + 256 * t + 128), b3 = _mm512_load_si512(bp + 256 * t + 192);
 #pragma GCC unroll 8
@@ -152,15 +181,22 @@ static inline __attribute__((always_inline)) void w8a8_tile(const w8a8_t *g, con
     }
 }
 #else
+/* the code of column j of a panel at k: int8 codes, or (W4) the nibble of the layout at the top */
+static inline int32_t panel_code(const int8_t *bp, int64_t j, int64_t k, const int W4) {
+    if (!W4) return bp[(k / 4) * 256 + 4 * j + k % 4];
+    const uint8_t byte = (uint8_t)bp[(k / 8) * 256 + 4 * j + k % 4];
+    return k % 8 < 4 ? byte & 15 : byte >> 4;
+}
+
 static void w8a8_tile(const w8a8_t *g, const uint8_t *a, int64_t m0, int64_t p, const float *sa, const int32_t *za,
-                      const int32_t *rt, const int MR) {
-    const int8_t *bp = g->wp + p * g->kp * W8_NR;
+                      const int32_t *rt, const int MR, const int W4) {
+    const int8_t *bp = g->wp + p * (W4 ? g->kp / 2 : g->kp) * W8_NR;
     for (int r = 0; r < MR; r++)
         for (int64_t j = 0; j < W8_NR && p * W8_NR + j < g->N; j++) {
             const int64_t n = p * W8_NR + j;
             uint32_t acc = 0;
             for (int64_t k = 0; k < g->K; k++)
-                acc += (uint32_t)((int32_t)a[r * g->kp + k] * (int32_t)bp[(k / 4) * 256 + 4 * j + k % 4]);
+                acc += (uint32_t)((int32_t)a[r * g->kp + k] * panel_code(bp, j, k, W4));
             acc -= (uint32_t)za[r] * (uint32_t)g->csum[n];
             if (g->zc) acc -= (uint32_t)rt[r] * (uint32_t)g->zc[n];
             const int32_t v = (int32_t)acc;
@@ -173,7 +209,7 @@ static void w8a8_tile(const w8a8_t *g, const uint8_t *a, int64_t m0, int64_t p, 
 /* rows a[0:rows] starting at y row m0, panels [p0, p1) */
 static void w8a8_block(const w8a8_t *g, const uint8_t *a, int64_t m0, int64_t rows, int64_t p0, int64_t p1,
                        const float *sa, const int32_t *za, const int32_t *rt) {
-    const int64_t pbytes = g->kp * W8_NR, tiles = (rows + W8_MR - 1) / W8_MR;
+    const int64_t pbytes = (g->w4 ? g->kp / 2 : g->kp) * W8_NR, tiles = (rows + W8_MR - 1) / W8_MR;
     const int64_t share = (pbytes / 64 + tiles - 1) / tiles * 64;     /* of the next panel, per tile */
     for (int64_t p = p0; p < p1; p++)
         for (int64_t i = 0; i < rows; i += W8_MR) {
@@ -189,13 +225,21 @@ static void w8a8_block(const w8a8_t *g, const uint8_t *a, int64_t m0, int64_t ro
             const uint8_t *ai = a + i * g->kp;
             const float *s = sa + i;
             const int32_t *z = za + i, *t = rt + i;
-            switch (rows - i >= W8_MR ? W8_MR : (int)(rows - i)) {
-                case 6: w8a8_tile(g, ai, m0 + i, p, s, z, t, 6); break;
-                case 5: w8a8_tile(g, ai, m0 + i, p, s, z, t, 5); break;
-                case 4: w8a8_tile(g, ai, m0 + i, p, s, z, t, 4); break;
-                case 3: w8a8_tile(g, ai, m0 + i, p, s, z, t, 3); break;
-                case 2: w8a8_tile(g, ai, m0 + i, p, s, z, t, 2); break;
-                default: w8a8_tile(g, ai, m0 + i, p, s, z, t, 1); break;
+            const int mr = rows - i >= W8_MR ? W8_MR : (int)(rows - i);
+            if (g->w4) switch (mr) {
+                case 6: w8a8_tile(g, ai, m0 + i, p, s, z, t, 6, 1); break;
+                case 5: w8a8_tile(g, ai, m0 + i, p, s, z, t, 5, 1); break;
+                case 4: w8a8_tile(g, ai, m0 + i, p, s, z, t, 4, 1); break;
+                case 3: w8a8_tile(g, ai, m0 + i, p, s, z, t, 3, 1); break;
+                case 2: w8a8_tile(g, ai, m0 + i, p, s, z, t, 2, 1); break;
+                default: w8a8_tile(g, ai, m0 + i, p, s, z, t, 1, 1); break;
+            } else switch (mr) {
+                case 6: w8a8_tile(g, ai, m0 + i, p, s, z, t, 6, 0); break;
+                case 5: w8a8_tile(g, ai, m0 + i, p, s, z, t, 5, 0); break;
+                case 4: w8a8_tile(g, ai, m0 + i, p, s, z, t, 4, 0); break;
+                case 3: w8a8_tile(g, ai, m0 + i, p, s, z, t, 3, 0); break;
+                case 2: w8a8_tile(g, ai, m0 + i, p, s, z, t, 2, 0); break;
+                default: w8a8_tile(g, ai, m0 + i, p, s, z, t, 1, 0); break;
             }
         }
 }
@@ -249,15 +293,15 @@ static void w8a8_task(void *ctx, int64_t lo, int64_t hi) {
 /* x (M, K) float32 -> y (M, N) float32 (or acc_out (M, N) int32 exact corrected sums).
  * per_row: dynamic per-row qparams; else have_qparams: scale0 / zp0 (uint8 domain) given (static), or
  * dynamic per tensor (one min/max pass first). Returns 0, or 1 for bad arguments, 2 when out of memory. */
-int qb_w8a8_gemm(const float *x, const int8_t *wp, const int32_t *csum, const int32_t *zc, const float *ws,
-                 const float *bias, float *y, int32_t *acc_out, int64_t M, int64_t N, int64_t K, int per_row,
-                 int symmetric, int is_signed, int bits, int have_qparams, float scale0, int32_t zp0,
-                 int threads) {
+static int w8a8_run(const float *x, const int8_t *wp, const int32_t *csum, const int32_t *zc, const float *ws,
+                    const float *bias, float *y, int32_t *acc_out, int64_t M, int64_t N, int64_t K, int per_row,
+                    int symmetric, int is_signed, int bits, int have_qparams, float scale0, int32_t zp0,
+                    int threads, int w4) {
     if (bits < 2 || bits > 8 || M < 0 || N < 1 || K < 1 || K > W8_MAX_K || !(y || acc_out)) return 1;
     if (threads < 1) threads = 1;
     if (threads > 32) threads = 32;
-    w8a8_t g = {x, wp, csum, zc, ws, bias, y, acc_out, M, N, K, (K + 3) / 4 * 4, (N + W8_NR - 1) / W8_NR,
-                {0}, scale0, zp0, per_row && !have_qparams, 0, NULL};
+    w8a8_t g = {x, wp, csum, zc, ws, bias, y, acc_out, M, N, K, w4 ? (K + 7) / 8 * 8 : (K + 3) / 4 * 4,
+                (N + W8_NR - 1) / W8_NR, {0}, scale0, zp0, per_row && !have_qparams, 0, w4, NULL};
     _Atomic int oom = 0;
     _Atomic int64_t next_row = 0;
     g.oom = &oom;
@@ -276,4 +320,21 @@ int qb_w8a8_gemm(const float *x, const int8_t *wp, const int32_t *csum, const in
     if (g.by_panels) parallel_for(w8a8_task, &g, g.npan, threads, 1);
     else parallel_for(w8a8_task, &g, threads, threads, 1);    /* one task per thread, blocks shared */
     return atomic_load(&oom) ? 2 : 0;
+}
+
+int qb_w8a8_gemm(const float *x, const int8_t *wp, const int32_t *csum, const int32_t *zc, const float *ws,
+                 const float *bias, float *y, int32_t *acc_out, int64_t M, int64_t N, int64_t K, int per_row,
+                 int symmetric, int is_signed, int bits, int have_qparams, float scale0, int32_t zp0,
+                 int threads) {
+    return w8a8_run(x, wp, csum, zc, ws, bias, y, acc_out, M, N, K, per_row, symmetric, is_signed, bits,
+                    have_qparams, scale0, zp0, threads, 0);
+}
+
+/* the same with wp holding nibble codes in the layout of the top (4-bit weights, unsigned codes c = q - qmin) */
+int qb_w4a8_gemm(const float *x, const uint8_t *wp, const int32_t *csum, const int32_t *zc, const float *ws,
+                 const float *bias, float *y, int32_t *acc_out, int64_t M, int64_t N, int64_t K, int per_row,
+                 int symmetric, int is_signed, int bits, int have_qparams, float scale0, int32_t zp0,
+                 int threads) {
+    return w8a8_run(x, (const int8_t *)wp, csum, zc, ws, bias, y, acc_out, M, N, K, per_row, symmetric, is_signed,
+                    bits, have_qparams, scale0, zp0, threads, 1);
 }

@@ -1,0 +1,130 @@
+"""w4a8_native, 4-bit weights as nibbles on the fused VNNI kernel: exact int32 sums against int64 arithmetic for
+every 2- to 4-bit weight spec and activation spec and every remainder of the tiles, the nibble layout against an
+independent index formula, the held weight, the portable C loop, selection and refusals."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from qbench.engine.kernels import KERNELS, native
+from qbench.engine.kernels.fused import PANEL, gemm, pack_nibble_panels, unpack_nibble_panels
+from qbench.engine.methods import rtn
+from qbench.engine.primitives import QuantSpec
+
+from tests.engine.test_fast_kernels import _portable_library
+from tests.engine.test_kernels import A_SPECS, exact_acc, make_problem, sid
+
+W4A8, REF = KERNELS.get("w4a8_native"), KERNELS.get("reference")
+W4 = QuantSpec(4, True, True, "per_channel")
+A_TOKEN = QuantSpec(8, False, False, "per_token")
+W_SPECS = [QuantSpec(bits, signed, sym, gran) for bits, signed, sym, gran in itertools.product(
+    [4, 3], [True, False], [True, False], ["per_tensor", "per_channel"])] + [QuantSpec(2, False, False, "per_channel")]
+needs_w4a8 = pytest.mark.skipif(W4A8.supports(W4, A_TOKEN, "cpu") is not None,
+                                reason=f"w4a8_native unavailable: {W4A8.supports(W4, A_TOKEN, 'cpu')}")
+
+
+def check(m, k, n, w_spec, a_spec, seed, threads=None):
+    w, b, x = make_problem(m, k, n, seed)
+    exact, a_s, w_s = exact_acc(x, a_spec, w, w_spec)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        acc = gemm(W4A8.prepare(w, None, w_spec, a_spec), x, exact=True)
+        y = W4A8.forward(W4A8.prepare(w, b, w_spec, a_spec), x)
+    finally:
+        torch.set_num_threads(before)
+    assert acc.dtype == torch.int32 and torch.equal(acc.long(), exact), (m, k, n, sid(w_spec), sid(a_spec))
+    y64 = exact.double() * a_s * w_s + b.double()
+    scale = float(y64.abs().max())
+    assert (y.double() - y64).abs().max() <= 1e-5 * scale
+    y_ref = REF.forward(REF.prepare(w, b, w_spec, a_spec), x)
+    assert (y.double() - y_ref.double()).abs().max() <= 1e-5 * scale
+
+
+def test_nibble_panel_layout():
+    """byte [p][k // 8][j][k % 4] holds codes[64 p + j, k] in its low nibble when k % 8 < 4, else its high one;
+    zero codes in the padding; unpacking gives the codes back."""
+    n, k = 70, 13
+    codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    flat = pack_nibble_panels(codes)
+    npad, kpad = 128, 16
+    assert flat.dtype == torch.uint8 and flat.numel() == npad * kpad // 2
+    for nn in range(npad):
+        for kk in range(kpad):
+            p, j = divmod(nn, PANEL)
+            byte = int(flat[p * kpad // 2 * PANEL + (kk // 8) * 4 * PANEL + 4 * j + kk % 4])
+            got = byte & 15 if kk % 8 < 4 else byte >> 4
+            assert got == (int(codes[nn, kk]) if nn < n and kk < k else 0), (nn, kk)
+    assert torch.equal(unpack_nibble_panels(flat, n, k), codes)
+
+
+CASES = list(itertools.product(range(len(W_SPECS)), range(len(A_SPECS))))
+
+
+@needs_w4a8
+@pytest.mark.parametrize("wi,ai", CASES, ids=[f"{sid(W_SPECS[i])}-x-{sid(A_SPECS[j])}" for i, j in CASES])
+def test_w4a8_every_spec(wi, ai):
+    check(13, 37, 70, W_SPECS[wi], A_SPECS[ai], seed=wi * 100 + ai)
+
+
+@needs_w4a8
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 4096, 65), (5, 3, 200), (6, 64, 64), (7, 130, 129),
+                                   (16, 384, 384), (47, 100, 63), (49, 257, 130), (97, 9, 50), (300, 200, 136),
+                                   (1024, 384, 384), (2048, 129, 71)])
+def test_w4a8_shapes(m, k, n):
+    """Tile remainders (M mod 6), panel remainders (N mod 64), K mod 8 (the nibble pairs), the split by panels
+    and by rows."""
+    check(m, k, n, W4, A_TOKEN, seed=m * 7 + k + n)
+    check(m, k, n, QuantSpec(4, False, False, "per_tensor"), QuantSpec(8, True, True, "per_tensor"), seed=m + k * 3)
+
+
+@needs_w4a8
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_w4a8_thread_counts(threads):
+    for m in (2, 40, 301):
+        check(m, 200, 300, QuantSpec(4, True, False, "per_channel"), A_TOKEN, seed=m, threads=threads)
+
+
+@needs_w4a8
+def test_w4a8_holds_the_codes_it_was_given_in_half_the_bytes():
+    w = torch.randn(130, 96)
+    for spec in (W4, QuantSpec(4, False, False, "per_channel"), QuantSpec(3, True, False, "per_tensor")):
+        qw = rtn(w, spec)
+        state = W4A8.pack(qw, None, A_TOKEN)
+        held = W4A8.held_weight(state)
+        assert torch.equal(held.codes, qw.codes)
+        torch.testing.assert_close(held.dequantize(torch.float64), qw.dequantize(torch.float64), rtol=0, atol=0)
+        int8 = KERNELS.get("int8_native").pack(qw, None, A_TOKEN)
+        assert state.wp.numel() * 2 == int8.wp.numel()
+
+
+def test_portable_c_w4a8_is_exact(monkeypatch, tmp_path):
+    if native.unavailable():
+        pytest.skip(native.unavailable())
+    lib = _portable_library(tmp_path)
+    if lib is None:
+        pytest.skip("this compiler cannot build without AVX-512 (-mno-avx512f)")
+    monkeypatch.setattr(native, "_load", lambda: (lib, ""))
+    for i, (m, k, n) in enumerate([(1, 5, 3), (7, 37, 70), (50, 130, 65)]):
+        check(m, k, n, W_SPECS[(3 * i + 1) % len(W_SPECS)], A_SPECS[(5 * i) % len(A_SPECS)], seed=i)
+
+
+@pytest.mark.parametrize("w_spec,a_spec,match", [
+    (QuantSpec(8, True, True, "per_channel"), A_TOKEN, "4-bit"),
+    (QuantSpec(4, False, True, "per_tensor", None, "nf4"), A_TOKEN, "4-bit"),
+    (QuantSpec(4, True, True, "per_group", 32), A_TOKEN, "per_group"),
+    (W4, None, "needs quantized activations"),
+])
+def test_w4a8_refuses(w_spec, a_spec, match):
+    assert match in W4A8.supports(w_spec, a_spec, "cpu")
+
+
+@needs_w4a8
+def test_auto_picks_w4a8_for_4_bit_weights_with_activations():
+    from qbench.engine.kernels import select_kernel
+
+    assert select_kernel(W4, A_TOKEN, "cpu").name == "w4a8_native"
+    assert select_kernel(QuantSpec(8, True, True, "per_channel"), A_TOKEN, "cpu").name == "int8_native"
