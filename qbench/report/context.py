@@ -15,6 +15,7 @@ from qbench.report.index import Index, card_order
 from qbench.report.mixed import mixed
 from qbench.report.overview import overview
 from qbench.report.pairs import pairs
+from qbench.report.profile import card_section as profile_section
 from qbench.report.setup import hardware, reproduce, setup
 from qbench.report.summary import contrast, summary
 from qbench.report.tables import gpu, quant_maps, results
@@ -53,6 +54,7 @@ def build_context(source: ResultsTable | str | Path, style: dict | None = None) 
         "pairs": pairs(exp, cells, order),  # scheme vs scheme on the same sequences; None when nothing is paired
         "training": training(exp, cells, order),
         "mixed": mixed(ix, cells, order),  # mixed-precision plans, proxy vs measured; None without mixed schemes  # QAT runs and recovery of the PTQ gap; None without QAT
+        "profile": profile_section(cells, order),  # where the time goes (measure.profile); None without it
         "gates": verdicts,  # one verdict per gate of the experiment (qbench.report.gates.evaluate_gates)
         "gates_section": gates_section(verdicts),  # None when the experiment declares no gates
         "setup": the_setup,

@@ -1,5 +1,6 @@
-"""The `qbench bench model` report: profile.json and profile.md from the dict qbench.runner.profile returns.
-Reads the report dict only; never imports torch."""
+"""Where the time goes: the `qbench bench model` report (profile.json and profile.md from the dict
+qbench.runner.profile returns) and the card's section for runs with measure.profile. Reads dicts only; never
+imports torch."""
 from __future__ import annotations
 
 import json
@@ -7,8 +8,7 @@ import math
 from pathlib import Path
 
 from qbench.atomic import write_atomic
-from qbench.report.fmt import sig
-from qbench.report.render import md_align, md_cell
+from qbench.report.fmt import sig, table as card_table
 
 CATEGORIES = ("linear", "attention", "norm", "activation", "embedding", "other")
 
@@ -30,6 +30,8 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]], str]:
 
 
 def markdown(report: dict) -> str:
+    from qbench.report.render import md_align, md_cell      # here: render imports the card context, which imports us
+
     m = report
     lines = [f"# Where the time goes: {m['model']}", "",
              f"{m['task']} on {m['device']} ({(m.get('machine') or {}).get('cpu_model') or 'unknown CPU'}, "
@@ -77,3 +79,41 @@ def write(report: dict, out: Path) -> dict[str, Path]:
         write_atomic(out / name, text.encode("utf-8"))
         paths[name] = out / name
     return paths
+
+
+def card_section(cells: list, order: dict) -> dict | None:
+    """The card's "Where the time goes" section from the cells' `profile` records (measure.profile): per model
+    and phase, the baseline once and each scheme (its first workload's cell), None when no cell profiled."""
+    rows = []
+    shown_base = set()
+    for m in order["models"]:
+        for s in order["schemes"]:
+            c = next((c for w in order["workloads"] for c in cells if c.get("model") == m and c.get("scheme") == s
+                      and c.get("workload") == w and c.get("profile")), None)
+            if c is None:
+                continue
+            prof = c["profile"]
+            for phase in sorted(prof["phases"], key=lambda p: (p != "prefill", p)):   # records sort their keys
+                prow = prof["phases"][phase]
+                for r in prow:
+                    base = r["variant"] == "baseline"
+                    if base and (m, phase) in shown_base:
+                        continue
+                    shown_base.add((m, phase)) if base else None
+                    rows.append([m, phase, "baseline" if base else s, f"{prof['batch_size']} x {prof['seq_len']}",
+                                 sig(r["ms"]), "1" if base else f"{_x(r['speedup'])} [{sig(r['speedup_p10'])}, "
+                                 f"{sig(r['speedup_p90'])}]",
+                                 *[f"{100 * r['share'][k]:.0f}%" for k in CATEGORIES],
+                                 _x(r["linears_free_vs_baseline"])])
+    if not rows:
+        return None
+    return {"note": "The first batch size of each cell, profiled (measure.profile): the forward alone timed "
+                    "round-robin with the baseline (median ms; speed-up: the median of the per-round ratios, with "
+                    "their 10th and 90th percentiles), then with a hook on every module, each module's own time "
+                    "(minus its children's) added to its kind: linear (the LM head included), attention (the "
+                    "attention modules' own work), norm, activation, embedding, other (residual adds, gating "
+                    "multiplies, masks, Python glue, the hooks). Linears free: the speed-up over the baseline this "
+                    "variant could reach if its linears cost nothing (its plain time times its non-linear share).",
+            "table": card_table(["Model", "Phase", "Variant", "Batch x tokens", "ms", "Speed-up [p10, p90]",
+                                 *[f"{k} %" for k in CATEGORIES], "Linears free: ≤ x baseline"], rows,
+                                "llllrl" + "r" * len(CATEGORIES) + "r")}

@@ -92,7 +92,7 @@ class QuantEntry(_Record):
 
     name: str
     op: Literal["linear", "lm_head", "embedding", "attention", "residual"]
-    shape: tuple[int, ...] = Field(description="(out, in) for linear ops, (rows, dim) for embeddings, (heads, "
+    shape: Union[tuple[int, int], tuple[int]] = Field(description="(out, in) for linear ops, (rows, dim) for embeddings, (heads, "
                                    "head_dim) for attention, (hidden,) for residual.")
     requested: bool = Field(description="The scheme's ops cover this module kind.")
     applied: bool
@@ -196,6 +196,9 @@ class CellRecord(_Record):
     hardware: Optional[dict] = Field(None, description="The machine the cell ran on (HardwareInfo.to_dict()).")
     fingerprint: Optional[str] = Field(None, description="Short stable id of that machine's hardware.")
     host: Optional[str] = Field(None, description="Hash of the host name the cell ran on.")
+    profile: Optional[dict] = Field(None, description="measure.profile: where the time goes at the first batch "
+                                    "size (qbench.runner.profile): batch_size, seq_len, repeats and, per phase, "
+                                    "the baseline's and the quantized model's rows.")
     runtime: Optional[dict] = Field(None, description="Schemes run by a peer runtime (qbench.runtimes): its name, "
                                     "version, file type, threads, KV cache, realized tensor types and file bytes.")
     node: Optional[str] = Field(None, description="The cluster's id of the node that ran the cell (Ray node id); "

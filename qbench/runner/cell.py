@@ -53,6 +53,7 @@ def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
         rows, sequences = quality_stage(plan, cell, state, quant)
         rows += size_stage(state, quant, records)
         rows += speed_stage(plan, cell, state, quant, gpu)
+        profile = profile_stage(plan, cell, state, quant) if plan.experiment.measure.profile else None
         gpu_record = None
         if gpu is not None:
             gpu_rows, gpu_record = gpu.end(state.loaded.model, quant)
@@ -62,6 +63,8 @@ def run_cell(plan: Plan, cell: Cell, state: ModelState) -> dict:
         record["sequences"] = sequences
         if mixed is not None:
             record["mixed"] = mixed
+        if profile is not None:
+            record["profile"] = profile
         return record
     finally:
         if gpu is not None:
@@ -239,6 +242,24 @@ def speed_stage(plan: Plan, cell: Cell, state: ModelState, quant, gpu) -> list[d
                     "while timing (system busy time minus this process's, over wall time); above 0.25 the "
                     "timings are contended", "paired"))
     return rows
+
+
+def profile_stage(plan: Plan, cell: Cell, state: ModelState, quant) -> Optional[dict]:
+    """Where the time goes at the first batch size (runner.profile): the baseline and the quantized model timed
+    round-robin and profiled per module kind, prefill and (causal LMs) one decode step. None for a peer
+    runtime's model (not a torch module tree)."""
+    if peer_state(quant) is not None:
+        return None
+    from qbench.runner.measure import slice_batch
+    from qbench.runner.profile import measure, summarize
+
+    m = plan.experiment.measure
+    bs = m.batch_sizes[0]
+    batch = slice_batch(state.inputs[cell.workload.name], 0, bs)
+    raw = measure({"baseline": state.loaded.model, "quantized": quant}, state.loaded.task, batch, m.repeats,
+                  m.warmup, plan.device)
+    return {"batch_size": bs, "seq_len": int(batch["input_ids"].shape[1]), "repeats": m.repeats,
+            "phases": summarize(raw)}
 
 
 def record_stage(plan: Plan, cell: Cell, state: ModelState, rows: list[dict], records, cal_info,

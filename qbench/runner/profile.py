@@ -103,15 +103,20 @@ def phases(model: nn.Module, task: str, batch: dict) -> dict[str, Callable[[], N
         model(**batch)
     out = {"prefill": prefill}
     if task == "causal_lm":
+        import inspect
+
+        from qbench.metrics.lm import _kv_cache
+
         with torch.no_grad():
             first = model(**batch, use_cache=True)
-        cache, nxt = first.past_key_values, first.logits[:, -1:].argmax(-1)
+        cache, nxt = _kv_cache(first), first.logits[:, -1:].argmax(-1)
         mask = torch.cat([batch["attention_mask"], torch.ones_like(nxt)], 1)
+        key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         fresh = [copy.deepcopy(cache)]
 
         @torch.no_grad()
         def decode():
-            model(input_ids=nxt, attention_mask=mask, past_key_values=fresh.pop(), use_cache=True)
+            model(input_ids=nxt, attention_mask=mask, use_cache=True, **{key: fresh.pop()})
             fresh.append(copy.deepcopy(cache))
         out["decode"] = decode
     return out

@@ -529,6 +529,19 @@ class Measure(_Strict):
         None, gt=0, le=604800, description="Fail a cell that runs longer than this many seconds (implies "
         "isolate: the worker process is killed)."
     )
+    profile: bool = Field(
+        False, description="Also profile the first batch size: where the baseline's and the scheme's forward "
+        "time goes by module kind (linear, attention, norm, activation, embedding, other) for prefill and one "
+        "decode step, with the linears-free ceiling (as `qbench bench model`); shown in the card."
+    )
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler):
+        # runs made before profiling existed keep their stored experiment unchanged
+        data = handler(self)
+        if not self.profile:
+            data.pop("profile", None)
+        return data
 
     @field_validator("batch_sizes")
     @classmethod

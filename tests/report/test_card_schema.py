@@ -49,7 +49,8 @@ def test_schema_identity():
     assert set(s["required"]) == {"card_schema_version", "title", "overview", "summary", "setup", "hardware",
                                   "results", "quant_maps", "caveats", "reproduce", "glossary", "plots"}
     # gates and the workload contrast are left out of cards that have none
-    assert set(s["properties"]) - set(s["required"]) == {"gates", "gates_section", "contrast", "pairs", "training", "mixed"}
+    assert set(s["properties"]) - set(s["required"]) == {"gates", "gates_section", "contrast", "pairs", "training", "mixed",
+                                                                 "profile"}
     card_schema()["title"] = "changed"  # callers get a fresh copy
     assert card_schema()["title"] == "qbench card v2"
 

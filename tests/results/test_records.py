@@ -66,7 +66,8 @@ CELL_CASES = {
     "unknown key": (lambda c: c.update(executor="ray"), False, False),
     "wrong status": (lambda c: c.update(status="done"), False, False),
     "missing row column": (lambda c: c["rows"][0].pop("kernel"), False, False),
-    "short shape": (lambda c: c["quant_map"][0].update(shape=[3]), False, False),
+    "long shape": (lambda c: c["quant_map"][0].update(shape=[3, 4, 5]), False, False),
+    "empty shape": (lambda c: c["quant_map"][0].update(shape=[]), False, False),
     "negative batch": (lambda c: c["rows"][0].update(batch_size=0), False, False),
 }
 CELL0 = load(CELLS[0])

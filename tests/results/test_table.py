@@ -83,7 +83,7 @@ def test_unreadable_cell_names_the_file(run):
     (lambda c: c["rows"][0].update(batch_size="eight"), "rows.0.batch_size: Input should be a valid integer"),
     (lambda c: c["rows"][0].update(extra=1), "rows.0.extra: Extra inputs are not permitted"),
     (lambda c: c.update(status="done"), "status: Input should be 'ok', 'skipped' or 'failed'"),
-    (lambda c: c["quant_map"][0].update(shape=[384]), "quant_map.0.shape"),
+    (lambda c: c["quant_map"][0].update(shape=[384, 384, 2]), "quant_map.0.shape"),
     (lambda c: c["rows"][0].update(scheme="w4-g32"), "rows[0] names scheme 'w4-g32', the cell 'w8a8-dyn'"),
 ])
 def test_malformed_cell_names_the_file_and_field(run, change, where):

@@ -132,3 +132,36 @@ def test_the_command_profiles_each_scheme(tiny_models, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "qbench.cli", "bench", "model", str(exp), "--scheme", "w8a9"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--scheme" in bad.stderr and "did you mean 'w8a8'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_run_with_measure_profile_shows_where_the_time_goes(tiny_models, tmp_path):
+    from qbench import api
+    from qbench.report.card_schema import validate_card
+    from tests.runner.support import write_experiment
+
+    exp = write_experiment(tmp_path, {"gpt2": tiny_models["gpt2"], "bert": tiny_models["bert"]}, """\
+  - name: w8a8
+    weights: {bits: 8}
+    activations: {bits: 8, granularity: per_token}
+  - name: w8a8-attn
+    weights: {bits: 8}
+    activations: {bits: 8, granularity: per_token}
+    ops: [linear, attention]
+""", name="profiled")
+    exp.write_text(exp.read_text().replace("eval_samples: 8}", "eval_samples: 8, profile: true}"))
+    out = api.run(exp, out=tmp_path / "reports", progress=False, log=lambda s: None)
+    assert out.status == "ok"
+    c = json.loads((out.run_dir / "cells" / "gpt2__w8a8-attn__text.json").read_text())
+    assert c["profile"]["batch_size"] == 1 and set(c["profile"]["phases"]) == {"prefill", "decode"}
+    rows = {r["variant"]: r for r in c["profile"]["phases"]["prefill"]}
+    assert set(rows) == {"baseline", "quantized"} and rows["quantized"]["ms_by_category"]["attention"] > 0
+    assert "int8_attention" in c["kernels"]
+    card = json.loads((out.run_dir / "card.json").read_text())
+    validate_card(card)
+    table = card["profile"]["table"]
+    assert [r["cells"][:3] for r in table["rows"]] == [
+        ["gpt2", "prefill", "baseline"], ["gpt2", "prefill", "w8a8"], ["gpt2", "decode", "baseline"],
+        ["gpt2", "decode", "w8a8"], ["gpt2", "prefill", "w8a8-attn"], ["gpt2", "decode", "w8a8-attn"],
+        ["bert", "prefill", "baseline"], ["bert", "prefill", "w8a8"], ["bert", "prefill", "w8a8-attn"]]
+    assert "## Where the time goes" in (out.run_dir / "card.md").read_text()
