@@ -122,6 +122,7 @@ TARGETS = (  # (what, contender, shapes it applies to, field, threshold)
     ("W8A8 within 1.2x of best peer at M >= 16", "qbench w8a8 dyn per-tensor asym", lambda r: r["m"] >= 16,
      "vs_best_peer", 1 / 1.2),
     ("W4A8 >= 3x fp32 at M >= 16", "qbench w4a8 dyn per-token asym", lambda r: r["m"] >= 16, "vs_fp32", 3.0),
+    ("W4A8 >= 3x fp32 at M >= 16", "qbench w4a8 g128 dyn per-token asym", lambda r: r["m"] >= 16, "vs_fp32", 3.0),
     ("int8 weight-only >= 2.5x fp32 at M = 1", "qbench int8 weight-only", lambda r: r["m"] == 1, "vs_fp32", 2.5),
     ("int4 g128 weight-only >= 3.5x fp32 at M = 1", "qbench int4 g128 weight-only", lambda r: r["m"] == 1,
      "vs_fp32", 3.5),

@@ -234,6 +234,8 @@ def contenders(k: int, n: int, rotate_bytes: int, tmpdir: Path, max_copies: int 
         qbench_contender("w8a8 oneDNN per-token asym", "w8a8", "int8_onednn", w8s, b, W8, A_TOKEN_ASYM),
         qbench_contender("w8a8 _int_mm per-token asym", "w8a8", "int8_int_mm", w8s, b, W8, A_TOKEN_ASYM),
         qbench_contender("w4a8 dyn per-token asym", "w4a8", "w4a8_native", w4s, b, W4C, A_TOKEN_ASYM),
+        qbench_contender("w4a8 g128 dyn per-token asym", "w4a8", "w4a8_native", w4s, b, W4G, A_TOKEN_ASYM)
+        if k % 128 == 0 else None,
         qbench_contender("int8 weight-only", "wo8", "int8_wo_native", w8s, b, W8, None),
         qbench_contender("int8 weight-only (dequant+matmul)", "wo8", "int8_weight_only", w8s, b, W8, None),
         qbench_contender("int4 g128 weight-only", "wo4", "int4_wo_native", w4s, b, W4G, None)

@@ -96,8 +96,8 @@ def is_gguf_model(model: ModelRef) -> bool:
 
 
 # Kernels bound to one device type (kept in step with the kernels' `devices` by a test; no torch here)
-CPU_ONLY_KERNELS = ("int8_native", "int8_onednn", "int8_int_mm", "int8_wo_native", "int4_wo_native",
-                    "int8_weight_only", "torch_ao_dynamic")
+CPU_ONLY_KERNELS = ("int8_native", "w4a8_native", "int8_onednn", "int8_int_mm", "int8_wo_native",
+                    "int4_wo_native", "int8_weight_only", "torch_ao_dynamic")
 CUDA_ONLY_KERNELS = ("int8_int_mm_cuda", "triton_int8_wo", "triton_int4_wo", "fp8_e4m3_scaled_mm")
 
 

@@ -227,7 +227,9 @@ A8 = QuantSpec(8, False, False)
     (QuantSpec(4, True, True, "per_group", 7), None, "int4_wo_native"),
     (QuantSpec(6, True, True, "per_group", 32), A8, "reference"),
     (QuantSpec(8, True, True, "per_group", 32), None, "int8_wo_native"),
-    (QuantSpec(4, True, True, "per_group", 32), A8, "reference"),
+    (QuantSpec(4, True, True, "per_group", 32), A8, "w4a8_native"),
+    (QuantSpec(4, True, True, "per_group", 12), A8, "reference"),
+    (QuantSpec(4, True, True, "per_channel"), A8, "w4a8_native"),
 ])
 def test_select_kernel_auto(w_spec, a_spec, expected):
     require_kernel(expected, w_spec, a_spec)          # the native kernels need a C compiler, int8_native VNNI

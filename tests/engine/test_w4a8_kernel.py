@@ -1,6 +1,7 @@
 """w4a8_native, 4-bit weights as nibbles on the fused VNNI kernel: exact int32 sums against int64 arithmetic for
-every 2- to 4-bit weight spec and activation spec and every remainder of the tiles, the nibble layout against an
-independent index formula, the held weight, the portable C loop, selection and refusals."""
+every 2- to 4-bit weight spec and activation spec and every remainder of the tiles; per weight group, each group's
+exact sum rescaled (against a float64 oracle of int64 group sums); the nibble layout against an independent index
+formula, the held weight, the portable C loop, selection and refusals."""
 from __future__ import annotations
 
 import itertools
@@ -11,7 +12,7 @@ import torch
 from qbench.engine.kernels import KERNELS, native
 from qbench.engine.kernels.fused import PANEL, gemm, pack_nibble_panels, unpack_nibble_panels
 from qbench.engine.methods import rtn
-from qbench.engine.primitives import QuantSpec
+from qbench.engine.primitives import QuantSpec, quantize
 
 from tests.engine.test_fast_kernels import _portable_library
 from tests.engine.test_kernels import A_SPECS, exact_acc, make_problem, sid
@@ -115,7 +116,7 @@ def test_portable_c_w4a8_is_exact(monkeypatch, tmp_path):
 @pytest.mark.parametrize("w_spec,a_spec,match", [
     (QuantSpec(8, True, True, "per_channel"), A_TOKEN, "4-bit"),
     (QuantSpec(4, False, True, "per_tensor", None, "nf4"), A_TOKEN, "4-bit"),
-    (QuantSpec(4, True, True, "per_group", 32), A_TOKEN, "per_group"),
+    (QuantSpec(4, True, True, "per_group", 12), A_TOKEN, "multiple of 8"),
     (W4, None, "needs quantized activations"),
 ])
 def test_w4a8_refuses(w_spec, a_spec, match):
@@ -128,3 +129,76 @@ def test_auto_picks_w4a8_for_4_bit_weights_with_activations():
 
     assert select_kernel(W4, A_TOKEN, "cpu").name == "w4a8_native"
     assert select_kernel(QuantSpec(8, True, True, "per_channel"), A_TOKEN, "cpu").name == "int8_native"
+
+
+def check_groups(m, k, n, w_spec, a_spec, seed, threads=None):
+    """y = sa * sum_g ws_g * (exact int64 sum of group g) + b in float64, against the kernel and the reference."""
+    w, b, x = make_problem(m, k, n, seed)
+    qa, qw = quantize(x, a_spec), quantize(w, w_spec)
+    gs, groups = w_spec.group_size, k // w_spec.group_size
+    a = (qa.data.long() - qa.zero_point.long().reshape(-1, 1)).reshape(m, groups, gs)
+    c = (qw.data.long() - qw.zero_point.long().reshape(n, groups, 1).expand(n, groups, gs).reshape(n, k))
+    exact = torch.einsum("mgk,ngk->mng", a, c.reshape(n, groups, gs))                    # (M, N, G) int64
+    y64 = (exact.double() * qw.scale.double().reshape(1, n, groups)).sum(-1) * qa.scale.double().reshape(-1, 1) \
+        + b.double()
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        y = W4A8.forward(W4A8.prepare(w, b, w_spec, a_spec), x)
+    finally:
+        torch.set_num_threads(before)
+    scale = float(y64.abs().max())
+    assert (y.double() - y64).abs().max() <= 1e-5 * scale, (m, k, n, sid(w_spec), sid(a_spec))
+    y_ref = REF.forward(REF.prepare(w, b, w_spec, a_spec), x)
+    assert (y.double() - y_ref.double()).abs().max() <= 1e-5 * scale
+
+
+G_SPECS = [QuantSpec(4, signed, sym, "per_group", gs) for signed, sym, gs in
+           itertools.product([True, False], [True, False], [8, 32])] + [QuantSpec(3, True, False, "per_group", 16)]
+G_CASES = list(itertools.product(range(len(G_SPECS)), range(len(A_SPECS))))
+
+
+@needs_w4a8
+@pytest.mark.parametrize("wi,ai", G_CASES, ids=[f"{sid(G_SPECS[i])}-x-{sid(A_SPECS[j])}" for i, j in G_CASES])
+def test_w4a8_groups_every_spec(wi, ai):
+    check_groups(13, 64, 70, G_SPECS[wi], A_SPECS[ai], seed=wi * 100 + ai)
+
+
+@needs_w4a8
+@pytest.mark.parametrize("m,k,n,gs", [(1, 8, 1, 8), (1, 4096, 65, 128), (2, 24, 200, 8), (4, 128, 64, 64),
+                                      (5, 96, 129, 32), (7, 64, 63, 16), (49, 256, 130, 128), (300, 192, 136, 64),
+                                      (1024, 384, 384, 128)])
+def test_w4a8_groups_shapes(m, k, n, gs):
+    """Row tiles of 3 inside blocks of 6 (M mod 3, M mod 6), panel remainders, one group per row and many."""
+    check_groups(m, k, n, QuantSpec(4, False, False, "per_group", gs), A_TOKEN, seed=m + k + n)
+
+
+@needs_w4a8
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_w4a8_groups_thread_counts(threads):
+    for m in (2, 40, 301):
+        check_groups(m, 128, 300, QuantSpec(4, True, True, "per_group", 32), A_TOKEN, seed=m, threads=threads)
+
+
+@needs_w4a8
+def test_w4a8_groups_hold_their_codes_and_refuse_an_exact_sum():
+    w = torch.randn(70, 96)
+    qw = rtn(w, QuantSpec(4, False, False, "per_group", 32))
+    state = W4A8.pack(qw, None, A_TOKEN)
+    held = W4A8.held_weight(state)
+    assert state.groups == 3 and torch.equal(held.codes, qw.codes)
+    assert torch.equal(held.scale, qw.scale) and torch.equal(held.zero_point, qw.zero_point)
+    with pytest.raises(ValueError, match="no single int32 sum"):
+        gemm(state, torch.randn(2, 96), exact=True)
+
+
+def test_portable_c_w4a8_groups(monkeypatch, tmp_path):
+    if native.unavailable():
+        pytest.skip(native.unavailable())
+    lib = _portable_library(tmp_path)
+    if lib is None:
+        pytest.skip("this compiler cannot build without AVX-512 (-mno-avx512f)")
+    monkeypatch.setattr(native, "_load", lambda: (lib, ""))
+    for i, (m, k, n) in enumerate([(1, 32, 3), (7, 64, 70), (50, 96, 65)]):
+        check_groups(m, k, n, G_SPECS[(3 * i + 1) % len(G_SPECS)], A_SPECS[(5 * i) % len(A_SPECS)], seed=i)

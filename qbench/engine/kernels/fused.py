@@ -88,6 +88,7 @@ class FusedState(KernelState):
     ws: torch.Tensor                 # (N padded,) float32 weight scales
     bias: Optional[torch.Tensor]     # (N padded,) float32
     w4: bool = False                 # wp: uint8 nibble panels (pack_nibble_panels) of codes q - qmin, zc = z - qmin
+    groups: int = 1                  # > 1: csum, zc and ws are (groups, N padded) flat, one per group of K // groups
 
 
 def gemm(state: FusedState, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
@@ -98,8 +99,20 @@ def gemm(state: FusedState, x: torch.Tensor, exact: bool = False) -> torch.Tenso
                          f"{tuple(x.shape)} {x.dtype}")
     a, static = state.a, state.static
     m, n = x.shape[0], state.n
+    if state.groups > 1 and exact:
+        raise ValueError("w4a8_native with weight groups has no single int32 sum per output (each group's sum is "
+                         "rescaled by its own scale)")
     out = torch.empty(m, n, dtype=torch.int32 if exact else torch.float32)
     p = native.ptr
+    if state.groups > 1:
+        rc = native.lib().qb_w4a8_group_gemm(
+            p(x), p(state.wp), p(state.csum), p(state.zc), p(state.ws), p(state.bias), p(out), m, n, state.k,
+            state.groups, int(a.granularity == "per_token"), int(a.symmetric), int(a.signed), a.bits,
+            int(static is not None), *(static or (1.0, 0)), native.threads(m * n * state.k))
+        if rc:
+            raise ValueError(f"w4a8_native: the C kernel rejected its arguments (code {rc})" if rc != 2 else
+                             "w4a8_native: out of memory for its row buffers")
+        return out
     rc = (native.lib().qb_w4a8_gemm if state.w4 else native.lib().qb_w8a8_gemm)(
         p(x), p(state.wp), p(state.csum), p(state.zc), p(state.ws), p(state.bias),
         None if exact else p(out), p(out) if exact else None, m, n, state.k,
@@ -174,38 +187,65 @@ class Int8Native(Kernel):
 
 
 class W4A8Native(Int8Native):
-    """4-bit weights (per tensor or per channel) with quantized activations on the same fused kernel: the codes
-    stay nibbles in memory (half int8_native's weight bytes) and are unpacked in registers (qb_w4a8_gemm)."""
+    """4-bit weights (per tensor, per channel, or per group of a multiple of 8 columns) with quantized activations
+    on the same fused kernel: the codes stay nibbles in memory (half int8_native's weight bytes) and are unpacked
+    in registers (qb_w4a8_gemm; per group, qb_w4a8_group_gemm: exact int32 sums per group, rescaled and summed
+    in float32)."""
 
     name = "w4a8_native"
 
     @property
     def backend(self) -> str:
-        return super().backend.replace("uint8 x int8", "4-bit weight codes unpacked in registers, uint8 x int8")
+        return super().backend.replace("uint8 x int8", "4-bit weight codes unpacked in registers, uint8 x int8") \
+            + "; per-group scales applied to each group's exact int32 sums"
 
     @staticmethod
     def _config_reason(w, a):
         if w.format != "int" or w.bits > 4:
             return f"holds 4-bit integer weights as nibbles; {w.describe()} weights do not fit"
+        if w.granularity == "per_group":
+            if w.group_size % 8:
+                return f"groups of {w.group_size} columns: the nibble layout needs a multiple of 8"
+            w = QuantSpec(w.bits, w.signed, w.symmetric, "per_channel")     # groups are this kernel's own concern
         return Int8Native._config_reason(w, a)
 
+    def shape_reason(self, n, k):
+        return super().shape_reason(n, k)
+
     def pack(self, qweight, bias, a, act_qparams=None):
-        self._require(self._config_reason(qweight.spec, a))
-        state = super().pack(qweight, bias, a, act_qparams)
-        spec, n = qweight.spec, state.n
-        c = qweight.codes.to(torch.int16) - spec.qmin                              # (N, K) 0..15
-        zc = (qweight.zero_point.to(torch.int32) - spec.qmin).reshape(-1).expand(n).contiguous()
-        state.wp, state.w4 = pack_nibble_panels(c), True
-        state.csum = _padded(c.sum(dim=1, dtype=torch.int32), n)
-        state.zc = _padded(zc, n) if bool((zc != 0).any()) else None
-        return state
+        spec = qweight.spec
+        self._require(self._config_reason(spec, a))
+        n, k = qweight.shape
+        self._require(self.shape_reason(n, k))
+        groups = k // spec.group_size if spec.granularity == "per_group" else 1
+        if act_qparams is not None and (act_qparams[0].numel() != 1 or act_qparams[1].numel() != 1):
+            self._require("static activation qparams must be one scale and one zero point")
+        c = qweight.codes.to(torch.int16) - spec.qmin                                         # (N, K) 0..15
+        def per_row(t):                                            # () / (N,) / (N, G) -> (N, G)
+            return t.reshape(1, 1).expand(n, groups) if t.numel() == 1 else t.reshape(n, -1).expand(n, groups)
+        zc = per_row(qweight.zero_point.to(torch.int32) - spec.qmin)
+        ws = per_row(qweight.scale.float())
+        csum = c.reshape(n, groups, k // groups).sum(-1, dtype=torch.int32)                   # (N, G) exact
+
+        def by_group(t):                                           # (N, G) -> (G, N padded) flat
+            return torch.stack([_padded(t[:, g].contiguous(), n) for g in range(groups)]).reshape(-1)
+        return FusedState(
+            spec=spec, wp=pack_nibble_panels(c), n=n, k=k, a=a,
+            static=None if act_qparams is None else (float(act_qparams[0]), int(act_qparams[1]) + uint8_offset(a)),
+            csum=by_group(csum), zc=by_group(zc) if bool((zc != 0).any()) else None, ws=by_group(ws),
+            bias=None if bias is None else _padded(bias.detach().float(), n), w4=True, groups=groups,
+            pre=qweight.input_transform())
 
     def held_weight(self, state):
-        n, spec = state.n, state.spec
-        zc = state.zc[:n] if state.zc is not None else torch.zeros(n, dtype=torch.int32)
+        n, spec, groups = state.n, state.spec, state.groups
+        npad = state.csum.numel() // groups
+
+        def rows(t):                                               # (G, N padded) flat -> (N, G)
+            return t.reshape(groups, npad)[:, :n].t()
+        zc = rows(state.zc) if state.zc is not None else torch.zeros(n, groups, dtype=torch.int32)
         codes = (unpack_nibble_panels(state.wp, n, state.k).to(torch.int16) + spec.qmin).to(spec.storage_dtype)
-        zp = zc + spec.qmin
-        return state.quantized(codes, qparams_from_rows(state.ws[:n], spec, n), qparams_from_rows(zp, spec, n), spec)
+        return state.quantized(codes, qparams_from_rows(rows(state.ws).contiguous(), spec, n),
+                               qparams_from_rows((zc + spec.qmin).contiguous(), spec, n), spec)
 
 
 KERNELS.add(Int8Native.name, Int8Native())

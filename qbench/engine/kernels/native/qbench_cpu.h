@@ -31,6 +31,8 @@
  *                                    weight codes, zero-point corrections, rescale and bias in registers
  *                   qb_w4a8_gemm     the same on 4-bit weight codes held as nibbles (half the bytes),
  *                                    unpacked in registers
+ *                   qb_w4a8_group_gemm  the nibble GEMM with a scale and zero point per group of k: exact
+ *                                    int32 sums per group, rescaled and summed in float32
  *                   qb_w8a8_isa      its code path: "avx512-vnni" or "portable-c"
  *
  * Each file's opening comment gives its formulas, layouts and the reasons for its loop structure.
@@ -144,5 +146,9 @@ int qb_w4a8_gemm(const float *x, const uint8_t *wp, const int32_t *csum, const i
                  const float *bias, float *y, int32_t *acc_out, int64_t M, int64_t N, int64_t K, int per_row,
                  int symmetric, int is_signed, int bits, int have_qparams, float scale0, int32_t zp0,
                  int threads);
+int qb_w4a8_group_gemm(const float *x, const uint8_t *wp, const int32_t *csum, const int32_t *zc, const float *ws,
+                       const float *bias, float *y, int64_t M, int64_t N, int64_t K, int64_t G, int per_row,
+                       int symmetric, int is_signed, int bits, int have_qparams, float scale0, int32_t zp0,
+                       int threads);
 
 #endif

@@ -27,6 +27,12 @@
  * k = 8 t .. 8 t + 3, a 16-bit shift and an AND those of 8 t + 4 .. 8 t + 7, each a valid int8 operand of
  * vpdpbusd against 4 activation bytes in their natural order: the weights are unpacked in registers, never
  * in memory.
+ *
+ * qb_w4a8_group_gemm: the nibble GEMM with one scale and zero point per group of gs consecutive k of a weight
+ * row (gs a multiple of 8 dividing K). The int32 sums of each group are exact and corrected as above with the
+ * group's column sums and zero points and the rows' group sums rt[m, g] = sum_{k in g} u[m, k] - gs za[m], then
+ * converted and accumulated in float32 with the group's scale: y = sa[m] sum_g ws[g, n] (exact group sum) + b.
+ * 3 rows x 64 columns per tile (int32 and float32 sums both stay in registers).
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -70,6 +76,8 @@ typedef struct {
     int32_t zp0;
     int per_row, by_panels;
     int w4;                    /* nibble codes (qb_w4a8_gemm): kp a multiple of 8, a panel kp * 32 bytes */
+    int64_t G, gs;             /* weight groups per row and their width (G = 1, gs = K: per tensor / channel);
+                                  G > 1: csum, zc and ws are (G, npan * 64), rt is (rows, G) */
     _Atomic int *oom;          /* set by a task that could not allocate its row block */
     _Atomic int64_t *next_row; /* by rows: the first row of the next block not yet taken */
     int64_t threads;
@@ -106,7 +114,9 @@ static void w8a8_quant_rows(const w8a8_t *g, int64_t r0, int64_t rows, uint8_t *
     for (int64_t i = 0; i < rows; i++) {
         uint8_t *br = buf + i * g->kp;
         memset(br + g->K, 0, (size_t)(g->kp - g->K));
-        rt[i] = g->zc ? (int32_t)(uint32_t)((uint64_t)sum_u8(br, g->K) - (uint64_t)(g->K * (int64_t)za[i])) : 0;
+        for (int64_t q = 0; q < g->G; q++)
+            rt[i * g->G + q] = g->zc ? (int32_t)(uint32_t)((uint64_t)sum_u8(br + q * g->gs, g->gs)
+                                                             - (uint64_t)(g->gs * (int64_t)za[i])) : 0;
     }
 }
 
@@ -180,6 +190,67 @@ static inline __attribute__((always_inline)) void w8a8_tile(const w8a8_t *g, con
         }
     }
 }
+
+#define W4G_MR 3
+/* grouped nibble weights: rows a[0:MR] x panel p, per group g: exact int32 sums, corrected, then accumulated in
+ * float32 with the group's scales; the one store of y at the end */
+static inline __attribute__((always_inline)) void w4g_tile(const w8a8_t *g, const uint8_t *a, int64_t m0, int64_t p,
+                                                           const float *sa, const int32_t *za, const int32_t *rt,
+                                                           const int MR) {
+    const int8_t *bp = g->wp + p * (g->kp / 2) * W8_NR;
+    const int64_t kp = g->kp, np = g->npan * W8_NR, n0 = p * W8_NR;
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    __m512 facc[W4G_MR][4];
+#pragma GCC unroll 3
+    for (int r = 0; r < MR; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) facc[r][j] = _mm512_setzero_ps();
+    for (int64_t q = 0; q < g->G; q++) {
+        __m512i acc[W4G_MR][4];
+#pragma GCC unroll 3
+        for (int r = 0; r < MR; r++)
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_si512();
+        for (int64_t t = q * g->gs / 8; t < (q + 1) * g->gs / 8; t++) {
+            __m512i b[4];
+#pragma GCC unroll 2
+            for (int half = 0; half < 2; half++) {
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) {
+                    const __m512i v = _mm512_load_si512(bp + 256 * t + 64 * j);
+                    b[j] = _mm512_and_si512(half ? _mm512_srli_epi16(v, 4) : v, low);
+                }
+#pragma GCC unroll 3
+                for (int r = 0; r < MR; r++) {
+                    const __m512i av = _mm512_set1_epi32(*(const int32_t *)(a + r * kp + 8 * t + 4 * half));
+#pragma GCC unroll 4
+                    for (int j = 0; j < 4; j++) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], av, b[j]);
+                }
+            }
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const int64_t at = q * np + n0 + 16 * j;
+            const __m512i cs = _mm512_loadu_si512(g->csum + at);
+            const __m512i zc = g->zc ? _mm512_loadu_si512(g->zc + at) : _mm512_setzero_si512();
+            const __m512 ws = _mm512_loadu_ps(g->ws + at);
+#pragma GCC unroll 3
+            for (int r = 0; r < MR; r++) {
+                __m512i v = _mm512_sub_epi32(acc[r][j], _mm512_mullo_epi32(_mm512_set1_epi32(za[r]), cs));
+                if (g->zc) v = _mm512_sub_epi32(v, _mm512_mullo_epi32(_mm512_set1_epi32(rt[r * g->G + q]), zc));
+                facc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), ws, facc[r][j]);
+            }
+        }
+    }
+    for (int j = 0; j < 4; j++) {
+        const int64_t n = n0 + 16 * j, left = g->N - n;
+        if (left <= 0) break;
+        const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        const __m512 b = g->bias ? _mm512_loadu_ps(g->bias + n) : _mm512_setzero_ps();
+        for (int r = 0; r < MR; r++)
+            _mm512_mask_storeu_ps(g->y + (m0 + r) * g->N + n, mk, _mm512_fmadd_ps(facc[r][j], _mm512_set1_ps(sa[r]), b));
+    }
+}
 #else
 /* the code of column j of a panel at k: int8 codes, or (W4) the nibble of the layout at the top */
 static inline int32_t panel_code(const int8_t *bp, int64_t j, int64_t k, const int W4) {
@@ -204,6 +275,27 @@ static void w8a8_tile(const w8a8_t *g, const uint8_t *a, int64_t m0, int64_t p, 
             else g->y[(m0 + r) * g->N + n] = fmaf((float)v, sa[r] * g->ws[n], g->bias ? g->bias[n] : 0.0f);
         }
 }
+
+#define W4G_MR 3
+static void w4g_tile(const w8a8_t *g, const uint8_t *a, int64_t m0, int64_t p, const float *sa, const int32_t *za,
+                     const int32_t *rt, const int MR) {
+    const int8_t *bp = g->wp + p * (g->kp / 2) * W8_NR;
+    const int64_t np = g->npan * W8_NR;
+    for (int r = 0; r < MR; r++)
+        for (int64_t j = 0; j < W8_NR && p * W8_NR + j < g->N; j++) {
+            const int64_t n = p * W8_NR + j;
+            float y = 0.0f;
+            for (int64_t q = 0; q < g->G; q++) {
+                uint32_t acc = 0;
+                for (int64_t k = q * g->gs; k < (q + 1) * g->gs; k++)
+                    acc += (uint32_t)((int32_t)a[r * g->kp + k] * panel_code(bp, j, k, 1));
+                acc -= (uint32_t)za[r] * (uint32_t)g->csum[q * np + n];
+                if (g->zc) acc -= (uint32_t)rt[r * g->G + q] * (uint32_t)g->zc[q * np + n];
+                y = fmaf((float)(int32_t)acc, g->ws[q * np + n], y);
+            }
+            g->y[(m0 + r) * g->N + n] = fmaf(y, sa[r], g->bias ? g->bias[n] : 0.0f);
+        }
+}
 #endif
 
 /* rows a[0:rows] starting at y row m0, panels [p0, p1) */
@@ -224,9 +316,17 @@ static void w8a8_block(const w8a8_t *g, const uint8_t *a, int64_t m0, int64_t ro
 #endif
             const uint8_t *ai = a + i * g->kp;
             const float *s = sa + i;
-            const int32_t *z = za + i, *t = rt + i;
+            const int32_t *z = za + i, *t = rt + i * g->G;
             const int mr = rows - i >= W8_MR ? W8_MR : (int)(rows - i);
-            if (g->w4) switch (mr) {
+            if (g->G > 1) {                                /* grouped: tiles of 3 rows */
+                for (int h = 0; h < mr; h += W4G_MR) {
+                    const int hr = mr - h >= W4G_MR ? W4G_MR : mr - h;
+                    const uint8_t *ah = ai + h * g->kp;
+                    if (hr == 3) w4g_tile(g, ah, m0 + i + h, p, s + h, z + h, t + h * g->G, 3);
+                    else if (hr == 2) w4g_tile(g, ah, m0 + i + h, p, s + h, z + h, t + h * g->G, 2);
+                    else w4g_tile(g, ah, m0 + i + h, p, s + h, z + h, t + h * g->G, 1);
+                }
+            } else if (g->w4) switch (mr) {
                 case 6: w8a8_tile(g, ai, m0 + i, p, s, z, t, 6, 1); break;
                 case 5: w8a8_tile(g, ai, m0 + i, p, s, z, t, 5, 1); break;
                 case 4: w8a8_tile(g, ai, m0 + i, p, s, z, t, 4, 1); break;
@@ -269,7 +369,8 @@ static void w8a8_task(void *ctx, int64_t lo, int64_t hi) {
     const int64_t rows_max = g->by_panels ? g->M : W8_MB;
     uint8_t *buf = aligned_alloc(64, (size_t)(rows_max * g->kp + 64));
     float *sa = malloc(sizeof(float) * (size_t)rows_max);
-    int32_t *za = malloc(sizeof(int32_t) * (size_t)rows_max), *rt = malloc(sizeof(int32_t) * (size_t)rows_max);
+    int32_t *za = malloc(sizeof(int32_t) * (size_t)rows_max);
+    int32_t *rt = malloc(sizeof(int32_t) * (size_t)(rows_max * g->G));
     if (buf && sa && za && rt) {
         if (g->by_panels) {
             w8a8_quant_rows(g, 0, g->M, buf, sa, za, rt);
@@ -296,12 +397,13 @@ static void w8a8_task(void *ctx, int64_t lo, int64_t hi) {
 static int w8a8_run(const float *x, const int8_t *wp, const int32_t *csum, const int32_t *zc, const float *ws,
                     const float *bias, float *y, int32_t *acc_out, int64_t M, int64_t N, int64_t K, int per_row,
                     int symmetric, int is_signed, int bits, int have_qparams, float scale0, int32_t zp0,
-                    int threads, int w4) {
+                    int threads, int w4, int64_t G) {
     if (bits < 2 || bits > 8 || M < 0 || N < 1 || K < 1 || K > W8_MAX_K || !(y || acc_out)) return 1;
+    if (G < 1 || K % G || (G > 1 && (!w4 || (K / G) % 8 || acc_out))) return 1;
     if (threads < 1) threads = 1;
     if (threads > 32) threads = 32;
     w8a8_t g = {x, wp, csum, zc, ws, bias, y, acc_out, M, N, K, w4 ? (K + 7) / 8 * 8 : (K + 3) / 4 * 4,
-                (N + W8_NR - 1) / W8_NR, {0}, scale0, zp0, per_row && !have_qparams, 0, w4, NULL};
+                (N + W8_NR - 1) / W8_NR, {0}, scale0, zp0, per_row && !have_qparams, 0, w4, G, K / G, NULL};
     _Atomic int oom = 0;
     _Atomic int64_t next_row = 0;
     g.oom = &oom;
@@ -327,7 +429,7 @@ int qb_w8a8_gemm(const float *x, const int8_t *wp, const int32_t *csum, const in
                  int symmetric, int is_signed, int bits, int have_qparams, float scale0, int32_t zp0,
                  int threads) {
     return w8a8_run(x, wp, csum, zc, ws, bias, y, acc_out, M, N, K, per_row, symmetric, is_signed, bits,
-                    have_qparams, scale0, zp0, threads, 0);
+                    have_qparams, scale0, zp0, threads, 0, 1);
 }
 
 /* the same with wp holding nibble codes in the layout of the top (4-bit weights, unsigned codes c = q - qmin) */
@@ -336,5 +438,15 @@ int qb_w4a8_gemm(const float *x, const uint8_t *wp, const int32_t *csum, const i
                  int symmetric, int is_signed, int bits, int have_qparams, float scale0, int32_t zp0,
                  int threads) {
     return w8a8_run(x, (const int8_t *)wp, csum, zc, ws, bias, y, acc_out, M, N, K, per_row, symmetric, is_signed,
-                    bits, have_qparams, scale0, zp0, threads, 1);
+                    bits, have_qparams, scale0, zp0, threads, 1, 1);
+}
+
+/* grouped 4-bit weights (see the top): csum, zc (NULL when all are 0) and ws are (G, N padded to 64), group
+ * width K / G a multiple of 8; no exact int32 output (the groups' sums meet in float32) */
+int qb_w4a8_group_gemm(const float *x, const uint8_t *wp, const int32_t *csum, const int32_t *zc, const float *ws,
+                       const float *bias, float *y, int64_t M, int64_t N, int64_t K, int64_t G, int per_row,
+                       int symmetric, int is_signed, int bits, int have_qparams, float scale0, int32_t zp0,
+                       int threads) {
+    return w8a8_run(x, (const int8_t *)wp, csum, zc, ws, bias, y, NULL, M, N, K, per_row, symmetric, is_signed,
+                    bits, have_qparams, scale0, zp0, threads, 1, G);
 }
