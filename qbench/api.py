@@ -400,6 +400,13 @@ def kernels() -> dict:
     return dict(KERNELS.items())
 
 
+def op_kernels() -> dict[str, tuple[str, bool]]:
+    """The kernels of the ops around the linears (attention, residual): name -> (backend, emulated)."""
+    from qbench.engine.ops import KERNELS
+
+    return dict(KERNELS)
+
+
 def bundled_models() -> dict:
     """Models qbench loads by a short id, with their origin and how to install them."""
     from qbench.models.loaders import BUNDLED
@@ -423,5 +430,5 @@ def bench_gemm(argv: list[str], prog: str = "qbench bench gemm") -> dict:
 
 __all__ = ["RunOutcome", "RunError", "GateFailed", "validate", "plan", "dry_run", "run", "card", "compare",
            "gate_verdicts", "verdict_lines", "gates_failed", "hf_snippet", "card_schema", "record_schema", "experiment_schema",
-           "env", "fingerprint", "kernels", "bundled_models", "builtin_datasets", "bench_gemm", "bench_model",
+           "env", "fingerprint", "kernels", "op_kernels", "bundled_models", "builtin_datasets", "bench_gemm", "bench_model",
            "preflight"]

@@ -212,6 +212,10 @@ def list_(what: str = typer.Argument("kernels", help="kernels, models or dataset
         for name, k in api.kernels().items():
             typer.echo(f"{name:18s} {'emulated' if k.emulated else k.arithmetic:8s} "
                        f"{'/'.join(k.devices):9s} {k.backend}")
+        typer.echo("ops around the linears (ops: [attention, residual]; chosen by device, not by `kernel:`):")
+        for name, (backend, emulated) in api.op_kernels().items():
+            typer.echo(f"{name:18s} {'emulated' if emulated else 'integer':8s} "
+                       f"{'cpu' if name == 'int8_attention' else 'any':9s} {backend}")
     elif what == "models":
         for name, b in api.bundled_models().items():
             typer.echo(f"{name:10s} {b.origin} ({b.install})")

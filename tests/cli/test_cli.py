@@ -310,7 +310,8 @@ def test_list_kernels():
     out = qbench("list", "kernels")
     assert out.returncode == 0, out.stderr
     names = {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
-    assert {"int8_int_mm", "int8_weight_only", "int4_packed", "reference"} <= names
+    assert {"int8_int_mm", "int8_weight_only", "int4_packed", "reference", "w4a8_native"} <= names
+    assert {"int8_attention", "attention_qdq", "residual_qdq"} <= names          # the ops' kernels, listed apart
 
 
 def test_list_defaults_to_kernels():
