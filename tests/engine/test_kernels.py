@@ -114,6 +114,12 @@ def test_int8_int_mm_all_shapes(w_spec, a_spec):
         check_int_mm(m, k, n, w_spec, a_spec, seed=1000 + i)
 
 
+@pytest.mark.parametrize("m,n", [(1, 1), (5, 7), (33, 64)])
+def test_int8_int_mm_one_input_column(m, n):
+    """K = 1, where torch._int_mm's CPU path itself returns wrong sums (torch 2.13): exact all the same."""
+    check_int_mm(m, 1, n, QuantSpec(8, True, False, "per_channel"), QuantSpec(8, False, False, "per_token"), seed=m)
+
+
 @pytest.mark.parametrize("ai", [i for i, a in enumerate(A_SPECS) if a.granularity == "per_tensor"],
                          ids=[sid(a) for a in A_SPECS if a.granularity == "per_tensor"])
 @pytest.mark.parametrize("wi", [1, 3, 5, 7], ids=[sid(W_SPECS[i]) for i in (1, 3, 5, 7)])

@@ -80,7 +80,7 @@ def matmul_nt(a: tuple, b: tuple, kernel: str, scale: float = 1.0) -> torch.Tens
     n = qb.shape[1]
     if kernel == "int8_attention":
         # torch._int_mm on the CPU returns wrong sums when K = 1 (torch 2.13; e.g. P V over a single key): a zero
-        # column leaves every sum unchanged
+        # column leaves every sum unchanged (as kernels.cpu.int_mm does)
         pa, pb = (torch.nn.functional.pad(t, (0, 1)) for t in (qa, qb)) if k == 1 else (qa, qb)
         acc = _workspace((g, m, n))
         for i in range(g):

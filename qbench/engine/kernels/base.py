@@ -106,8 +106,8 @@ KERNELS: Registry[Kernel] = Registry("kernel")
 # unchanged); then exact integer CPU kernels (fastest first, as measured by benchmarks/gemm.py), the native
 # weight-only kernels, the emulated ones last; reference serves everything.
 CUDA_PREFERENCE = ("int8_int_mm_cuda", "triton_int4_wo", "triton_int8_wo")
-PREFERENCE = CUDA_PREFERENCE + ("w4a8_native", "int8_native", "int8_onednn", "int8_int_mm", "int4_wo_native", "int8_wo_native",
-                                "int4_packed", "int8_weight_only", "reference")
+PREFERENCE = CUDA_PREFERENCE + ("w4a8_native", "int8_native", "int8_onednn", "int8_int_mm", "int4_wo_native",
+                                "int8_wo_native", "int4_packed", "int8_weight_only", "reference")
 
 
 def select_kernel(w: QuantSpec, a: Optional[QuantSpec], device: str, forced: str = "auto",

@@ -72,9 +72,17 @@ class Int8IntMM(Kernel):
         x = state.prepare_input(x)
         acts = quantize_activations(x, state.a, state.act_qparams)
         a8, az = acts.int8_()                                            # (M, K) int8
-        acc = torch._int_mm(a8, state.w8.t())                            # (M, K)@(K, N) -> (M, N) int32
+        acc = int_mm(a8, state.w8)                                       # (M, K)@(K, N) -> (M, N) int32
         correct_(acc, a8, az, state)
         return rescale(acc, acts.scale, state.w_scale, state.bias).to(x.dtype)
+
+
+def int_mm(a8: torch.Tensor, w8: torch.Tensor) -> torch.Tensor:
+    """a8 (M, K) int8 @ w8 (N, K)^T int8 -> (M, N) int32 by torch._int_mm, whose CPU path returns wrong sums when
+    K = 1 (torch 2.13): there a zero column, which changes no sum, makes K = 2."""
+    if a8.shape[1] == 1:
+        a8, w8 = (torch.nn.functional.pad(t, (0, 1)) for t in (a8, w8))
+    return torch._int_mm(a8, w8.t())
 
 
 def rescale(acc: torch.Tensor, a_scale: torch.Tensor, w_scale: torch.Tensor,
