@@ -101,6 +101,9 @@ def annotate(rows: list[dict], ceilings: dict) -> None:
             ceilings["int8_gops"]
         r["pct_peak_ops"] = 100 * r["gops"] / peak
         r["pct_mem_bw"] = 100 * r["gbs"] / ceilings["mem_gbs"]
+    wo8 = next((r["median_ms"] for r in rows if r["contender"] == "qbench int8 weight-only"), None)
+    for r in rows:                                 # a 4-bit weight reads half the bytes: how much of that it gains
+        r["vs_int8_wo"] = wo8 / r["median_ms"] if wo8 and r["kind"] in ("wo4", "w4a8") else None
 
 
 def asym_overheads(rows: list[dict]) -> list[dict]:
@@ -126,6 +129,10 @@ TARGETS = (  # (what, contender, shapes it applies to, field, threshold)
     ("int8 weight-only >= 2.5x fp32 at M = 1", "qbench int8 weight-only", lambda r: r["m"] == 1, "vs_fp32", 2.5),
     ("int4 g128 weight-only >= 3.5x fp32 at M = 1", "qbench int4 g128 weight-only", lambda r: r["m"] == 1,
      "vs_fp32", 3.5),
+    ("int4 g128 weight-only >= 80% of memory bandwidth at M = 1", "qbench int4 g128 weight-only",
+     lambda r: r["m"] == 1, "pct_mem_bw", 80.0),
+    ("int4 g128 weight-only >= 1.6x int8 weight-only at M = 1", "qbench int4 g128 weight-only",
+     lambda r: r["m"] == 1, "vs_int8_wo", 1.6),
 )
 
 
@@ -242,7 +249,7 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> dict:
     if goals:
         print("\ntargets (ratios from this run; x fp32 is against the faster fp32 baseline):")
         for t in goals:
-            unit = "%" if t["target"].startswith("asym") else "x"
+            unit = "%" if t["target"].startswith("asym") or "bandwidth" in t["target"] else "x"
             print(f"  {'met' if t['met'] else 'MISSED':6s} {t['target']:47s} {t['contender'][7:]:25s} "
                   f"{t['shape']:>14s} {t['value']:6.2f}{unit}")
     result = {"machine": machine, "ceilings": ceilings, "rows": all_rows, "asym_overhead": overheads, "targets": goals,

@@ -209,9 +209,6 @@ class W4A8Native(Int8Native):
             w = QuantSpec(w.bits, w.signed, w.symmetric, "per_channel")     # groups are this kernel's own concern
         return Int8Native._config_reason(w, a)
 
-    def shape_reason(self, n, k):
-        return super().shape_reason(n, k)
-
     def pack(self, qweight, bias, a, act_qparams=None):
         spec = qweight.spec
         self._require(self._config_reason(spec, a))
