@@ -217,8 +217,9 @@ def prefill_decode(model, ids: torch.Tensor, decode_tokens: int, sync: Callable[
 
 
 def time_prefill_decode(base, quant, ids: torch.Tensor, decode_tokens: int, *, warmup: int, repeats: int,
-                        device: str) -> dict[str, list[float]]:
-    """Interleaved (A,B then B,A) prefill/decode timings of both models on the same ids."""
+                        device: str, stop=None) -> dict[str, list[float]]:
+    """Interleaved (A,B then B,A) prefill/decode timings of both models on the same ids. `stop(a, b)` may end
+    them early (metrics.timing.time_interleaved), on lists of (prefill ms, decode ms) pairs."""
     cuda = device.startswith("cuda")
     if cuda:
         sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
@@ -226,7 +227,7 @@ def time_prefill_decode(base, quant, ids: torch.Tensor, decode_tokens: int, *, w
         sync = lambda: None  # noqa: E731
     a, b = time_interleaved(lambda: prefill_decode(base, ids, decode_tokens, sync, cuda_events=cuda),
                             lambda: prefill_decode(quant, ids, decode_tokens, sync, cuda_events=cuda),
-                            warmup=warmup, repeats=repeats, timer=lambda fn: fn())
+                            warmup=warmup, repeats=repeats, timer=lambda fn: fn(), stop=stop)
     per_token = max(1, decode_tokens)
     return {"prefill_base": [p for p, _ in a], "prefill_quant": [p for p, _ in b],
             "decode_base": [d / per_token for _, d in a], "decode_quant": [d / per_token for _, d in b]}

@@ -11,14 +11,20 @@ from qbench.sampling import PeriodicSampler
 __all__ = ["ForeignCpu", "PeriodicSampler", "RssSampler", "time_interleaved"]
 
 
+MIN_ADAPTIVE = 6    # pairs before an adaptive stop may end a timing (checked after each A,B + B,A cycle)
+
+
 def time_interleaved(fa: Callable[[], object], fb: Callable[[], object], *, warmup: int, repeats: int,
                      device: str = "cpu", on_repeat: Optional[Callable[[], None]] = None,
-                     timer: Optional[Callable[[Callable[[], object]], object]] = None) -> tuple[list, list]:
+                     timer: Optional[Callable[[Callable[[], object]], object]] = None,
+                     stop: Optional[Callable[[list, list], bool]] = None) -> tuple[list, list]:
     """Measurements of `repeats` calls of fa and fb, alternating A,B then B,A so neither always goes first.
 
     Each call is measured by `timer` (default: its milliseconds, by perf_counter on CPU and CUDA events on
     GPU; a function that times itself can pass ``timer=lambda fn: fn()``). Pair i of the two lists was
-    measured back to back, so machine noise is shared within a pair.
+    measured back to back, so machine noise is shared within a pair. `stop(a, b)`, when given, may end the
+    timing early: it is asked after every second pair from MIN_ADAPTIVE pairs on (so both orders stay equally
+    often), and `repeats` is the cap.
     """
     for _ in range(warmup):
         fa()
@@ -35,6 +41,8 @@ def time_interleaved(fa: Callable[[], object], fb: Callable[[], object], *, warm
             a_ms.append(timer(fa))
         if on_repeat:
             on_repeat()
+        if stop is not None and i + 1 >= MIN_ADAPTIVE and (i + 1) % 2 == 0 and stop(a_ms, b_ms):
+            break
     return a_ms, b_ms
 
 

@@ -16,6 +16,8 @@ def setup(meta: dict, cells: list, order: dict) -> dict:
             ("Sequence length (tokens)", "seq_len"), ("Warmup runs", "warmup"),
             ("Timed repeats", "repeats"), ("Eval samples", "eval_samples"),
             ("Threads", "threads"), ("Seed", "seed"))]
+    if ms.get("speedup_ci_width"):
+        measure[3][1] = _adaptive_repeats(ms, cells)
     b = meta.get("baseline") or {}
     return {
         "schemes": table(["Scheme", "Bits", "Signed", "Symmetry", "Granularity", "Activations", "Ops",
@@ -29,6 +31,17 @@ def setup(meta: dict, cells: list, order: dict) -> dict:
         "workloads": table(["Workload", "Dataset", "Eval samples", "Eval hash"],
                            [_workload_row(wl, cells) for wl in exp.get("workloads", [])], "llrl"),
     }
+
+
+def _adaptive_repeats(ms: dict, cells: list) -> str:
+    """The Timed repeats cell of an adaptive run: the rule, and the repeats its speed-ups took."""
+    taken = sorted(int(r["n"]) for c in cells for r in c.get("rows") or []
+                   if r.get("metric") in ("speedup", "decode_speedup") and r.get("n"))
+    rule = (f"adaptive: until the speed-up's 95% CI is narrower than {ms['speedup_ci_width']:g} of it, at most "
+            f"{ms.get('repeats')}")
+    if not taken:
+        return rule
+    return f"{rule}; taken: {taken[0]}-{taken[-1]} (median {taken[len(taken) // 2]}) over {len(taken)} speed-ups"
 
 
 def _scheme_row(sc: dict, cells: list) -> list:

@@ -103,9 +103,24 @@ def _timer(device: str) -> str:
     return "CUDA events" if device.startswith("cuda") else "time.perf_counter"
 
 
-def _median_how(repeats: int, warmup: int) -> str:
-    return (f"median of {repeats} repeats interleaved with the other variant after {warmup} warm-up runs; 95% "
-            "order-statistic CI of the median")
+def _median_how(repeats: int, warmup: int, width: float | None = None, cap: int | None = None) -> str:
+    adaptive = (f" (adaptive: stopped once the speed-up's 95% CI was narrower than {width:g} of it, or at {cap})"
+                if width else "")
+    return (f"median of {repeats} repeats{adaptive} interleaved with the other variant after {warmup} warm-up runs; "
+            "95% order-statistic CI of the median")
+
+
+def narrow_enough(width: float, pairs=lambda a, b: [(a, b)]):
+    """stop(a, b) for time_interleaved: True once every paired speed-up `pairs(a, b)` yields has a 95% interval
+    narrower than `width` times the speed-up (a quick 500-resample bootstrap; the rows' own intervals use the full
+    one)."""
+    def stop(a: list, b: list) -> bool:
+        for x, y in pairs(a, b):
+            ratio, lo, hi = stats.paired_ratio(x, y, LEVEL, n_boot=500)
+            if not hi - lo < width * ratio:
+                return False
+        return True
+    return stop
 
 
 def encoder_quality(base: torch.Tensor, quant: torch.Tensor) -> list[dict]:
@@ -215,11 +230,13 @@ def generation_rows(base_gen: torch.Tensor, quant_gen: torch.Tensor, prompts: to
 
 
 def lm_speed_rows(base_model, quant_model, batch: dict, batch_size: int, seq_len: int, decode_tokens: int,
-                  warmup: int, repeats: int, device: str) -> list[dict]:
-    """Prefill (time to first token) and decode (per output token) timings, interleaved and paired."""
+                  warmup: int, repeats: int, device: str, ci_width: float | None = None) -> list[dict]:
+    """Prefill (time to first token) and decode (per output token) timings, interleaved and paired; with
+    `ci_width`, until both speed-ups' intervals are that narrow (or `repeats`)."""
     ids = batch["input_ids"][:batch_size]
+    per_phase = lambda a, b: [([p for p, _ in a], [p for p, _ in b]), ([d for _, d in a], [d for _, d in b])]  # noqa: E731
     t = time_prefill_decode(base_model, quant_model, ids, decode_tokens, warmup=warmup, repeats=repeats,
-                            device=device)
+                            device=device, stop=narrow_enough(ci_width, per_phase) if ci_width else None)
     rows = []
     for phase, metric, tput, speedup, what, tokens in (
             ("prefill", "latency_ms", "throughput_tok_s", "speedup", f"prefill: one forward pass over {seq_len} "
@@ -235,7 +252,8 @@ def lm_speed_rows(base_model, quant_model, batch: dict, batch_size: int, seq_len
             pair.append(ms)
             s = stats.summarize(ms)
             lo, hi = stats.median_ci(ms, LEVEL)
-            rows.append(measured(metric, s["median"], f"{_timer(device)}; {what}; {_median_how(repeats, warmup)}",
+            rows.append(measured(metric, s["median"], f"{_timer(device)}; {what}; "
+                                 f"{_median_how(len(ms), warmup, ci_width, repeats)}",
                                  variant, batch_size, (lo, hi), s["p10"], s["p90"], len(ms)))
             rows.append(measured(tput, tokens / s["median"] * 1e3, f"{phase} tokens per second: "
                                  f"{'batch x prompt tokens' if phase == 'prefill' else 'batch size'} / median "
@@ -249,19 +267,21 @@ def lm_speed_rows(base_model, quant_model, batch: dict, batch_size: int, seq_len
 
 
 def speed_rows(base_model, quant_model, task: str, batch: dict, batch_size: int, seq_len: int,
-               warmup: int, repeats: int, device: str) -> list[dict]:
-    """Paired, interleaved timing of one forward pass of a (batch_size, seq_len) batch."""
+               warmup: int, repeats: int, device: str, ci_width: float | None = None) -> list[dict]:
+    """Paired, interleaved timing of one forward pass of a (batch_size, seq_len) batch; with `ci_width`, until
+    the speed-up's interval is that narrow (or `repeats`)."""
     b = slice_batch(batch, 0, batch_size)
     base_ms, quant_ms = time_interleaved(lambda: forward(base_model, task, b),
                                          lambda: forward(quant_model, task, b),
-                                         warmup=warmup, repeats=repeats, device=device)
+                                         warmup=warmup, repeats=repeats, device=device,
+                                         stop=narrow_enough(ci_width) if ci_width else None)
     rows = []
     for variant, ms in (("baseline", base_ms), ("quantized", quant_ms)):
         s = stats.summarize(ms)
         lo, hi = stats.median_ci(ms, LEVEL)
         rows.append(measured("latency_ms", s["median"], f"{_timer(device)} around one forward pass; "
-                             f"{_median_how(repeats, warmup)}", variant, batch_size, (lo, hi), s["p10"], s["p90"],
-                             len(ms)))
+                             f"{_median_how(len(ms), warmup, ci_width, repeats)}", variant, batch_size, (lo, hi),
+                             s["p10"], s["p90"], len(ms)))
         tokens = batch_size * seq_len
         rows.append(measured("throughput_tok_s", tokens / s["median"] * 1e3,
                              "batch tokens / median latency; CI from the latency CI", variant, batch_size,

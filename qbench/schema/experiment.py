@@ -529,6 +529,12 @@ class Measure(_Strict):
         None, gt=0, le=604800, description="Fail a cell that runs longer than this many seconds (implies "
         "isolate: the worker process is killed)."
     )
+    speedup_ci_width: Optional[float] = Field(
+        None, gt=0, lt=2, description="Adaptive repeats: stop timing a batch size once the 95% interval of its "
+        "speed-up (prefill and decode for causal LMs) is narrower than this fraction of the speed-up (0.05: about "
+        "+-2.5%), checked every 2 repeats from 6 on, so `repeats` becomes the cap; each timing row records the "
+        "repeats it took and the card's Setup gives their range. Default: always `repeats`."
+    )
     profile: bool = Field(
         False, description="Also profile the first batch size: where the baseline's and the scheme's forward "
         "time goes by module kind (linear, attention, norm, activation, embedding, other) for prefill and one "
@@ -537,10 +543,11 @@ class Measure(_Strict):
 
     @model_serializer(mode="wrap")
     def _compact(self, handler):
-        # runs made before profiling existed keep their stored experiment unchanged
+        # runs made before these settings existed keep their stored experiment unchanged
         data = handler(self)
-        if not self.profile:
-            data.pop("profile", None)
+        for key in ("profile", "speedup_ci_width"):
+            if not getattr(self, key):
+                data.pop(key, None)
         return data
 
     @field_validator("batch_sizes")

@@ -32,9 +32,10 @@ def _cpu_rows(monkeypatch) -> list[dict]:
     gen = torch.randint(0, 10, (4, 6))
     rows += measure.generation_rows(gen, gen.flip(1), torch.randint(0, 10, (4, 3)), _Tokenizer(), python=True)
     samples = lambda n, ms: [ms * (1 + 0.01 * i) for i in range(n)]  # noqa: E731
-    monkeypatch.setattr(measure, "time_interleaved",
-                        lambda fa, fb, *, warmup, repeats, device: (samples(repeats, 10), samples(repeats, 6)))
-    monkeypatch.setattr(measure, "time_prefill_decode", lambda b, q, ids, d, *, warmup, repeats, device: {
+    monkeypatch.setattr(measure, "time_interleaved", lambda fa, fb, *, warmup, repeats, device, stop=None: (
+        samples(repeats, 10), samples(repeats, 6)))
+    monkeypatch.setattr(measure, "time_prefill_decode", lambda b, q, ids, d, *, warmup, repeats, device,
+                        stop=None: {
         "prefill_base": samples(repeats, 10), "prefill_quant": samples(repeats, 6),
         "decode_base": samples(repeats, 2), "decode_quant": samples(repeats, 1)})
     batch = {"input_ids": torch.zeros(4, 5, dtype=torch.long), "attention_mask": torch.ones(4, 5)}
