@@ -254,21 +254,32 @@ def sensitivity(path: str | Path, *, model: Optional[str] = None, out: Optional[
     from qbench.runner.sensitivity import sensitivity as measure
 
     exp = load_experiment(path)
-    refs = [m for m in exp.models if model in (None, m.id, m.display)]
-    if not refs:
-        names = [m.display for m in exp.models]
-        from qbench.registry import did_you_mean
-
-        raise ConfigError(f"no model '{model}' in {path}{did_you_mean(str(model), names)}; it has: "
-                          f"{', '.join(names)}", where="--model")
+    refs = _models_named(exp, path, model)
     if samples < 1 or seq_len < 8:
         raise ConfigError("--samples must be at least 1 and --seq-len at least 8", where="--samples/--seq-len")
     base = Path(out) if out else Path("reports") / exp.name / "sensitivity"
     written = {}
     for ref in refs:
         report = measure(exp, ref, samples=samples, seq_len=seq_len, log=log, progress=progress)
-        written[ref.display] = write(report, base / ref.display if len(refs) > 1 or not out else base)
+        written[ref.display] = write(report, _model_folder(base, ref, refs, out))
     return written
+
+
+def _models_named(exp, path, model: Optional[str]) -> list:
+    """The experiment's models, or the one whose id or display name is `model` (ConfigError on --model else)."""
+    refs = [m for m in exp.models if model in (None, m.id, m.display)]
+    if not refs:
+        from qbench.registry import did_you_mean
+
+        names = [m.display for m in exp.models]
+        raise ConfigError(f"no model '{model}' in {path}{did_you_mean(str(model), names)}; it has: "
+                          f"{', '.join(names)}", where="--model")
+    return refs
+
+
+def _model_folder(base: Path, ref, refs: list, out) -> Path:
+    """Where a per-model report goes: `out` itself for one model named there, else a folder per model below."""
+    return base / ref.display if len(refs) > 1 or not out else base
 
 
 def bench_model(path: str | Path, *, model: Optional[str] = None, schemes: Optional[list[str]] = None,
@@ -285,13 +296,7 @@ def bench_model(path: str | Path, *, model: Optional[str] = None, schemes: Optio
     from qbench.runner.profile import bench_model as measure
 
     exp = load_experiment(path)
-    refs = [m for m in exp.models if model in (None, m.id, m.display)]
-    if not refs:
-        from qbench.registry import did_you_mean
-
-        names = [m.display for m in exp.models]
-        raise ConfigError(f"no model '{model}' in {path}{did_you_mean(str(model), names)}; it has: "
-                          f"{', '.join(names)}", where="--model")
+    refs = _models_named(exp, path, model)
     known = [s.name for s in exp.schemes]
     for s in schemes or []:
         if s not in known:
@@ -309,7 +314,7 @@ def bench_model(path: str | Path, *, model: Optional[str] = None, schemes: Optio
         report = measure(exp, ref, schemes=schemes, batch_size=batch_size, seq_len=seq_len, repeats=repeats,
                          warmup=warmup, device=plan.device, dtype=plan.baseline_dtype, log=log, progress=progress)
         done[ref.display] = {"report": report,
-                             "files": write(report, base / ref.display if len(refs) > 1 or not out else base)}
+                             "files": write(report, _model_folder(base, ref, refs, out))}
     return done
 
 

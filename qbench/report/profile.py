@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from qbench.atomic import write_atomic
+from qbench.atomic import finite, write_atomic
 from qbench.report.fmt import sig, table as card_table
 
 CATEGORIES = ("linear", "attention", "norm", "activation", "embedding", "other")
@@ -59,22 +59,12 @@ def markdown(report: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _jsonable(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
-
-
 def write(report: dict, out: Path) -> dict[str, Path]:
     """profile.json and profile.md in `out` (created); returns {file name: path}."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name, text in {"profile.json": json.dumps(_jsonable(report), indent=1) + "\n",
+    for name, text in {"profile.json": json.dumps(finite(report), indent=1) + "\n",
                        "profile.md": markdown(report)}.items():
         write_atomic(out / name, text.encode("utf-8"))
         paths[name] = out / name

@@ -11,7 +11,7 @@ import json
 import math
 from pathlib import Path
 
-from qbench.atomic import write_atomic
+from qbench.atomic import finite, write_atomic
 from qbench.report.fmt import sig
 from qbench.report.plots import PALETTE, log_y
 from qbench.report.render import md_align, md_cell
@@ -152,21 +152,11 @@ def plot(report: dict) -> bytes:
     return buf.getvalue()
 
 
-def _jsonable(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
-
-
 def write(report: dict, out: Path) -> dict[str, Path]:
     """sensitivity.json, .md, .html and .png in `out` (created); returns {file name: path}."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"sensitivity.json": json.dumps(_jsonable(report), indent=1) + "\n",
+    files = {"sensitivity.json": json.dumps(finite(report), indent=1) + "\n",
              "sensitivity.md": markdown(report), "sensitivity.html": html_page(report)}
     paths = {}
     for name, text in files.items():
