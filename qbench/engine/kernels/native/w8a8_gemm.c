@@ -121,6 +121,32 @@ static void w8a8_quant_rows(const w8a8_t *g, int64_t r0, int64_t rows, uint8_t *
 }
 
 #ifdef QB_VNNI
+/* acc[r][j] += the nibble panel's k = 8 t0 .. 8 t1 - 1 (columns 16 j .. 16 j + 15) times row r of a (stride kp),
+ * for r < MR: per 8 k, one AND gives the bytes of k = 8 t .. 8 t + 3 (low nibbles), a 16-bit shift and an AND
+ * those of 8 t + 4 .. 8 t + 7, each against 4 activation bytes in their natural order. Shared by the per-channel
+ * tile (all of K) and the grouped one (one group at a time). */
+static inline __attribute__((always_inline)) void nibble_dots(__m512i (*acc)[4], const int8_t *bp, const uint8_t *a,
+                                                             int64_t kp, int64_t t0, int64_t t1, const int MR) {
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    for (int64_t t = t0; t < t1; t++) {
+        __m512i b[4];
+#pragma GCC unroll 2
+        for (int half = 0; half < 2; half++) {
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                const __m512i v = _mm512_load_si512(bp + 256 * t + 64 * j);
+                b[j] = _mm512_and_si512(half ? _mm512_srli_epi16(v, 4) : v, low);
+            }
+#pragma GCC unroll 8
+            for (int r = 0; r < MR; r++) {
+                const __m512i av = _mm512_set1_epi32(*(const int32_t *)(a + r * kp + 8 * t + 4 * half));
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], av, b[j]);
+            }
+        }
+    }
+}
+
 /* rows a[0:MR] (stride kp) x panel p -> y rows m0.. (or acc_out), columns 64 p .. 64 p + 63 (masked at N) */
 static inline __attribute__((always_inline)) void w8a8_tile(const w8a8_t *g, const uint8_t *a, int64_t m0,
                                                             int64_t p, const float *sa, const int32_t *za,
@@ -132,26 +158,8 @@ static inline __attribute__((always_inline)) void w8a8_tile(const w8a8_t *g, con
     for (int r = 0; r < MR; r++)
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_si512();
-    if (W4) {
-        const __m512i low = _mm512_set1_epi8(0x0F);
-        for (int64_t t = 0; t < kp / 8; t++) {
-            __m512i b[4];
-#pragma GCC unroll 2
-            for (int half = 0; half < 2; half++) {          /* k = 8 t + 4 half .. + 3: low, then high nibbles */
-#pragma GCC unroll 4
-                for (int j = 0; j < 4; j++) {
-                    const __m512i v = _mm512_load_si512(bp + 256 * t + 64 * j);
-                    b[j] = _mm512_and_si512(half ? _mm512_srli_epi16(v, 4) : v, low);
-                }
-#pragma GCC unroll 8
-                for (int r = 0; r < MR; r++) {
-                    const __m512i av = _mm512_set1_epi32(*(const int32_t *)(a + r * kp + 8 * t + 4 * half));
-#pragma GCC unroll 4
-                    for (int j = 0; j < 4; j++) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], av, b[j]);
-                }
-            }
-        }
-    } else for (int64_t t = 0; t < K4; t++) {
+    if (W4) nibble_dots(acc, bp, a, kp, 0, kp / 8, MR);
+    else for (int64_t t = 0; t < K4; t++) {
         const __m512i b0 = _mm512_load_si512(bp + 256 * t), b1 = _mm512_load_si512(bp + 256 * t + 64);
         const __m512i b2 = _mm512_load_si512(bp + 256 * t + 128), b3 = _mm512_load_si512(bp + 256 * t + 192);
 #pragma GCC unroll 8
@@ -199,7 +207,6 @@ static inline __attribute__((always_inline)) void w4g_tile(const w8a8_t *g, cons
                                                            const int MR) {
     const int8_t *bp = g->wp + p * (g->kp / 2) * W8_NR;
     const int64_t kp = g->kp, np = g->npan * W8_NR, n0 = p * W8_NR;
-    const __m512i low = _mm512_set1_epi8(0x0F);
     __m512 facc[W4G_MR][4];
 #pragma GCC unroll 3
     for (int r = 0; r < MR; r++)
@@ -211,23 +218,7 @@ static inline __attribute__((always_inline)) void w4g_tile(const w8a8_t *g, cons
         for (int r = 0; r < MR; r++)
 #pragma GCC unroll 4
             for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_si512();
-        for (int64_t t = q * g->gs / 8; t < (q + 1) * g->gs / 8; t++) {
-            __m512i b[4];
-#pragma GCC unroll 2
-            for (int half = 0; half < 2; half++) {
-#pragma GCC unroll 4
-                for (int j = 0; j < 4; j++) {
-                    const __m512i v = _mm512_load_si512(bp + 256 * t + 64 * j);
-                    b[j] = _mm512_and_si512(half ? _mm512_srli_epi16(v, 4) : v, low);
-                }
-#pragma GCC unroll 3
-                for (int r = 0; r < MR; r++) {
-                    const __m512i av = _mm512_set1_epi32(*(const int32_t *)(a + r * kp + 8 * t + 4 * half));
-#pragma GCC unroll 4
-                    for (int j = 0; j < 4; j++) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], av, b[j]);
-                }
-            }
-        }
+        nibble_dots(acc, bp, a, kp, q * g->gs / 8, (q + 1) * g->gs / 8, MR);
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             const int64_t at = q * np + n0 + 16 * j;
