@@ -114,8 +114,8 @@ def quantize_(model: nn.Module, scheme: Scheme | dict, *, device: str = "cpu",
         scheme = Scheme.model_validate(scheme)
     kinds = classify(model)
     plan = plan_modules(model, scheme, kinds)
-    op_plan = plan_ops(model, scheme)        # attention, residual: raises before the model changes
     recipes = [scheme, *(scheme.recipe(o) for o in scheme.overrides)]
+    op_plan = plan_ops(model, scheme, recipes)   # attention, residual: raises before the model changes
     # choose every kernel before touching the model, so an impossible request leaves it unchanged
     steps = {}
     for r, recipe in enumerate(recipes):
@@ -146,7 +146,7 @@ def quantize_(model: nn.Module, scheme: Scheme | dict, *, device: str = "cpu",
                                  act_qparams.get(planned.name), kernel))
         if progress:
             progress(planned.name)
-    records += [ModuleRecord(**r) for r in install_ops(model, scheme, op_plan, device, activation_spec)]
+    records += [ModuleRecord(**r) for r in install_ops(model, recipes, op_plan, device, activation_spec)]
     if method_info is not None:
         if 0 in runs:
             method_info.update(runs[0].summary())

@@ -106,10 +106,11 @@ def _hidden_size(model: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- planning
-def plan_ops(model: nn.Module, scheme) -> list[PlannedOp]:
+def plan_ops(model: nn.Module, scheme, recipes: Optional[list] = None) -> list[PlannedOp]:
     """The per-instance decisions for the scheme's ops around the linears, from names alone (works on the meta
-    device). Raises KernelUnavailable when the model has no instance of a requested op."""
-    recipes = [scheme, *(scheme.recipe(o) for o in scheme.overrides)]
+    device). `recipes`: the scheme's and its overrides' (Scheme.recipe), when the caller has them. Raises
+    KernelUnavailable when the model has no instance of a requested op."""
+    recipes = recipes or [scheme, *(scheme.recipe(o) for o in scheme.overrides)]
     out = []
     for op in (o for o in OP_KINDS if o in scheme.ops):
         found = attention_modules(model) if op == "attention" else blocks(model)
@@ -129,9 +130,9 @@ def plan_ops(model: nn.Module, scheme) -> list[PlannedOp]:
     return out
 
 
-def install(model: nn.Module, scheme, planned: list[PlannedOp], device: str, activation_spec) -> list[dict]:
-    """Make the planned ops run quantized in `model` (in place); one quantization-map entry per instance."""
-    recipes = [scheme, *(scheme.recipe(o) for o in scheme.overrides)]
+def install(model: nn.Module, recipes: list, planned: list[PlannedOp], device: str, activation_spec) -> list[dict]:
+    """Make the planned ops run quantized in `model` (in place), each with the activation spec of its recipe
+    (`recipes`: as plan_ops took them); one quantization-map entry per instance."""
     records = []
     attention = [p for p in planned if p.op == "attention"]
     if attention:

@@ -130,12 +130,18 @@ def _kv_cache(out):
     return out["cache"] if "cache" in out else out.past_key_values
 
 
-def _decode_step(model) -> Callable:
-    """step(nxt, cache): one decode step of the (B,) tokens nxt on top of cache, passed under the keyword the
-    model's forward takes (looked up once here, not inside a timed loop)."""
+def cache_keyword(model) -> str:
+    """The keyword the model's forward takes a KV cache under: `cache` in newer transformers, `past_key_values`
+    before (look it up once, not inside a timed loop)."""
     import inspect
 
-    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _decode_step(model) -> Callable:
+    """step(nxt, cache): one decode step of the (B,) tokens nxt on top of cache, passed under the keyword the
+    model's forward takes."""
+    key = cache_keyword(model)
     return lambda nxt, cache: model(input_ids=nxt[:, None], use_cache=True, **{key: cache})
 
 

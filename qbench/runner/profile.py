@@ -103,15 +103,13 @@ def phases(model: nn.Module, task: str, batch: dict) -> dict[str, Callable[[], N
         model(**batch)
     out = {"prefill": prefill}
     if task == "causal_lm":
-        import inspect
-
-        from qbench.metrics.lm import _kv_cache
+        from qbench.metrics.lm import _kv_cache, cache_keyword
 
         with torch.no_grad():
             first = model(**batch, use_cache=True)
         cache, nxt = _kv_cache(first), first.logits[:, -1:].argmax(-1)
         mask = torch.cat([batch["attention_mask"], torch.ones_like(nxt)], 1)
-        key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        key = cache_keyword(model)
         fresh = [copy.deepcopy(cache)]
 
         @torch.no_grad()

@@ -160,18 +160,23 @@ class Int8Native(Kernel):
         self._require(self.shape_reason(n, k))
         if act_qparams is not None and (act_qparams[0].numel() != 1 or act_qparams[1].numel() != 1):
             self._require("static activation qparams must be one scale and one zero point")
-        codes, zc = to_int8(qweight.codes, qweight.zero_point, qweight.spec)    # (N, K) int8, zero point with them
-        zc = zc.reshape(-1).expand(n)                                            # (N,)
         return FusedState(
-            spec=qweight.spec, wp=pack_panels(codes), n=n, k=k, a=a,
+            spec=qweight.spec, n=n, k=k, a=a,
             # static activation qparams as the C call takes them: scale, zero point in the uint8 domain
             static=None if act_qparams is None else
             (float(act_qparams[0]), int(act_qparams[1]) + uint8_offset(a)),
-            csum=_padded(codes.sum(dim=1, dtype=torch.int32), n),                   # exact column sums
-            zc=_padded(zc.contiguous(), n) if bool((zc != 0).any()) else None,
-            ws=_padded(qweight.scale.reshape(-1).expand(n).float(), n),
             bias=None if bias is None else _padded(bias.detach().float(), n),
-            pre=qweight.input_transform())
+            pre=qweight.input_transform(), **self._weights(qweight))
+
+    def _weights(self, qweight) -> dict:
+        """The packed codes and what the kernel's corrections need (FusedState's wp, csum, zc, ws)."""
+        n = qweight.shape[0]
+        codes, zc = to_int8(qweight.codes, qweight.zero_point, qweight.spec)    # (N, K) int8, zero point with them
+        zc = zc.reshape(-1).expand(n)                                            # (N,)
+        return dict(wp=pack_panels(codes),
+                    csum=_padded(codes.sum(dim=1, dtype=torch.int32), n),       # exact column sums
+                    zc=_padded(zc.contiguous(), n) if bool((zc != 0).any()) else None,
+                    ws=_padded(qweight.scale.reshape(-1).expand(n).float(), n))
 
     def held_weight(self, state):
         n, spec = state.n, state.spec
@@ -209,29 +214,24 @@ class W4A8Native(Int8Native):
             w = QuantSpec(w.bits, w.signed, w.symmetric, "per_channel")     # groups are this kernel's own concern
         return Int8Native._config_reason(w, a)
 
-    def pack(self, qweight, bias, a, act_qparams=None):
+    def _weights(self, qweight) -> dict:
+        """Nibble panels of the codes q - qmin, and per group (one for per tensor / channel) the exact column sums,
+        the zero points z - qmin and the scales, each (groups, N padded) flat."""
         spec = qweight.spec
-        self._require(self._config_reason(spec, a))
         n, k = qweight.shape
-        self._require(self.shape_reason(n, k))
         groups = k // spec.group_size if spec.granularity == "per_group" else 1
-        if act_qparams is not None and (act_qparams[0].numel() != 1 or act_qparams[1].numel() != 1):
-            self._require("static activation qparams must be one scale and one zero point")
         c = qweight.codes.to(torch.int16) - spec.qmin                                         # (N, K) 0..15
+
         def per_row(t):                                            # () / (N,) / (N, G) -> (N, G)
             return t.reshape(1, 1).expand(n, groups) if t.numel() == 1 else t.reshape(n, -1).expand(n, groups)
-        zc = per_row(qweight.zero_point.to(torch.int32) - spec.qmin)
-        ws = per_row(qweight.scale.float())
-        csum = c.reshape(n, groups, k // groups).sum(-1, dtype=torch.int32)                   # (N, G) exact
 
         def by_group(t):                                           # (N, G) -> (G, N padded) flat
             return torch.stack([_padded(t[:, g].contiguous(), n) for g in range(groups)]).reshape(-1)
-        return FusedState(
-            spec=spec, wp=pack_nibble_panels(c), n=n, k=k, a=a,
-            static=None if act_qparams is None else (float(act_qparams[0]), int(act_qparams[1]) + uint8_offset(a)),
-            csum=by_group(csum), zc=by_group(zc) if bool((zc != 0).any()) else None, ws=by_group(ws),
-            bias=None if bias is None else _padded(bias.detach().float(), n), w4=True, groups=groups,
-            pre=qweight.input_transform())
+        zc = per_row(qweight.zero_point.to(torch.int32) - spec.qmin)
+        csum = c.reshape(n, groups, k // groups).sum(-1, dtype=torch.int32)                   # (N, G) exact
+        return dict(wp=pack_nibble_panels(c), csum=by_group(csum),
+                    zc=by_group(zc) if bool((zc != 0).any()) else None,
+                    ws=by_group(per_row(qweight.scale.float())), w4=True, groups=groups)
 
     def held_weight(self, state):
         n, spec, groups = state.n, state.spec, state.groups
