@@ -3,9 +3,11 @@ int8_native / int8_onednn also need AVX-512 VNNI. Without them a test skips with
 expects the next kernel its preference names, instead of failing for the wrong reason."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Optional
 
 import pytest
+import torch
 
 from qbench.engine.kernels import KERNELS
 from qbench.engine.primitives import QuantSpec
@@ -24,3 +26,15 @@ def first_available(w: QuantSpec, a: Optional[QuantSpec], *names: str, device: s
         if KERNELS.get(name).supports(w, a, device) is None:
             return name
     pytest.skip(f"none of {', '.join(names)} can run here")
+
+
+@contextmanager
+def torch_threads(n: Optional[int]):
+    """torch's intra-op thread count set to `n` inside the block (unchanged for None), restored after it."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

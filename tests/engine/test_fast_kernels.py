@@ -19,6 +19,7 @@ from qbench.engine.kernels.decode import DECODE_MAX_M, pack_nibble_blocks, unpac
 from qbench.engine.modules import QuantLinear
 from qbench.engine.primitives import QuantSpec, choose_qparams, quantize
 from qbench.errors import KernelUnavailable
+from tests.engine.support import torch_threads
 from tests.engine.test_kernels import exact_acc, make_problem, weight64
 
 REF = KERNELS.get("reference")
@@ -96,17 +97,13 @@ def test_native_quantizer_non_finite_inputs(bits):
 @needs_native
 def test_native_quantizer_two_threads():
     """Large enough to be split across threads (per-tensor: min/max per span, then codes per span)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         x = torch.randn(301, 1003, generator=torch.Generator().manual_seed(5)) * 2 + 0.5
         for spec in (QuantSpec(8, False, False, "per_tensor"), QuantSpec(8, True, True, "per_token")):
             q = quantize(x, spec)
             codes, s, z = native.quant_u8(x, 8, spec.signed, spec.symmetric, spec.granularity == "per_token")
             assert torch.equal(codes.to(torch.int16), q.data.to(torch.int16) + (128 if spec.signed else 0))
             assert torch.equal(s, q.scale.reshape(-1))
-    finally:
-        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------- int8_onednn (W8A8)
@@ -252,15 +249,11 @@ def test_int4_wo_native_against_float64(w_spec):
 @needs_native
 def test_weight_only_native_larger_shapes_two_threads():
     """Both paths (M <= 16: the C GEMM; above: C dequantize + matmul) on bigger layers, split over threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         check_weight_only(WO4, QuantSpec(4, False, False, "per_group", 128), k=1536, seed=80,
                           ms=(1, DECODE_MAX_M, DECODE_MAX_M + 1, 300), n=389)
         check_weight_only(WO8, QuantSpec(8, True, True, "per_channel"), k=1000, seed=90,
                           ms=(1, 9, DECODE_MAX_M + 1, 2048), n=77)
-    finally:
-        torch.set_num_threads(before)
 
 
 @needs_native
@@ -477,9 +470,7 @@ def test_native_build_failure_is_a_reason(monkeypatch, tmp_path):
 @needs_native
 def test_native_kernels_many_parallel_dispatches():
     """Dispatch after dispatch across threads (torch's OpenMP runtime, or the native pool): same results."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         w, b, x = make_problem(3, 2048, 256, seed=12)
         state = WO8.prepare(w, b, W8_CH, None)
         first = WO8.forward(state, x)
@@ -487,8 +478,6 @@ def test_native_kernels_many_parallel_dispatches():
             assert torch.equal(WO8.forward(state, x), first)
             if i % 50 == 0:
                 torch.nn.functional.linear(x, w)                      # torch's own parallel work in between
-    finally:
-        torch.set_num_threads(before)
 
 
 @needs_native

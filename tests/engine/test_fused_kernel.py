@@ -12,7 +12,7 @@ from qbench.engine.kernels.fused import MAX_K, PANEL, gemm, pack_panels
 from qbench.engine.primitives import QuantSpec
 
 from tests.engine.test_fast_kernels import _portable_library
-from tests.engine.support import first_available
+from tests.engine.support import first_available, torch_threads
 from tests.engine.test_kernels import A_SPECS, W_SPECS, exact_acc, make_problem, sid
 
 FUSED, REF = KERNELS.get("int8_native"), KERNELS.get("reference")
@@ -22,19 +22,15 @@ needs_fused = pytest.mark.skipif(FUSED.supports(W8, A_TOKEN, "cpu") is not None,
                                  reason=f"int8_native unavailable: {FUSED.supports(W8, A_TOKEN, 'cpu')}")
 
 
-def check(m, k, n, w_spec, a_spec, seed, act_qparams=None, threads=None):
-    """Exact int32 sums, then float outputs against the float64 oracle and the reference kernel."""
+def check(m, k, n, w_spec, a_spec, seed, act_qparams=None, threads=None, kernel=FUSED):
+    """Exact int32 sums, then float outputs against the float64 oracle and the reference kernel (`kernel`: the
+    fused kernel, int8_native, or its nibble twin w4a8_native)."""
     w, b, x = make_problem(m, k, n, seed)
     exact, a_s, w_s = exact_acc(x, a_spec, w, w_spec, act_qparams)
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        acc = gemm(FUSED.prepare(w, None, w_spec, a_spec, act_qparams), x, exact=True)
-        y = FUSED.forward(FUSED.prepare(w, b, w_spec, a_spec, act_qparams), x)
-    finally:
-        torch.set_num_threads(before)
-    assert acc.dtype == torch.int32 and torch.equal(acc.long(), exact), (m, k, n)
+    with torch_threads(threads):
+        acc = gemm(kernel.prepare(w, None, w_spec, a_spec, act_qparams), x, exact=True)
+        y = kernel.forward(kernel.prepare(w, b, w_spec, a_spec, act_qparams), x)
+    assert acc.dtype == torch.int32 and torch.equal(acc.long(), exact), (m, k, n, sid(w_spec), sid(a_spec))
     y64 = exact.double() * a_s * w_s + b.double()
     scale = float(y64.abs().max())
     assert y.shape == (m, n) and y.dtype == torch.float32

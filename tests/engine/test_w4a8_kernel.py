@@ -14,8 +14,10 @@ from qbench.engine.kernels.fused import PANEL, gemm, pack_nibble_panels, unpack_
 from qbench.engine.methods import rtn
 from qbench.engine.primitives import QuantSpec, quantize
 
+from tests.engine.support import torch_threads
 from tests.engine.test_fast_kernels import _portable_library
-from tests.engine.test_kernels import A_SPECS, exact_acc, make_problem, sid
+from tests.engine.test_fused_kernel import check as fused_check
+from tests.engine.test_kernels import A_SPECS, make_problem, sid
 
 W4A8, REF = KERNELS.get("w4a8_native"), KERNELS.get("reference")
 W4 = QuantSpec(4, True, True, "per_channel")
@@ -27,22 +29,8 @@ needs_w4a8 = pytest.mark.skipif(W4A8.supports(W4, A_TOKEN, "cpu") is not None,
 
 
 def check(m, k, n, w_spec, a_spec, seed, threads=None):
-    w, b, x = make_problem(m, k, n, seed)
-    exact, a_s, w_s = exact_acc(x, a_spec, w, w_spec)
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        acc = gemm(W4A8.prepare(w, None, w_spec, a_spec), x, exact=True)
-        y = W4A8.forward(W4A8.prepare(w, b, w_spec, a_spec), x)
-    finally:
-        torch.set_num_threads(before)
-    assert acc.dtype == torch.int32 and torch.equal(acc.long(), exact), (m, k, n, sid(w_spec), sid(a_spec))
-    y64 = exact.double() * a_s * w_s + b.double()
-    scale = float(y64.abs().max())
-    assert (y.double() - y64).abs().max() <= 1e-5 * scale
-    y_ref = REF.forward(REF.prepare(w, b, w_spec, a_spec), x)
-    assert (y.double() - y_ref.double()).abs().max() <= 1e-5 * scale
+    """int8_native's check (exact int32 sums, the float64 oracle, the reference kernel) on w4a8_native."""
+    fused_check(m, k, n, w_spec, a_spec, seed, threads=threads, kernel=W4A8)
 
 
 def test_nibble_panel_layout():
@@ -141,13 +129,8 @@ def check_groups(m, k, n, w_spec, a_spec, seed, threads=None):
     exact = torch.einsum("mgk,ngk->mng", a, c.reshape(n, groups, gs))                    # (M, N, G) int64
     y64 = (exact.double() * qw.scale.double().reshape(1, n, groups)).sum(-1) * qa.scale.double().reshape(-1, 1) \
         + b.double()
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         y = W4A8.forward(W4A8.prepare(w, b, w_spec, a_spec), x)
-    finally:
-        torch.set_num_threads(before)
     scale = float(y64.abs().max())
     assert (y.double() - y64).abs().max() <= 1e-5 * scale, (m, k, n, sid(w_spec), sid(a_spec))
     y_ref = REF.forward(REF.prepare(w, b, w_spec, a_spec), x)
