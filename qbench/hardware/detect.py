@@ -68,6 +68,7 @@ class HardwareInfo:
     gpus: tuple = ()
     cpu_freq_mhz: Optional[tuple] = None  # (current, max); either may be None
     cpu_governor: Optional[str] = None
+    allocator: Optional[str] = None       # the C allocator as this process uses it (hardware.allocator)
 
     def to_dict(self) -> dict:
         """Return a JSON-serialisable dict (tuples become lists)."""
@@ -243,7 +244,14 @@ def detect(include_torch: bool = True) -> HardwareInfo:
         gpus=tuple(gpus),
         cpu_freq_mhz=probe(_cpu_freq),
         cpu_governor=governor,
+        allocator=probe(_allocator),
     )
+
+
+def _allocator() -> str:
+    from qbench.hardware.allocator import describe
+
+    return describe()
 
 
 def fingerprint(info: HardwareInfo) -> str:

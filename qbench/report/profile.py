@@ -37,7 +37,7 @@ def markdown(report: dict) -> str:
              f"{m['task']} on {m['device']} ({(m.get('machine') or {}).get('cpu_model') or 'unknown CPU'}, "
              f"{m['threads']} threads, torch {m['torch']}), baseline {m['dtype']}; batch {m['batch_size']} x "
              f"{m['seq_len']} tokens of workload {m['workload']}; {m['repeats']} rounds after {m['warmup']} warm-up "
-             "rounds.", "",
+             "rounds." + (f" Memory allocator: {m['allocator']}." if m.get("allocator") else ""), "",
              "Plain: each variant's forward alone, timed round-robin (every round times every variant), the median; "
              "the speed-up is the median of the per-round ratios to the baseline, with the rounds' 10th and 90th "
              "percentiles. Profiled: the same forward with a hook on every module, each module's own time (minus "

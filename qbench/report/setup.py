@@ -180,6 +180,7 @@ def hardware(meta: dict, cells: list) -> dict:
         ("Packages", ", ".join(f"{k} {v}" for k, v in (hw.get("packages") or {}).items()) or DASH),
         ("torch threads", hw.get("torch_threads") or DASH),
         ("torch CPU capability", hw.get("torch_cpu_capability") or DASH),
+        ("Memory allocator", hw.get("allocator") or DASH),
         ("Device used", meta.get("device") or DASH),
         ("Executor", executors_text(meta)),
         ("Cells ran on", machines_text(cells)),

@@ -31,9 +31,14 @@ class ModelState:
 
 
 def setup_torch(measure) -> None:
-    """Threads and seed from the experiment, in this process (the driver's or a cell worker's)."""
+    """Threads, seed and the allocator setting (measure.memory_reuse) from the experiment, in this process (the
+    driver's or a cell worker's)."""
     import torch
 
+    if measure.memory_reuse:
+        from qbench.hardware.allocator import reuse_freed_memory
+
+        reuse_freed_memory()
     if measure.threads:
         torch.set_num_threads(measure.threads)
     torch.manual_seed(measure.seed)

@@ -207,10 +207,10 @@ def bench_model(exp, model_ref, *, schemes: Optional[list[str]] = None, batch_si
     from qbench.models import load_model
     from qbench.runner.measure import outputs, tokenize
 
+    from qbench.runner.cellstate import setup_torch
+
     m = exp.measure
-    if m.threads:
-        torch.set_num_threads(m.threads)
-    torch.manual_seed(m.seed)
+    setup_torch(m)
     seq_len = seq_len or m.seq_len
     loaded = load_model(model_ref, dtype, device)
     workload = exp.workloads[0]
@@ -247,7 +247,7 @@ def bench_model(exp, model_ref, *, schemes: Optional[list[str]] = None, batch_si
     return {
         "model": model_ref.display, "task": loaded.task, "device": device, "dtype": dtype, "batch_size": batch_size,
         "seq_len": seq_len, "workload": workload.name, "repeats": repeats, "warmup": warmup,
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "allocator": hw.get("allocator"),
         "machine": {k: hw.get(k) for k in ("cpu_model", "cpu_flags", "physical_cores", "logical_cores", "gpus")},
         "kernels": records, "skipped": skipped, "phases": summarize(raw), "raw": raw,
     }
