@@ -180,7 +180,7 @@ def hardware(meta: dict, cells: list) -> dict:
         ("Packages", ", ".join(f"{k} {v}" for k, v in (hw.get("packages") or {}).items()) or DASH),
         ("torch threads", hw.get("torch_threads") or DASH),
         ("torch CPU capability", hw.get("torch_cpu_capability") or DASH),
-        ("Memory allocator", hw.get("allocator") or DASH),
+        ("Memory allocator", allocator_text(hw, cells)),
         ("Device used", meta.get("device") or DASH),
         ("Executor", executors_text(meta)),
         ("Cells ran on", machines_text(cells)),
@@ -206,6 +206,19 @@ def cell_machines(cells: list) -> tuple[set, set]:
     and, on a cluster, the cluster's node id."""
     ran = [c for c in cells if c.get("status") in ("ok", "failed") and c.get("fingerprint")]
     return {(c.get("host"), c.get("node")) for c in ran}, {c["fingerprint"] for c in ran}
+
+
+def allocator_text(hw: dict, cells: list) -> str:
+    """The allocator setting the cells were measured under (each records its process's); the driver's, from meta,
+    where no cell says (runs made before cells recorded it). Several settings are each given with their count."""
+    seen = [c["hardware"]["allocator"] for c in cells
+            if c.get("status") in ("ok", "failed") and (c.get("hardware") or {}).get("allocator")]
+    if not seen:
+        return hw.get("allocator") or DASH
+    distinct = sorted(set(seen))
+    if len(distinct) == 1:
+        return distinct[0]
+    return "; ".join(f"{a} ({seen.count(a)} cells)" for a in distinct)
 
 
 def machines_text(cells: list) -> str:

@@ -31,11 +31,13 @@ def forward(x):     # activations of 6 MiB each, alive together and freed at the
 x = torch.ones(1024, 1536)
 for _ in range(3):
     forward(x)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    forward(x)
-print(json.dumps({"faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10,
-                  "allocator": describe()}))
+blocks = []                      # faults per forward, in blocks of 4 forwards
+for _ in range(6):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(4):
+        forward(x)
+    blocks.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4)
+print(json.dumps({"faults": blocks, "allocator": describe()}))
 """
 
 
@@ -47,10 +49,11 @@ def _forwards(setting: str) -> dict:
 
 def test_reused_memory_takes_no_page_faults_per_forward_where_the_defaults_take_many():
     on, off = _forwards("on"), _forwards("off")
-    if off["faults"] < 50:
-        pytest.skip(f"this C library's defaults took {off['faults']} faults per forward here: nothing to remove")
-    # a tenth at most: on this machine 0 or 154 (one 6 MiB block the kernel reclaimed) against 4,900-11,800
-    assert on["faults"] * 10 < off["faults"], (on, off)
+    # the kernel may reclaim a process's idle pages at any time (then a block faults once more, either way), so
+    # the best block is compared: with the setting, a whole block of forwards that touched no new page
+    if min(off["faults"]) < 50:
+        pytest.skip(f"this C library's defaults took {min(off['faults'])} faults per forward here: nothing to remove")
+    assert min(on["faults"]) <= 1, (on, off)
     assert "kept in the process" in on["allocator"] and "mallopt" in on["allocator"]
     assert "its defaults" in off["allocator"] and "kept" not in off["allocator"]
 
@@ -68,3 +71,15 @@ def test_the_environment_s_allocator_settings_are_named(monkeypatch):
     monkeypatch.setenv("LD_PRELOAD", "/opt/lib/libjemalloc.so.2 /opt/lib/libother.so")
     said = allocator.describe()
     assert said.endswith("set by the environment: MALLOC_ARENA_MAX=2, LD_PRELOAD=libjemalloc.so.2"), said
+
+
+def test_the_card_gives_the_setting_the_cells_were_measured_under():
+    from qbench.report.setup import allocator_text
+
+    kept, default = "glibc malloc, freed memory kept", "glibc malloc, its defaults"
+    driver = {"allocator": default}               # the driver detects the machine before the cells set anything
+    cell = lambda a, status="ok": {"status": status, "hardware": {"allocator": a}}  # noqa: E731
+    assert allocator_text(driver, [cell(kept), cell(kept), cell(default, "skipped")]) == kept
+    assert allocator_text(driver, [cell(kept), cell(default), cell(kept)]) == f"{kept} (2 cells); {default} (1 cells)"
+    assert allocator_text(driver, [{"status": "ok", "hardware": {}}]) == default     # runs before cells said
+    assert allocator_text({}, []) == "—"
