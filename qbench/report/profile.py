@@ -18,15 +18,21 @@ def _x(v: float) -> str:
 
 
 def table(rows: list[dict]) -> tuple[list[str], list[list[str]], str]:
-    head = ["Variant", "ms (plain)", "Speed-up [p10, p90]", "ms (profiled)",
+    head = ["Variant", "ms (plain)", "Speed-up [p10, p90]", "Page faults", "ms (profiled)",
             *[f"{c} ms (%)" for c in CATEGORIES], "Linears free: ≤ x now", "≤ x baseline"]
     body = []
     for r in rows:
         body.append([r["variant"], sig(r["ms"]), f"{_x(r['speedup'])} [{sig(r['speedup_p10'])}, "
-                     f"{sig(r['speedup_p90'])}]", sig(r["profiled_ms"]),
+                     f"{sig(r['speedup_p90'])}]", faults_text(r), sig(r["profiled_ms"]),
                      *[f"{sig(r['ms_by_category'][c])} ({100 * r['share'][c]:.0f}%)" for c in CATEGORIES],
                      _x(r["linears_free_ceiling"]), _x(r["linears_free_vs_baseline"])])
-    return head, body, "lrlr" + "r" * len(CATEGORIES) + "rr"
+    return head, body, "lrlrr" + "r" * len(CATEGORIES) + "rr"
+
+
+def faults_text(row: dict) -> str:
+    """Minor page faults per plain forward (median), or — for reports made before they were counted."""
+    f = row.get("page_faults")
+    return "—" if f is None else f"{f:,.0f}"
 
 
 def markdown(report: dict) -> str:
@@ -40,7 +46,8 @@ def markdown(report: dict) -> str:
              "rounds." + (f" Memory allocator: {m['allocator']}." if m.get("allocator") else ""), "",
              "Plain: each variant's forward alone, timed round-robin (every round times every variant), the median; "
              "the speed-up is the median of the per-round ratios to the baseline, with the rounds' 10th and 90th "
-             "percentiles. Profiled: the same forward with a hook on every module, each module's own time (minus "
+             "percentiles; page faults: the minor page faults of one plain forward (median), pages the process "
+             "got fresh from the kernel (see measure.memory_reuse). Profiled: the same forward with a hook on every module, each module's own time (minus "
              "its children's) added to its kind (linear: every linear, the LM head included; attention: the "
              "attention modules' own work; other: residual adds, gating multiplies, masks, Python glue and the "
              "hooks' own cost), from the profiled round with the median total. Linears free: the profiled share of everything but the "
@@ -92,18 +99,19 @@ def card_section(cells: list, order: dict) -> dict | None:
                     shown_base.add((m, phase)) if base else None
                     rows.append([m, phase, "baseline" if base else s, f"{prof['batch_size']} x {prof['seq_len']}",
                                  sig(r["ms"]), "1" if base else f"{_x(r['speedup'])} [{sig(r['speedup_p10'])}, "
-                                 f"{sig(r['speedup_p90'])}]",
+                                 f"{sig(r['speedup_p90'])}]", faults_text(r),
                                  *[f"{100 * r['share'][k]:.0f}%" for k in CATEGORIES],
                                  _x(r["linears_free_vs_baseline"])])
     if not rows:
         return None
     return {"note": "The first batch size of each cell, profiled (measure.profile): the forward alone timed "
                     "round-robin with the baseline (median ms; speed-up: the median of the per-round ratios, with "
-                    "their 10th and 90th percentiles), then with a hook on every module, each module's own time "
+                    "their 10th and 90th percentiles; page faults: the minor page faults of one such forward, "
+                    "the median), then with a hook on every module, each module's own time "
                     "(minus its children's) added to its kind: linear (the LM head included), attention (the "
                     "attention modules' own work), norm, activation, embedding, other (residual adds, gating "
                     "multiplies, masks, Python glue, the hooks). Linears free: the speed-up over the baseline this "
                     "variant could reach if its linears cost nothing (its plain time times its non-linear share).",
             "table": card_table(["Model", "Phase", "Variant", "Batch x tokens", "ms", "Speed-up [p10, p90]",
-                                 *[f"{k} %" for k in CATEGORIES], "Linears free: ≤ x baseline"], rows,
-                                "llllrl" + "r" * len(CATEGORIES) + "r")}
+                                 "Page faults", *[f"{k} %" for k in CATEGORIES], "Linears free: ≤ x baseline"],
+                                rows, "llllrlr" + "r" * len(CATEGORIES) + "r")}

@@ -95,6 +95,15 @@ def _timed(fn: Callable[[], None], sync: Callable[[], None]) -> float:
     return time.perf_counter() - t0
 
 
+def minor_faults() -> int:
+    """The process's minor page faults so far (pages the kernel mapped in on first touch); 0 where unknown."""
+    try:
+        import resource
+    except ImportError:                       # not on POSIX
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def phases(model: nn.Module, task: str, batch: dict) -> dict[str, Callable[[], None]]:
     """Phase name -> a no-argument function running it once: prefill; decode (causal LMs: one token against a
     KV cache of the batch's length, the cache copied before each step, outside the timing)."""
@@ -122,19 +131,23 @@ def phases(model: nn.Module, task: str, batch: dict) -> dict[str, Callable[[], N
 
 def measure(variants: dict[str, nn.Module], task: str, batch: dict, repeats: int, warmup: int, device: str,
             progress: Optional[Callable[[], None]] = None) -> dict:
-    """{phase: {variant: {plain: [s...], profiled: {category: s}, profiled_total: s}}}: the profile of the
-    profiled round with the median total (one round, so its kinds add up to its total)."""
+    """{phase: {variant: {plain: [s...], faults: [minor page faults...], profiled: {category: s},
+    profiled_total: s}}}: the plain rounds' times and page faults, and the profile of the profiled round with the
+    median total (one round, so its kinds add up to its total)."""
     sync = _sync_for(device)
     runs = {v: phases(m, task, batch) for v, m in variants.items()}
     out: dict = {}
     for phase in runs[next(iter(runs))]:
         plain = {v: [] for v in variants}
+        faults = {v: [] for v in variants}
         for _ in range(warmup):
             for v in variants:
                 runs[v][phase]()
         for _ in range(repeats):              # round-robin: every round times every variant
             for v in variants:
+                f0 = minor_faults()
                 plain[v].append(_timed(runs[v][phase], sync))
+                faults[v].append(minor_faults() - f0)
             if progress:
                 progress()
         out[phase] = {}
@@ -149,7 +162,7 @@ def measure(variants: dict[str, nn.Module], task: str, batch: dict, repeats: int
                     per[c].append(p.seconds[c] if c != "other" else total - sum(
                         p.seconds[k] for k in CATEGORIES if k != "other"))
             mid = sorted(range(repeats), key=totals.__getitem__)[(repeats - 1) // 2]   # the median round, whole
-            out[phase][v] = {"plain": plain[v], "profiled": {c: x[mid] for c, x in per.items()},
+            out[phase][v] = {"plain": plain[v], "faults": faults[v], "profiled": {c: x[mid] for c, x in per.items()},
                              "profiled_total": totals[mid]}
             if progress:
                 progress()
@@ -172,6 +185,8 @@ def summarize(raw: dict, baseline: str = "baseline") -> dict:
                 "speedup": statistics.median(ratios), "speedup_p10": ratios[int(0.1 * (len(ratios) - 1))],
                 "speedup_p90": ratios[int(round(0.9 * (len(ratios) - 1)))],
                 "profiled_ms": 1e3 * total,
+                # minor page faults per plain forward (median): memory the forward got as fresh pages
+                "page_faults": statistics.median(d["faults"]) if d.get("faults") else None,
                 "ms_by_category": {c: 1e3 * prof[c] for c in CATEGORIES},
                 "share": {c: prof[c] / total if total else 0.0 for c in CATEGORIES},
                 "linears_free_ceiling": total / (total - lin) if total > lin else float("inf"),

@@ -88,11 +88,13 @@ def test_summary_by_hand():
         "baseline": {"plain": [1.0, 1.2, 0.9], "profiled": {"linear": 0.8, "attention": 0.1, "norm": 0.0,
                                                               "activation": 0.0, "embedding": 0.0, "other": 0.1},
                      "profiled_total": 1.0},
-        "w8": {"plain": [0.5, 0.4, 0.45], "profiled": {"linear": 0.25, "attention": 0.1, "norm": 0.0,
-                                                        "activation": 0.0, "embedding": 0.0, "other": 0.15},
+        "w8": {"plain": [0.5, 0.4, 0.45], "faults": [0, 7, 3], "profiled": {"linear": 0.25, "attention": 0.1,
+                                                                             "norm": 0.0, "activation": 0.0,
+                                                                             "embedding": 0.0, "other": 0.15},
                "profiled_total": 0.5}}}
     rows = {r["variant"]: r for r in summarize(raw)["prefill"]}
     w8 = rows["w8"]
+    assert w8["page_faults"] == 3 and rows["baseline"]["page_faults"] is None    # a report from before faults
     assert w8["speedup"] == pytest.approx(2.0)                     # ratios 2.0, 3.0, 2.0: median 2.0
     assert w8["speedup_p10"] == pytest.approx(2.0) and w8["speedup_p90"] == pytest.approx(3.0)
     assert w8["ms"] == pytest.approx(450) and w8["share"]["linear"] == pytest.approx(0.5)
@@ -165,3 +167,30 @@ def test_a_run_with_measure_profile_shows_where_the_time_goes(tiny_models, tmp_p
         ["gpt2", "decode", "w8a8"], ["gpt2", "prefill", "w8a8-attn"], ["gpt2", "decode", "w8a8-attn"],
         ["bert", "prefill", "baseline"], ["bert", "prefill", "w8a8"], ["bert", "prefill", "w8a8-attn"]]
     assert "## Where the time goes" in (out.run_dir / "card.md").read_text()
+
+
+def test_page_faults_count_the_pages_a_forward_gets_fresh(monkeypatch):
+    """A variant that maps 4 MiB anew and writes every page faults about 1024 times per forward; one that reuses
+    its buffer does not (counted by the kernel, through getrusage)."""
+    import mmap
+
+    from torch import nn
+
+    kept = bytearray(4 << 20)
+
+    def fresh():
+        buf = mmap.mmap(-1, 4 << 20)
+        for off in range(0, 4 << 20, 4096):
+            buf[off] = 1
+        buf.close()
+
+    def reused():
+        for off in range(0, 4 << 20, 4096):
+            kept[off] = 1
+    m1, m2 = nn.Identity(), nn.Identity()
+    runs = {id(m1): fresh, id(m2): reused}
+    monkeypatch.setattr(profile, "phases", lambda model, task, batch: {"prefill": runs[id(model)]})
+    raw = profile.measure({"baseline": m2, "fresh": m1}, "encoder", {}, repeats=3, warmup=1, device="cpu")
+    rows = {r["variant"]: r for r in summarize(raw)["prefill"]}
+    assert 1000 <= rows["fresh"]["page_faults"] <= 1100, rows["fresh"]["page_faults"]
+    assert rows["baseline"]["page_faults"] <= 5
