@@ -215,7 +215,7 @@ def list_(what: str = typer.Argument("kernels", help="kernels, models or dataset
         typer.echo("ops around the linears (ops: [attention, residual]; chosen by device, not by `kernel:`):")
         for name, (backend, emulated) in api.op_kernels().items():
             typer.echo(f"{name:18s} {'emulated' if emulated else 'integer':8s} "
-                       f"{'cpu' if name == 'int8_attention' else 'any':9s} {backend}")
+                       f"{'cpu' if name.startswith('int8_attention') else 'any':9s} {backend}")
     elif what == "models":
         for name, b in api.bundled_models().items():
             typer.echo(f"{name:10s} {b.origin} ({b.install})")

@@ -150,7 +150,7 @@ def install(model: nn.Module, recipes: list, planned: list[PlannedOp], device: s
             records.append(dict(rec, kernel="baseline", activations="float"))
             continue
         a = activation_spec(recipes[p.recipe])
-        kernel = attention_kernel(device) if p.op == "attention" else "residual_qdq"
+        kernel = attention_kernel(device, a) if p.op == "attention" else "residual_qdq"
         if p.op == "attention":
             mod.qbench_attention = OpSpec(a, kernel)
         else:

@@ -10,10 +10,14 @@ import torch
 
 from qbench.engine import ops
 from qbench.engine.api import quantize_
-from qbench.engine.kernels.attention import matmul_nt, prob_spec, quantize_rows, quantized_attention
+from qbench.engine.kernels import native
+from qbench.engine.kernels.attention import attention_kernel, matmul_nt, native_attention_reason, prob_spec, \
+    quantize_rows, quantized_attention
+from qbench.engine.kernels.native_status import native_reason
 from qbench.engine.primitives import QuantSpec, choose_qparams, dequantize, quantize, reduce_minmax
 from qbench.errors import KernelUnavailable
 from qbench.results.records import QuantEntry
+from tests.engine.support import torch_threads
 
 SPECS = [QuantSpec(8, False, False, "per_token"), QuantSpec(8, True, True, "per_tensor"),
          QuantSpec(4, False, False, "per_tensor"), QuantSpec(6, True, False, "per_token")]
@@ -76,6 +80,52 @@ def test_integer_matmul_equals_exact_integer_arithmetic(a, m, k, n):
                                atol=1e-5 * oracle.abs().max().item())
 
 
+def _native(a: QuantSpec) -> bool:
+    """Whether qbench's C attention kernel can run a here (per-token specs; its portable C path is exact too)."""
+    return a.granularity == "per_token" and native_reason() is None
+
+
+@pytest.mark.skipif(native_reason() is not None, reason="qbench's native library is not built here")
+@pytest.mark.parametrize("a", [QuantSpec(8, False, False, "per_token"), QuantSpec(8, True, True, "per_token"),
+                               QuantSpec(6, True, False, "per_token"), QuantSpec(4, False, True, "per_token")],
+                         ids=lambda a: a.describe())
+@pytest.mark.parametrize("b,h,s,t,d", [(2, 3, 17, 17, 32), (1, 4, 1, 33, 64), (2, 2, 5, 9, 6), (1, 2, 3, 1, 8),
+                                       (1, 2, 70, 130, 80), (3, 1, 16, 16, 16)])
+def test_the_c_kernel_gives_int8_attention_s_numbers(a, b, h, s, t, d):
+    """qb_attention against torch._int_mm's int8_attention, whose integer sums are exact: the same integer sums and
+    float steps, so equal up to the softmax's rounding; tile remainders (T past 64 and 16, D = 6, 80, T = 1, one
+    query row), masks per head or broadcast over heads, and one thread or two give the same bits."""
+    torch.manual_seed(3)
+    q, k, v = torch.randn(b, h, s, d) * 2, torch.randn(b, h, t, d), torch.randn(b, h, t, d) * 3
+    masks = [None, torch.zeros(b, 1, s, t).masked_fill(torch.rand(b, 1, s, t) < 0.3, -1e9),
+             torch.randn(b, h, s, t)]
+    for mask in masks:
+        if mask is not None:
+            mask[..., 0] = 0                                    # every row keeps a key
+        ref = quantized_attention(q, k, v, mask, d ** -0.5, a, "int8_attention")
+        got = quantized_attention(q, k, v, mask, d ** -0.5, a, "int8_attention_native")
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    with torch_threads(1):
+        one = quantized_attention(q, k, v, masks[1], d ** -0.5, a, "int8_attention_native")
+    assert torch.equal(one, quantized_attention(q, k, v, masks[1], d ** -0.5, a, "int8_attention_native"))
+
+
+@pytest.mark.skipif(native_reason() is not None, reason="qbench's native library is not built here")
+def test_the_c_kernel_refuses_what_it_cannot_take():
+    q = torch.randn(4, 3, 8)
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        native.attention(q, torch.randn(4, 5, 8), torch.randn(4, 6, 8), None, 2, 1.0, 8, False, False)
+    with pytest.raises(ValueError, match="mask"):
+        native.attention(q, q, q, torch.zeros(2, 2, 3, 4), 2, 1.0, 8, False, False)
+    with pytest.raises(ValueError, match="per-token"):
+        quantized_attention(q[None], q[None], q[None], None, 1.0, QuantSpec(8, True, True, "per_tensor"),
+                            "int8_attention_native")
+    assert attention_kernel("cpu", QuantSpec(8, True, True, "per_tensor")) == "int8_attention"
+    assert attention_kernel("cuda", QuantSpec(8, False, False, "per_token")) == "attention_qdq"
+    expected = "int8_attention_native" if native_attention_reason() is None else "int8_attention"
+    assert attention_kernel("cpu", QuantSpec(8, False, False, "per_token")) == expected
+
+
 def _qdq_rows(x: torch.Tensor, a: QuantSpec) -> torch.Tensor:
     """x (R, C) quantized per row (per_token) or per tensor with the primitives, in float64."""
     x = x.double()
@@ -97,7 +147,8 @@ def test_quantized_attention_against_a_float64_oracle(a):
     pq = _qdq_rows(rows(p), prob_spec(a)).reshape(b * h, s, s)
     vq = _qdq_rows(rows(v.transpose(2, 3)), a).reshape(b * h, d, s).transpose(1, 2)
     oracle = (pq @ vq).reshape(b, h, s, d)
-    for kernel in ("int8_attention", "attention_qdq"):
+    kernels = ["int8_attention", "attention_qdq"] + (["int8_attention_native"] if _native(a) else [])
+    for kernel in kernels:
         got = quantized_attention(q, k, v, mask, d ** -0.5, a, kernel)
         torch.testing.assert_close(got.double(), oracle, rtol=1e-4, atol=2e-5)
     # and quantizing does something: 4-bit attention is far from float attention
@@ -127,7 +178,8 @@ def test_quantized_attention_runs_in_every_attention_module(models, name, monkey
     q = copy.deepcopy(model)
     records = quantize_(q, _scheme(["attention"], bits=6))
     att = [r for r in records if r.op == "attention"]
-    assert att and all(r.applied and r.kernel == "int8_attention" and r.bytes_after == 0 for r in att)
+    kernel = attention_kernel("cpu", QuantSpec(6, False, False, "per_token"))
+    assert att and all(r.applied and r.kernel == kernel and r.bytes_after == 0 for r in att)
     assert att[0].activations.startswith("uint6 asym per_token dynamic")
     for r in att:
         QuantEntry.model_validate(r.to_dict())

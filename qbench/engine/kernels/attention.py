@@ -15,27 +15,53 @@ of B):
   sum_k (a_ik - za_i)(b_jk - zb_j) = sum_k a_ik b_jk - zb_j sum_k a_ik - za_i sum_k b_jk + K za_i zb_j
 and the product is sa_i sb_j times that. Two ways to compute the integer sum:
 
+  int8_attention_native  qbench's C kernel (native/attention.c, qb_attention): every slice's quantization, both
+                   integer products (vpdpbusd), the mask, the softmax and P's codes in one call, threads over the
+                   slices; per-token specs on CPUs with AVX-512 VNNI
   int8_attention   torch._int_mm (oneDNN, VNNI on CPUs that have it) on each (batch, head) slice, exact int32
   attention_qdq    the dequantized codes in a float matmul (emulated: the same numbers up to float rounding, for
                    devices where torch._int_mm does not take these shapes)
+
+The three give the same integer sums and the same float operations after them; the softmax's exp and sum may
+round differently in the C kernel than in torch (an ulp), which can move a code of P by one, rarely.
 """
 from __future__ import annotations
 
 import torch
 
+from qbench.engine.kernels import native
 from qbench.engine.kernels.codes import quantize_activations
 from qbench.engine.primitives import QuantSpec
 
 KERNELS = {
+    "int8_attention_native": ("qbench's C kernel: per (batch, head) slice, Q and K per row and V per channel "
+                              "quantized, uint8 x int8 -> int32 dot products (vpdpbusd), mask and softmax in "
+                              "float32, P quantized per row, one call for all slices; per-token specs", False),
     "int8_attention": ("torch._int_mm (int8 x int8 -> int32) per (batch, head) slice for Q K^T and P V, zero points "
                        "corrected from row sums, softmax in float32", False),
     "attention_qdq": ("quantize-dequantize of Q, K, P, V, then float matmuls (emulated)", True),
 }
 
 
-def attention_kernel(device: str) -> str:
-    """The attention kernel that runs on `device`: the integer one on the CPU, the emulated one elsewhere."""
-    return "int8_attention" if torch.device(device).type == "cpu" else "attention_qdq"
+def attention_kernel(device: str, a: QuantSpec | None = None) -> str:
+    """The attention kernel that runs on `device` for activation spec `a`: on the CPU qbench's C kernel for
+    per-token specs where it has AVX-512 VNNI (else torch._int_mm's), the emulated one elsewhere."""
+    if torch.device(device).type != "cpu":
+        return "attention_qdq"
+    if a is not None and a.granularity == "per_token" and native_attention_reason() is None:
+        return "int8_attention_native"
+    return "int8_attention"
+
+
+def native_attention_reason() -> str | None:
+    """None when qb_attention runs its AVX-512 VNNI path here, else why int8_attention runs instead."""
+    from qbench.engine.kernels.native_status import native_reason
+
+    why = native_reason()
+    if why:
+        return why
+    isa = native.attention_isa()
+    return None if isa == "avx512-vnni" else f"qb_attention here is {isa}"
 
 
 def prob_spec(a: QuantSpec) -> QuantSpec:
@@ -104,6 +130,15 @@ def quantized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask,
     b, h, s, d = q.shape
     t = k.shape[2]
     qf, kf, vf = (x.float().reshape(b * h, -1, d) for x in (q, k, v))
+    if kernel == "int8_attention_native":
+        if a.granularity != "per_token":
+            raise ValueError("int8_attention_native quantizes Q and K per row: a per-token spec is needed")
+        m = None if mask is None else mask.float().expand(b, h, s, t)
+        if m is not None and m.stride(3) != 1:
+            m = m.contiguous()
+        out = native.attention(qf.contiguous(), kf.contiguous(), vf.contiguous(), m, h, scaling, a.bits, a.signed,
+                               a.symmetric)
+        return out.reshape(b, h, s, d).to(q.dtype)
     scores = matmul_nt(quantize_rows(qf, a), quantize_rows(kf, a), kernel, scaling).reshape(b, h, s, t)
     if mask is not None:
         scores.add_(mask.float())

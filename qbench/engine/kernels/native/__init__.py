@@ -173,6 +173,42 @@ def quant_u8(x: torch.Tensor, bits: int, signed: bool, symmetric: bool, per_row:
     return out, scale, zp
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], heads: int,
+              scaling: float, bits: int, signed: bool, symmetric: bool) -> torch.Tensor:
+    """Quantized attention (qb_attention, attention.c): q (G, S, D), k and v (G, T, D) float32 contiguous with
+    G = batch x heads; mask additive float32 (B, H, S, T) with keys contiguous (any other strides, 0 for a
+    broadcast dimension) or None -> (G, S, D) float32. Q, K per row, V per channel, P per row (unsigned)."""
+    for t in (q, k, v):
+        if t.dtype != torch.float32 or not t.is_contiguous() or t.dim() != 3:
+            raise ValueError("native attention needs contiguous 3-D float32 q, k and v")
+    g, s, d = q.shape
+    t = k.shape[1]
+    if k.shape != (g, t, d) or v.shape != (g, t, d) or heads < 1 or g % heads:
+        raise ValueError(f"native attention: inconsistent shapes q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)} for {heads} heads")
+    strides = (0, 0, 0)
+    if mask is not None:
+        if (mask.dtype != torch.float32 or mask.dim() != 4 or mask.shape != (g // heads, heads, s, t)
+                or mask.stride(3) != 1):
+            raise ValueError(f"native attention: the mask must be float32 {(g // heads, heads, s, t)} with "
+                             f"contiguous keys, got {tuple(mask.shape)} {mask.dtype}")
+        strides = mask.stride()[:3]
+    out = torch.empty(g, s, d, dtype=torch.float32)
+    rc = lib().qb_attention(ptr(q), ptr(k), ptr(v), ptr(mask), ptr(out), g, heads, s, t, d, *strides, scaling,
+                            int(symmetric), int(signed), bits, threads(g * s * t * d))
+    if rc:
+        raise ValueError("native attention: out of memory for its buffers" if rc == 2 else
+                         f"native attention rejected its arguments (code {rc})")
+    return out
+
+
+def attention_isa() -> str:
+    """qb_attention's code path: "avx512-vnni" or "portable-c" (exact integer sums, far slower), else
+    "unavailable (why)"."""
+    loaded, why = _load()
+    return loaded.qb_attention_isa().decode() if loaded is not None else f"unavailable ({why})"
+
+
 def center_zero_points(zp: torch.Tensor) -> tuple[int, torch.Tensor]:
     """(z0, dz) for per-row zero points zp (M,) int32: z0 = round(mean(zp)) (as torch.round of the float32
     mean), dz = (zp - z0) as float32 (M,). One C call instead of a handful of small torch ops per layer."""

@@ -34,6 +34,12 @@
  *                   qb_w4a8_group_gemm  the nibble GEMM with a scale and zero point per group of k: exact
  *                                    int32 sums per group, rescaled and summed in float32
  *                   qb_w8a8_isa      its code path: "avx512-vnni" or "portable-c"
+ *   attention.c     quantized attention
+ *                   qb_attention     Q K^T and P V of every (batch, head) slice on integer codes in one call:
+ *                                    Q, K per row and V per channel quantized as qb_quant_u8 does, uint8 x
+ *                                    int8 -> int32 dot products, mask and softmax in float32, P quantized
+ *                                    per row, the output rescaled
+ *                   qb_attention_isa its code path: "avx512-vnni" or "portable-c"
  *
  * Each file's opening comment gives its formulas, layouts and the reasons for its loop structure.
  *
@@ -151,4 +157,8 @@ int qb_w4a8_group_gemm(const float *x, const uint8_t *wp, const int32_t *csum, c
                        int symmetric, int is_signed, int bits, int have_qparams, float scale0, int32_t zp0,
                        int threads);
 
+int qb_attention(const float *q, const float *k, const float *v, const float *mask, float *out, int64_t G, int64_t H,
+                 int64_t S, int64_t T, int64_t D, int64_t mb, int64_t mh, int64_t ms, float scaling, int symmetric,
+                 int is_signed, int bits, int threads);
+const char *qb_attention_isa(void);
 #endif
