@@ -209,12 +209,14 @@ def list_(what: str = typer.Argument("kernels", help="kernels, models or dataset
     from qbench import api
 
     if what == "kernels":
-        for name, k in api.kernels().items():
-            typer.echo(f"{name:18s} {'emulated' if k.emulated else k.arithmetic:8s} "
+        kernels, op_kernels = api.kernels(), api.op_kernels()
+        width = max(18, *(len(n) for n in [*kernels, *op_kernels]))
+        for name, k in kernels.items():
+            typer.echo(f"{name:{width}s} {'emulated' if k.emulated else k.arithmetic:8s} "
                        f"{'/'.join(k.devices):9s} {k.backend}")
         typer.echo("ops around the linears (ops: [attention, residual]; chosen by device, not by `kernel:`):")
-        for name, (backend, emulated) in api.op_kernels().items():
-            typer.echo(f"{name:18s} {'emulated' if emulated else 'integer':8s} "
+        for name, (backend, emulated) in op_kernels.items():
+            typer.echo(f"{name:{width}s} {'emulated' if emulated else 'integer':8s} "
                        f"{'cpu' if name.startswith('int8_attention') else 'any':9s} {backend}")
     elif what == "models":
         for name, b in api.bundled_models().items():
