@@ -312,8 +312,8 @@ def test_list_kernels():
     names = {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
     assert {"int8_int_mm", "int8_weight_only", "int4_packed", "reference", "w4a8_native"} <= names
     assert {"int8_attention_native", "int8_attention", "attention_qdq", "residual_qdq"} <= names   # ops, apart
-    widths = {line.index(line.split()[1]) for line in out.stdout.splitlines() if len(line.split()) > 2
-              and line.split()[1] in ("integer", "emulated", "float", "fp32", "fp8")}
+    widths = {len(line) - len(line[len(line.split()[0]):].lstrip()) for line in out.stdout.splitlines()
+              if len(line.split()) > 2 and line.split()[1] in ("integer", "emulated", "float", "fp32", "fp8")}
     assert len(widths) == 1, widths                                    # one column for every kernel name
 
 
