@@ -111,6 +111,27 @@ def test_the_c_kernel_gives_int8_attention_s_numbers(a, b, h, s, t, d):
 
 
 @pytest.mark.skipif(native_reason() is not None, reason="qbench's native library is not built here")
+def test_the_c_kernel_s_portable_loops_give_the_same_numbers(monkeypatch, tmp_path):
+    """Built without AVX-512 (CPUs that lack it), qb_attention runs plain C loops: the same integer sums, the
+    libm exp, so equal to int8_attention up to the softmax's rounding."""
+    from tests.engine.test_fast_kernels import _portable_library
+
+    lib = _portable_library(tmp_path)
+    if lib is None:
+        pytest.skip("this compiler cannot build without AVX-512 (-mno-avx512f)")
+    assert lib.qb_attention_isa().decode() == "portable-c"
+    torch.manual_seed(4)
+    a = QuantSpec(8, False, False, "per_token")
+    q, k, v = torch.randn(2, 3, 7, 20), torch.randn(2, 3, 19, 20), torch.randn(2, 3, 19, 20)
+    mask = torch.zeros(2, 1, 7, 19).masked_fill(torch.rand(2, 1, 7, 19) < 0.3, -1e9)
+    mask[..., 0] = 0
+    ref = quantized_attention(q, k, v, mask, 20 ** -0.5, a, "int8_attention")
+    monkeypatch.setattr(native, "_load", lambda: (lib, ""))
+    got = quantized_attention(q, k, v, mask, 20 ** -0.5, a, "int8_attention_native")
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+@pytest.mark.skipif(native_reason() is not None, reason="qbench's native library is not built here")
 def test_the_c_kernel_refuses_what_it_cannot_take():
     q = torch.randn(4, 3, 8)
     with pytest.raises(ValueError, match="inconsistent shapes"):

@@ -159,6 +159,24 @@ static inline void dots64(const uint8_t *a, const int8_t *b, int64_t lenp, int64
 #endif
 }
 
+/* the exact sum of (u - za)(c - zc) from acc = sum u c, the packed rows' code sums `sums`, their zero points zb
+ * (uint8 domain; zc = zb - 128) and rt = sum u - n za. int32 wraps like vpdpbusd: the result is exact while it
+ * fits (|terms| <= 255 * 255, n <= 32768). */
+static inline int32_t corrected1(int32_t acc, int32_t za, int32_t sums, int32_t zb, int32_t rt) {
+    return (int32_t)((uint32_t)acc - (uint32_t)za * (uint32_t)sums - (uint32_t)(zb - 128) * (uint32_t)rt);
+}
+
+#ifdef QB_AVX512
+/* corrected1 for 16 columns (lanes past mk read as 0) */
+static inline __m512i corrected16(const int32_t *acc, int32_t za, const int32_t *sums, const int32_t *zb, int32_t rt,
+                                  __mmask16 mk) {
+    const __m512i c = _mm512_sub_epi32(_mm512_loadu_si512(acc), _mm512_mullo_epi32(
+        _mm512_set1_epi32(za), _mm512_maskz_loadu_epi32(mk, sums)));
+    return _mm512_sub_epi32(c, _mm512_mullo_epi32(_mm512_sub_epi32(_mm512_maskz_loadu_epi32(mk, zb),
+                                                                   _mm512_set1_epi32(128)), _mm512_set1_epi32(rt)));
+}
+#endif
+
 typedef struct {              /* one task's buffers, for slices of one shape */
     uint8_t *uq, *uk, *uv, *up;
     int8_t *kp, *vp;
@@ -198,12 +216,8 @@ static void attn_slice(const attn_t *t, int64_t gi, scratch_t *w) {
                 const int32_t *acc = w->acc + j0 % 64;
                 const int64_t n = T - j0 < 16 ? T - j0 : 16;
 #ifdef QB_AVX512
-                /* int32 wraps like vpdpbusd; the corrected sum is exact (|terms| <= 255 * 255, D <= 32768) */
                 const __mmask16 mk = (__mmask16)((1u << n) - 1);
-                __m512i c = _mm512_sub_epi32(_mm512_loadu_si512(acc), _mm512_mullo_epi32(
-                    _mm512_set1_epi32(za), _mm512_maskz_loadu_epi32(mk, w->ksum + j0)));
-                c = _mm512_sub_epi32(c, _mm512_mullo_epi32(_mm512_sub_epi32(
-                    _mm512_maskz_loadu_epi32(mk, w->zk + j0), _mm512_set1_epi32(128)), _mm512_set1_epi32(rt)));
+                const __m512i c = corrected16(acc, za, w->ksum + j0, w->zk + j0, rt, mk);
                 __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(c), _mm512_set1_ps(sa)),
                                          _mm512_maskz_loadu_ps(mk, w->sk + j0));
                 if (mask) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(mk, mask + i * t->ms + j0));
@@ -211,9 +225,8 @@ static void attn_slice(const attn_t *t, int64_t gi, scratch_t *w) {
 #else
                 for (int64_t c = 0; c < n; c++) {
                     const int64_t j = j0 + c;
-                    const int32_t s = (int32_t)((uint32_t)acc[c] - (uint32_t)za * (uint32_t)w->ksum[j]
-                                                - (uint32_t)(w->zk[j] - 128) * (uint32_t)rt);
-                    row[j] = (float)s * sa * w->sk[j] + (mask ? mask[i * t->ms + j] : 0.0f);
+                    row[j] = (float)corrected1(acc[c], za, w->ksum[j], w->zk[j], rt) * sa * w->sk[j]
+                             + (mask ? mask[i * t->ms + j] : 0.0f);
                 }
 #endif
             }
@@ -233,18 +246,13 @@ static void attn_slice(const attn_t *t, int64_t gi, scratch_t *w) {
                 const int64_t n = D - d0 < 16 ? D - d0 : 16;
 #ifdef QB_AVX512
                 const __mmask16 mk = (__mmask16)((1u << n) - 1);
-                __m512i c = _mm512_sub_epi32(_mm512_loadu_si512(acc), _mm512_mullo_epi32(
-                    _mm512_set1_epi32(zp), _mm512_maskz_loadu_epi32(mk, w->vsum + d0)));
-                c = _mm512_sub_epi32(c, _mm512_mullo_epi32(_mm512_sub_epi32(
-                    _mm512_maskz_loadu_epi32(mk, w->zv + d0), _mm512_set1_epi32(128)), _mm512_set1_epi32(rp)));
+                const __m512i c = corrected16(acc, zp, w->vsum + d0, w->zv + d0, rp, mk);
                 _mm512_mask_storeu_ps(out + i * D + d0, mk, _mm512_mul_ps(
                     _mm512_mul_ps(_mm512_cvtepi32_ps(c), _mm512_set1_ps(sp)), _mm512_maskz_loadu_ps(mk, w->sv + d0)));
 #else
                 for (int64_t c = 0; c < n; c++) {
                     const int64_t d = d0 + c;
-                    const int32_t s = (int32_t)((uint32_t)acc[c] - (uint32_t)zp * (uint32_t)w->vsum[d]
-                                                - (uint32_t)(w->zv[d] - 128) * (uint32_t)rp);
-                    out[i * D + d] = (float)s * sp * w->sv[d];
+                    out[i * D + d] = (float)corrected1(acc[c], zp, w->vsum[d], w->zv[d], rp) * sp * w->sv[d];
                 }
 #endif
             }
