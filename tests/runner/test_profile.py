@@ -10,8 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from qbench.engine.kernels.attention import attention_kernel
+from qbench.engine.primitives import QuantSpec
 from qbench.runner import profile
 from qbench.runner.profile import _Profiler, categorize, summarize
+
+ATTENTION = attention_kernel("cpu", QuantSpec(8, False, False, "per_token"))   # W8A8's attention kernel here
 
 
 def tiny_llama():
@@ -123,7 +127,7 @@ def test_the_command_profiles_each_scheme(tiny_models, tmp_path):
     for model, phases in (("gpt2", {"prefill", "decode"}), ("bert", {"prefill"})):
         rep = json.loads((out / model / "profile.json").read_text())
         assert set(rep["phases"]) == phases and rep["batch_size"] == 2 and rep["seq_len"] == 16
-        assert "int8_attention" in rep["kernels"]["w8a8"] and len(rep["kernels"]["w8a8"]) == 2
+        assert ATTENTION in rep["kernels"]["w8a8"] and len(rep["kernels"]["w8a8"]) == 2
         assert "peer" in rep["skipped"]
         for rows in rep["phases"].values():
             assert [r["variant"] for r in rows] == ["baseline", "w8a8"]
@@ -158,7 +162,7 @@ def test_a_run_with_measure_profile_shows_where_the_time_goes(tiny_models, tmp_p
     assert c["profile"]["batch_size"] == 1 and set(c["profile"]["phases"]) == {"prefill", "decode"}
     rows = {r["variant"]: r for r in c["profile"]["phases"]["prefill"]}
     assert set(rows) == {"baseline", "quantized"} and rows["quantized"]["ms_by_category"]["attention"] > 0
-    assert "int8_attention" in c["kernels"]
+    assert ATTENTION in c["kernels"]
     card = json.loads((out.run_dir / "card.json").read_text())
     validate_card(card)
     table = card["profile"]["table"]
