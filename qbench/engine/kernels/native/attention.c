@@ -18,9 +18,10 @@
  * zc (sum u - n za), n the real length (padding is zero on both sides, so it adds nothing).
  *
  * Per slice: K's codes packed for vpdpbusd as [d / 4][key][4] (16 keys per 64-byte vector), V's as
- * [key / 4][channel][4]; then row by row of Q: 16 scores per chain of D / 4 dot products, the corrections, the
- * mask, the softmax and P's codes in a row buffer, and D / 16 chains of T / 4 dot products for the output row.
- * Nothing of size S x T leaves the row buffer. Without AVX-512 VNNI the same sums run as plain C loops. */
+ * [key / 4][channel][4]; then, per block of 16 query rows, each row's scores (one broadcast of 4 Q codes feeding
+ * up to 4 chains of 16 keys, then the corrections, the rescale and the mask: product_row) and its softmax, the
+ * block's P codes at once, and each output row the same way against V. Nothing of size S x T leaves the 16-row
+ * buffer. Without AVX-512 VNNI the same sums run as plain C loops. */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -159,6 +160,14 @@ static inline void dots64(const uint8_t *a, const int8_t *b, int64_t lenp, int64
 #endif
 }
 
+/* the 16 sums of the columns c0 .. c0 + 15 of a against b (as dots64), walked 16 columns at a time: at every 64th
+ * column the next 64 are computed into buf (up to 4 chains over one broadcast), in between they are read back */
+static inline const int32_t *sums_at(const uint8_t *a, const int8_t *b, int64_t lenp, int64_t cols, int64_t c0,
+                                     int32_t *buf) {
+    if (c0 % 64 == 0) dots64(a, b, lenp, cols, c0, (int)((cols - c0) / 16 < 4 ? (cols - c0) / 16 : 4), buf);
+    return buf + c0 % 64;
+}
+
 /* the exact sum of (u - za)(c - zc) from acc = sum u c, the packed rows' code sums `sums`, their zero points zb
  * (uint8 domain; zc = zb - 128) and rt = sum u - n za. int32 wraps like vpdpbusd: the result is exact while it
  * fits (|terms| <= 255 * 255, n <= 32768). */
@@ -177,11 +186,35 @@ static inline __m512i corrected16(const int32_t *acc, int32_t za, const int32_t 
 }
 #endif
 
+/* one row of a product: dst[c] = corrected sum(c) * rs * cs[c] (+ add[c]) for the len columns of the packed operand
+ * b against the broadcast row a (zero point za, rt = sum a - n za); sums and zb are b's rows' code sums and zero
+ * points. The float steps are int8_attention's: float(sum) * (row scale) * (column scale), then the mask. */
+static void product_row(const uint8_t *a, const int8_t *b, int64_t lenp, int64_t cols, int64_t len, int32_t za,
+                        const int32_t *sums, const int32_t *zb, int32_t rt, float rs, const float *cs, const float *add,
+                        float *dst) {
+    int32_t buf[64] __attribute__((aligned(64)));
+    for (int64_t c0 = 0; c0 < len; c0 += 16) {
+        const int32_t *acc = sums_at(a, b, lenp, cols, c0, buf);
+        const int64_t n = len - c0 < 16 ? len - c0 : 16;
+#ifdef QB_AVX512
+        const __mmask16 mk = (__mmask16)((1u << n) - 1);
+        __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(corrected16(acc, za, sums + c0, zb + c0, rt, mk)),
+                                               _mm512_set1_ps(rs)), _mm512_maskz_loadu_ps(mk, cs + c0));
+        if (add) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(mk, add + c0));
+        _mm512_mask_storeu_ps(dst + c0, mk, f);
+#else
+        for (int64_t c = 0; c < n; c++)
+            dst[c0 + c] = (float)corrected1(acc[c], za, sums[c0 + c], zb[c0 + c], rt) * rs * cs[c0 + c]
+                          + (add ? add[c0 + c] : 0.0f);
+#endif
+    }
+}
+
 typedef struct {              /* one task's buffers, for slices of one shape */
     uint8_t *uq, *uk, *uv, *up;
     int8_t *kp, *vp;
     float *sq, *sk, *sv, *sp, *vt, *row;
-    int32_t *zq, *zk, *zv, *ksum, *vsum, *zp, *acc;
+    int32_t *zq, *zk, *zv, *ksum, *vsum, *zp;
 } scratch_t;
 
 static void attn_slice(const attn_t *t, int64_t gi, scratch_t *w) {
@@ -210,26 +243,8 @@ static void attn_slice(const attn_t *t, int64_t gi, scratch_t *w) {
             const int32_t za = w->zq[i], rt = sum_codes(ui, D) - (int32_t)D * za;
             const float sa = w->sq[i] * t->scaling;
             float *row = w->row + (i - i0) * T;
-            for (int64_t j0 = 0; j0 < T; j0 += 16) {
-                if (j0 % 64 == 0) dots64(ui, w->kp, Dp, T16, j0, (int)((T16 - j0) / 16 < 4 ? (T16 - j0) / 16 : 4),
-                                         w->acc);
-                const int32_t *acc = w->acc + j0 % 64;
-                const int64_t n = T - j0 < 16 ? T - j0 : 16;
-#ifdef QB_AVX512
-                const __mmask16 mk = (__mmask16)((1u << n) - 1);
-                const __m512i c = corrected16(acc, za, w->ksum + j0, w->zk + j0, rt, mk);
-                __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(c), _mm512_set1_ps(sa)),
-                                         _mm512_maskz_loadu_ps(mk, w->sk + j0));
-                if (mask) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(mk, mask + i * t->ms + j0));
-                _mm512_mask_storeu_ps(row + j0, mk, f);
-#else
-                for (int64_t c = 0; c < n; c++) {
-                    const int64_t j = j0 + c;
-                    row[j] = (float)corrected1(acc[c], za, w->ksum[j], w->zk[j], rt) * sa * w->sk[j]
-                             + (mask ? mask[i * t->ms + j] : 0.0f);
-                }
-#endif
-            }
+            product_row(ui, w->kp, Dp, T16, T, za, w->ksum, w->zk, rt, sa, w->sk, mask ? mask + i * t->ms : NULL,
+                        row);
             softmax_row(row, T);
         }
         /* P: the block's codes (unsigned spec; zero points in the uint8 domain are the spec's own) */
@@ -239,23 +254,7 @@ static void attn_slice(const attn_t *t, int64_t gi, scratch_t *w) {
             const uint8_t *pi = w->up + (i - i0) * Tp;
             const int32_t zp = w->zp[i - i0], rp = sum_codes(pi, T) - (int32_t)T * zp;
             const float sp = w->sp[i - i0];
-            for (int64_t d0 = 0; d0 < D; d0 += 16) {
-                if (d0 % 64 == 0) dots64(pi, w->vp, Tp, D16, d0, (int)((D16 - d0) / 16 < 4 ? (D16 - d0) / 16 : 4),
-                                         w->acc);
-                const int32_t *acc = w->acc + d0 % 64;
-                const int64_t n = D - d0 < 16 ? D - d0 : 16;
-#ifdef QB_AVX512
-                const __mmask16 mk = (__mmask16)((1u << n) - 1);
-                const __m512i c = corrected16(acc, zp, w->vsum + d0, w->zv + d0, rp, mk);
-                _mm512_mask_storeu_ps(out + i * D + d0, mk, _mm512_mul_ps(
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(c), _mm512_set1_ps(sp)), _mm512_maskz_loadu_ps(mk, w->sv + d0)));
-#else
-                for (int64_t c = 0; c < n; c++) {
-                    const int64_t d = d0 + c;
-                    out[i * D + d] = (float)corrected1(acc[c], zp, w->vsum[d], w->zv[d], rp) * sp * w->sv[d];
-                }
-#endif
-            }
+            product_row(pi, w->vp, Tp, D16, D, zp, w->vsum, w->zv, rp, sp, w->sv, NULL, out + i * D);
         }
     }
 }
@@ -271,10 +270,9 @@ static void attn_task(void *ctx, int64_t lo, int64_t hi) {
         malloc(sizeof(float) * QA_RB), malloc(sizeof(float) * (size_t)(T * D)),
         malloc(sizeof(float) * (size_t)(QA_RB * T)),
         malloc(sizeof(int32_t) * (size_t)S), malloc(sizeof(int32_t) * (size_t)T), malloc(sizeof(int32_t) * (size_t)D),
-        malloc(sizeof(int32_t) * (size_t)T), malloc(sizeof(int32_t) * (size_t)D), malloc(sizeof(int32_t) * QA_RB),
-        aligned_alloc(64, 256)};
+        malloc(sizeof(int32_t) * (size_t)T), malloc(sizeof(int32_t) * (size_t)D), malloc(sizeof(int32_t) * QA_RB)};
     void *all[] = {w.uq, w.uk, w.uv, w.up, w.kp, w.vp, w.sq, w.sk, w.sv, w.sp, w.vt, w.row, w.zq, w.zk, w.zv,
-                   w.ksum, w.vsum, w.zp, w.acc};
+                   w.ksum, w.vsum, w.zp};
     int ok = 1;
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ok &= all[i] != NULL;
     if (ok)
