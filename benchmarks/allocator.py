@@ -4,11 +4,12 @@
                                    [--rounds 10] [--json out.json]
 
 The setting holds for a whole process (glibc cannot undo it), so each side runs in fresh processes, alternated
-(on, off, on, off, ...: the machine's load moves both), each loading the model, quantizing it with the scheme and
-timing the prefill forward round-robin (baseline, scheme; `rounds` times after 2 warm-up rounds), counting the
-minor page faults of each forward. Printed per setting: the median baseline and scheme milliseconds, the median of
-the per-round speed-ups with their 10th-90th percentiles over every round of its processes, and the page faults per
-forward.
+(on, off, on, off, ...: the machine's load moves both), each running `qbench bench model`'s measurement
+(runner.profile.bench_model) on the model and scheme: the prefill forward of the baseline and the scheme timed
+round-robin (`rounds` times after 2 warm-up rounds), with the minor page faults of each forward (it profiles, and
+for causal LMs times a decode step, too; only the plain prefill rounds are read). Printed per setting: the median
+baseline and scheme milliseconds, the median of the per-round speed-ups with their 10th-90th percentiles over every
+round of its processes, and the page faults per forward.
 """
 from __future__ import annotations
 
@@ -19,46 +20,22 @@ import subprocess
 import sys
 
 CHILD = r"""
-import copy, json, resource, sys, time
-import torch
+import json, sys
+from qbench.hardware.allocator import describe
+from qbench.runner.profile import bench_model
 from qbench.schema import load_experiment
-from qbench.runner.cellstate import setup_torch
 
 exp_path, model_name, scheme_name, batch, rounds, setting = sys.argv[1:7]
 exp = load_experiment(exp_path)
-m = exp.measure.model_copy(update={"memory_reuse": setting == "on"})
-setup_torch(m)
-from qbench.datasets import load_suite
-from qbench.engine.api import quantize_
-from qbench.hardware.allocator import describe
-from qbench.models import load_model
-from qbench.runner.measure import tokenize
-
+exp = exp.model_copy(update={"measure": exp.measure.model_copy(update={"memory_reuse": setting == "on"})})
 ref = next(r for r in exp.models if r.display == model_name)
-scheme = next(s for s in exp.schemes if s.name == scheme_name)
-loaded = load_model(ref, "fp32", "cpu")
-suite = load_suite(exp.workloads[0].dataset, calibration_size=0, evaluation_size=int(batch), seed=m.seed)
-inputs = tokenize(loaded.tokenizer, [s.text for s in suite.evaluation], m.seq_len, "cpu")
-quant = copy.deepcopy(loaded.model)
-quantize_(quant, scheme, device="cpu")
-extra = {"logits_to_keep": 1} if loaded.task == "causal_lm" else {}
-variants = {"baseline": loaded.model, "scheme": quant}
-ms = {v: [] for v in variants}
-faults = {v: [] for v in variants}
-
-def minflt():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-with torch.no_grad():
-    for i in range(2 + int(rounds)):
-        for v, model in variants.items():
-            f0, t0 = minflt(), time.perf_counter()
-            model(**inputs, **extra)
-            t1, f1 = time.perf_counter(), minflt()
-            if i >= 2:
-                ms[v].append(1e3 * (t1 - t0))
-                faults[v].append(f1 - f0)
-print(json.dumps({"ms": ms, "faults": faults, "allocator": describe(), "threads": torch.get_num_threads()}))
+rep = bench_model(exp, ref, schemes=[scheme_name], batch_size=int(batch), repeats=int(rounds), warmup=2,
+                  log=lambda s: None, progress=False)
+raw = rep["raw"]["prefill"]
+print(json.dumps({"ms": {"baseline": [1e3 * s for s in raw["baseline"]["plain"]],
+                         "scheme": [1e3 * s for s in raw[scheme_name]["plain"]]},
+                  "faults": {"baseline": raw["baseline"]["faults"], "scheme": raw[scheme_name]["faults"]},
+                  "allocator": describe(), "threads": rep["threads"]}))
 """
 
 

@@ -16,7 +16,7 @@ says what the process runs under, whoever asked for it; a run records that besid
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import os
 import platform
 from typing import Optional
 
@@ -54,8 +54,6 @@ def reuse_freed_memory() -> str:
 def describe() -> str:
     """The allocator this process runs under, as the card prints it: with what the environment set (LD_PRELOAD,
     MALLOC_* variables, GLIBC_TUNABLES), which a process inherits and qbench does not change."""
-    import os
-
     said = _applied or f"{_glibc()[1]}, its defaults (freed large blocks go back to the kernel)"
     env = [f"{k}={v}" for k, v in sorted(os.environ.items())
            if k.startswith("MALLOC_") or (k == "GLIBC_TUNABLES" and "malloc" in v)]

@@ -220,9 +220,8 @@ def bench_model(exp, model_ref, *, schemes: Optional[list[str]] = None, batch_si
     from qbench.engine.api import quantize_
     from qbench.hardware import detect
     from qbench.models import load_model
-    from qbench.runner.measure import outputs, tokenize
-
     from qbench.runner.cellstate import setup_torch
+    from qbench.runner.measure import outputs, tokenize
 
     m = exp.measure
     setup_torch(m)

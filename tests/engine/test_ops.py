@@ -119,7 +119,7 @@ def test_the_c_kernel_s_portable_loops_give_the_same_numbers(monkeypatch, tmp_pa
     lib = _portable_library(tmp_path)
     if lib is None:
         pytest.skip("this compiler cannot build without AVX-512 (-mno-avx512f)")
-    assert lib.qb_attention_isa().decode() == "portable-c"
+    assert lib.qb_w8a8_isa().decode() == "portable-c"
     torch.manual_seed(4)
     a = QuantSpec(8, False, False, "per_token")
     q, k, v = torch.randn(2, 3, 7, 20), torch.randn(2, 3, 19, 20), torch.randn(2, 3, 19, 20)

@@ -54,13 +54,14 @@ def attention_kernel(device: str, a: QuantSpec | None = None) -> str:
 
 
 def native_attention_reason() -> str | None:
-    """None when qb_attention runs its AVX-512 VNNI path here, else why int8_attention runs instead."""
+    """None when qb_attention runs its AVX-512 VNNI path here (the library's one VNNI switch, native.w8a8_isa),
+    else why int8_attention runs instead."""
     from qbench.engine.kernels.native_status import native_reason
 
     why = native_reason()
     if why:
         return why
-    isa = native.attention_isa()
+    isa = native.w8a8_isa()
     return None if isa == "avx512-vnni" else f"qb_attention here is {isa}"
 
 

@@ -30,8 +30,9 @@ def isa() -> str:
 
 
 def w8a8_isa() -> str:
-    """The fused W8A8 GEMM's code path, as qb_w8a8_isa reports it: "avx512-vnni" or "portable-c" (exact, far
-    slower), else "unavailable (why)". Builds the library on first use."""
+    """The code path of the library's integer dot products (the fused GEMMs' and qb_attention's), as qb_w8a8_isa
+    reports it: "avx512-vnni" or "portable-c" (exact, far slower), else "unavailable (why)". Builds the library on
+    first use."""
     lib, why = _load()
     return lib.qb_w8a8_isa().decode() if lib is not None else f"unavailable ({why})"
 
@@ -200,13 +201,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
         raise ValueError("native attention: out of memory for its buffers" if rc == 2 else
                          f"native attention rejected its arguments (code {rc})")
     return out
-
-
-def attention_isa() -> str:
-    """qb_attention's code path: "avx512-vnni" or "portable-c" (exact integer sums, far slower), else
-    "unavailable (why)"."""
-    loaded, why = _load()
-    return loaded.qb_attention_isa().decode() if loaded is not None else f"unavailable ({why})"
 
 
 def center_zero_points(zp: torch.Tensor) -> tuple[int, torch.Tensor]:

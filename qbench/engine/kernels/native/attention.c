@@ -30,10 +30,6 @@
 
 #include "qbench_cpu.h"
 
-#if defined(QB_AVX512) && defined(__AVX512VNNI__)
-#define QA_VNNI 1
-#endif
-
 #define QA_RB 16              /* query rows whose P is quantized together (quant_rows_dynamic's block) */
 
 typedef struct {
@@ -105,18 +101,6 @@ static void softmax_row(float *x, int64_t n) {
     for (j = 0; j < n; j++) x[j] *= inv;
 }
 
-static int32_t sum_codes(const uint8_t *u, int64_t n) {
-    int64_t s = 0, i = 0;
-#ifdef QB_AVX512
-    __m512i acc = _mm512_setzero_si512();
-    for (; i + 64 <= n; i += 64)
-        acc = _mm512_add_epi64(acc, _mm512_sad_epu8(_mm512_loadu_si512(u + i), _mm512_setzero_si512()));
-    s = _mm512_reduce_add_epi64(acc);
-#endif
-    for (; i < n; i++) s += u[i];
-    return (int32_t)s;
-}
-
 /* pack: rows r < n of u (stride ls; lenp a multiple of 4) -> dst as int32 words [l / 4][r] (cols words per l / 4)
  * of the codes u - 128 (int8: each byte xor 0x80); sums[r] = sum of the row's int8 codes over its first len.
  * Past len the words hold whatever u holds there: the other operand's codes are 0 there, so they add nothing. */
@@ -126,7 +110,7 @@ static void pack_int8(const uint8_t *u, int64_t n, int64_t len, int64_t ls, int6
     for (int64_t r = 0; r < n; r++) {
         const uint32_t *row = (const uint32_t *)(u + r * ls);
         for (int64_t w = 0; w < lenp / 4; w++) d32[w * cols + r] = row[w] ^ 0x80808080u;
-        sums[r] = sum_codes(u + r * ls, len) - 128 * (int32_t)len;
+        sums[r] = (int32_t)sum_u8(u + r * ls, len) - 128 * (int32_t)len;
     }
 }
 
@@ -134,7 +118,7 @@ static void pack_int8(const uint8_t *u, int64_t n, int64_t len, int64_t ls, int6
  * blocks of 16 columns from c0 (cols columns in all): one broadcast of a serves nv independent chains */
 static inline void dots64(const uint8_t *a, const int8_t *b, int64_t lenp, int64_t cols, int64_t c0, int nv,
                           int32_t *acc) {
-#ifdef QA_VNNI
+#ifdef QB_VNNI
     __m512i s[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
     const int8_t *bp = b + c0 * 4;
     if (nv == 4)
@@ -240,7 +224,7 @@ static void attn_slice(const attn_t *t, int64_t gi, scratch_t *w) {
         const int64_t rb = S - i0 < QA_RB ? S - i0 : QA_RB;
         for (int64_t i = i0; i < i0 + rb; i++) {
             const uint8_t *ui = w->uq + i * Dp;
-            const int32_t za = w->zq[i], rt = sum_codes(ui, D) - (int32_t)D * za;
+            const int32_t za = w->zq[i], rt = (int32_t)sum_u8(ui, D) - (int32_t)D * za;
             const float sa = w->sq[i] * t->scaling;
             float *row = w->row + (i - i0) * T;
             product_row(ui, w->kp, Dp, T16, T, za, w->ksum, w->zk, rt, sa, w->sk, mask ? mask + i * t->ms : NULL,
@@ -252,7 +236,7 @@ static void attn_slice(const attn_t *t, int64_t gi, scratch_t *w) {
         quant_rows_dynamic(&t->p, w->row, rb, T, w->up, Tp, w->sp, w->zp);
         for (int64_t i = i0; i < i0 + rb; i++) {
             const uint8_t *pi = w->up + (i - i0) * Tp;
-            const int32_t zp = w->zp[i - i0], rp = sum_codes(pi, T) - (int32_t)T * zp;
+            const int32_t zp = w->zp[i - i0], rp = (int32_t)sum_u8(pi, T) - (int32_t)T * zp;
             const float sp = w->sp[i - i0];
             product_row(pi, w->vp, Tp, D16, D, zp, w->vsum, w->zv, rp, sp, w->sv, NULL, out + i * D);
         }
@@ -300,12 +284,4 @@ int qb_attention(const float *q, const float *k, const float *v, const float *ma
     if (threads > 32) threads = 32;
     parallel_for(attn_task, &t, G, threads, 1);
     return atomic_load(&oom) ? 2 : 0;
-}
-
-const char *qb_attention_isa(void) {
-#ifdef QA_VNNI
-    return "avx512-vnni";
-#else
-    return "portable-c";
-#endif
 }

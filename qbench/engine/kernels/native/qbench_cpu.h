@@ -33,13 +33,13 @@
  *                                    unpacked in registers
  *                   qb_w4a8_group_gemm  the nibble GEMM with a scale and zero point per group of k: exact
  *                                    int32 sums per group, rescaled and summed in float32
- *                   qb_w8a8_isa      its code path: "avx512-vnni" or "portable-c"
+ *                   qb_w8a8_isa      the code path of the integer dot products (the fused GEMMs' and
+ *                                    qb_attention's): "avx512-vnni" or "portable-c"
  *   attention.c     quantized attention
  *                   qb_attention     Q K^T and P V of every (batch, head) slice on integer codes in one call:
  *                                    Q, K per row and V per channel quantized as qb_quant_u8 does, uint8 x
  *                                    int8 -> int32 dot products, mask and softmax in float32, P quantized
  *                                    per row, the output rescaled
- *                   qb_attention_isa its code path: "avx512-vnni" or "portable-c"
  *
  * Each file's opening comment gives its formulas, layouts and the reasons for its loop structure.
  *
@@ -55,6 +55,9 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define QB_AVX512 1
+#endif
+#if defined(QB_AVX512) && defined(__AVX512VNNI__)
+#define QB_VNNI 1              /* the integer dot products (vpdpbusd) of the fused GEMMs and of qb_attention */
 #endif
 
 /* For functions one file defines for another: hidden, so the library exports only the qb_ entry points and
@@ -96,6 +99,18 @@ static inline __attribute__((always_inline)) float lane_sum(const __m512 *acc, c
 }
 #endif
 
+/* the sum of n uint8 codes (what the integer products' zero-point corrections need) */
+static inline int64_t sum_u8(const uint8_t *p, int64_t n) {
+    int64_t s = 0, i = 0;
+#ifdef QB_AVX512
+    __m512i acc = _mm512_setzero_si512();
+    for (; i + 64 <= n; i += 64) acc = _mm512_add_epi64(acc, _mm512_sad_epu8(_mm512_loadu_si512(p + i),
+                                                                              _mm512_setzero_si512()));
+    s = _mm512_reduce_add_epi64(acc);
+#endif
+    for (; i < n; i++) s += p[i];
+    return s;
+}
 /* ------------------------------------------------------------------ activation quantizer (quant_u8.c)
  * The fused W8A8 GEMM quantizes its row blocks with these, so its codes are qb_quant_u8's. */
 
@@ -160,5 +175,4 @@ int qb_w4a8_group_gemm(const float *x, const uint8_t *wp, const int32_t *csum, c
 int qb_attention(const float *q, const float *k, const float *v, const float *mask, float *out, int64_t G, int64_t H,
                  int64_t S, int64_t T, int64_t D, int64_t mb, int64_t mh, int64_t ms, float scaling, int symmetric,
                  int is_signed, int bits, int threads);
-const char *qb_attention_isa(void);
 #endif

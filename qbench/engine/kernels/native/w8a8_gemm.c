@@ -42,10 +42,6 @@
 
 #include "qbench_cpu.h"
 
-#if defined(QB_AVX512) && defined(__AVX512VNNI__)
-#define QB_VNNI 1
-#endif
-
 const char *qb_w8a8_isa(void) {
 #ifdef QB_VNNI
     return "avx512-vnni";
@@ -82,18 +78,6 @@ typedef struct {
     _Atomic int64_t *next_row; /* by rows: the first row of the next block not yet taken */
     int64_t threads;
 } w8a8_t;
-
-static int64_t sum_u8(const uint8_t *p, int64_t n) {
-    int64_t s = 0, i = 0;
-#ifdef QB_AVX512
-    __m512i acc = _mm512_setzero_si512();
-    for (; i + 64 <= n; i += 64) acc = _mm512_add_epi64(acc, _mm512_sad_epu8(_mm512_loadu_si512(p + i),
-                                                                              _mm512_setzero_si512()));
-    s = _mm512_reduce_add_epi64(acc);
-#endif
-    for (; i < n; i++) s += p[i];
-    return s;
-}
 
 /* rows [r0, r0 + rows) of x -> buf (row stride kp, zeros past K), with each row's scale, zero point and rt */
 static void w8a8_quant_rows(const w8a8_t *g, int64_t r0, int64_t rows, uint8_t *buf, float *sa, int32_t *za,
