@@ -24,9 +24,9 @@ def _tokenizer(max_len: int):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    """{'gpt2': dir, 'bert': dir}: random-weight models with a word-level tokenizer, safetensors."""
+    """{'gpt2': dir, 'bert': dir, 'llama': dir}: random-weight models with a word-level tokenizer, safetensors."""
     import torch
-    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("tiny_models")
@@ -36,7 +36,10 @@ def tiny_models(tmp_path_factory):
                                       bos_token_id=2, eos_token_id=2, pad_token_id=0))
     bert = BertModel(BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                 intermediate_size=128, vocab_size=vocab, max_position_embeddings=64))
-    for name, model in (("gpt2", gpt2), ("bert", bert)):
+    llama = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
+                                         max_position_embeddings=64, bos_token_id=2, eos_token_id=2, pad_token_id=0))
+    for name, model in (("gpt2", gpt2), ("bert", bert), ("llama", llama)):
         d = root / name
         model.save_pretrained(d, safe_serialization=True)
         tok.save_pretrained(d)

@@ -196,25 +196,49 @@ def python_prefix_ok(text: str) -> bool:
         return False
 
 
+class ModelRun:
+    """A causal LM run through its own forward and KV cache (transformers', or a peer runtime's model that
+    answers like one), as prefill_decode drives it: prefill(ids) -> (B, vocab) last-position logits, then
+    step(tokens (B,)) -> (B, vocab) logits of the next position."""
+
+    def __init__(self, model):
+        self._prefill, self._step, self.cache = _prefill(model), _decode_step(model), None
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self._prefill(ids)
+        self.cache = _kv_cache(out)
+        return out.logits[:, -1]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        out = self._step(tokens, self.cache)
+        self.cache = _kv_cache(out)
+        return out.logits[:, -1]
+
+
+def as_run(model):
+    """A model (a torch module) as a ModelRun; anything else is taken as a run already (prefill, step)."""
+    return ModelRun(model) if isinstance(model, torch.nn.Module) else model
+
+
 @torch.no_grad()
 def prefill_decode(model, ids: torch.Tensor, decode_tokens: int, sync: Callable[[], None],
                    cuda_events: bool = False) -> tuple[float, float]:
-    """Milliseconds of the prefill of ids (B, T) up to the first token, and of decode_tokens more steps.
+    """Milliseconds of the prefill of ids (B, T) up to the first token, and of decode_tokens more steps, of a
+    model (through its own forward, ModelRun) or of a run with the same prefill/step (engine.graph's
+    DecoderGraph).
 
     With cuda_events the marks are CUDA events on the current stream (read after one final synchronization),
     otherwise perf_counter after a synchronization at each mark.
     """
-    step, prefill = _decode_step(model), _prefill(model)
+    run = as_run(model)
     sync()
     marks = [torch.cuda.Event(enable_timing=True) for _ in range(3)] if cuda_events else []
     stamp = (lambda i: marks[i].record()) if cuda_events else (lambda i: sync() or time.perf_counter())
     t0 = stamp(0)
-    out = prefill(ids)
-    nxt = out.logits[:, -1].argmax(-1)
+    nxt = run.prefill(ids).argmax(-1)
     t1 = stamp(1)
     for _ in range(decode_tokens):
-        out = step(nxt, _kv_cache(out))
-        nxt = out.logits[:, -1].argmax(-1)
+        nxt = run.step(nxt).argmax(-1)
     t2 = stamp(2)
     if cuda_events:
         sync()
@@ -224,13 +248,14 @@ def prefill_decode(model, ids: torch.Tensor, decode_tokens: int, sync: Callable[
 
 def time_prefill_decode(base, quant, ids: torch.Tensor, decode_tokens: int, *, warmup: int, repeats: int,
                         device: str, stop=None) -> dict[str, list[float]]:
-    """Interleaved (A,B then B,A) prefill/decode timings of both models on the same ids. `stop(a, b)` may end
+    """Interleaved (A,B then B,A) prefill/decode timings of both models (or runs: as_run) on the same ids. `stop(a, b)` may end
     them early (metrics.timing.time_interleaved), on lists of (prefill ms, decode ms) pairs."""
     cuda = device.startswith("cuda")
     if cuda:
         sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
     else:
         sync = lambda: None  # noqa: E731
+    base, quant = as_run(base), as_run(quant)
     a, b = time_interleaved(lambda: prefill_decode(base, ids, decode_tokens, sync, cuda_events=cuda),
                             lambda: prefill_decode(quant, ids, decode_tokens, sync, cuda_events=cuda),
                             warmup=warmup, repeats=repeats, timer=lambda fn: fn(), stop=stop)

@@ -229,7 +229,7 @@ def speed_stage(plan: Plan, cell: Cell, state: ModelState, quant, gpu) -> list[d
                 raise ValueError(f"batch size {bs} exceeds the {batch['input_ids'].shape[0]} evaluation samples")
             if task == "causal_lm":
                 rows += lm_speed_rows(base, quant, batch, bs, m.seq_len, m.decode_tokens, m.warmup, m.repeats,
-                                      plan.device, m.speedup_ci_width)
+                                      plan.device, m.speedup_ci_width, m.lm_forward)
             else:
                 rows += speed_rows(base, quant, task, batch, bs, m.seq_len, m.warmup, m.repeats, plan.device,
                                    m.speedup_ci_width)

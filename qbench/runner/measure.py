@@ -229,13 +229,45 @@ def generation_rows(base_gen: torch.Tensor, quant_gen: torch.Tensor, prompts: to
     return rows
 
 
+OWN_FORWARD = "the model's own forward (transformers) with its KV cache"
+GRAPH_FORWARD = ("qbench's decoder forward (engine.graph.DecoderGraph: the model's own modules, kernels and "
+                 "weights, about 30 ops a layer, a KV cache allocated once)")
+
+
+def lm_runs(base_model, quant_model, lm_forward: str, batch_size: int, max_tokens: int) -> tuple[list, str]:
+    """([baseline run, quantized run], how they ran) for lm_speed_rows. lm_forward "qbench": both through
+    engine.graph.DecoderGraph where it runs both; where it does not, both through the model's own forward, and
+    `how` says why (the two sides of a speed-up always run the same way). A peer runtime's model runs in its own
+    runtime; its baseline still takes `lm_forward`."""
+    if lm_forward != "qbench":
+        return [base_model, quant_model], f"both sides: {OWN_FORWARD}"
+    from qbench.engine.graph import DecoderGraph, unsupported_reason
+
+    peer = getattr(quant_model, "peer", None) is not None
+    torch_side = [base_model] if peer else [base_model, quant_model]
+    why = next((r for r in (unsupported_reason(m, max_tokens) for m in torch_side) if r), None)
+    if why:
+        return ([base_model, quant_model],
+                f"both sides: {OWN_FORWARD} (measure.lm_forward is qbench, but its decoder forward does not run "
+                f"this pair: {why})")
+    runs = [DecoderGraph(torch_side[0], batch_size, max_tokens)]
+    runs += [DecoderGraph(m, batch_size, max_tokens, native=runs[0].native) for m in torch_side[1:]]
+    ops = f"the float work around the linears in {runs[0].float_ops}"
+    if peer:
+        return [runs[0], quant_model], f"baseline: {GRAPH_FORWARD}, {ops}; quantized: the peer runtime's own"
+    return runs, f"both sides: {GRAPH_FORWARD}, {ops}"
+
+
 def lm_speed_rows(base_model, quant_model, batch: dict, batch_size: int, seq_len: int, decode_tokens: int,
-                  warmup: int, repeats: int, device: str, ci_width: float | None = None) -> list[dict]:
+                  warmup: int, repeats: int, device: str, ci_width: float | None = None,
+                  lm_forward: str = "transformers") -> list[dict]:
     """Prefill (time to first token) and decode (per output token) timings, interleaved and paired; with
-    `ci_width`, until both speed-ups' intervals are that narrow (or `repeats`)."""
+    `ci_width`, until both speed-ups' intervals are that narrow (or `repeats`); run as `lm_forward` says
+    (lm_runs)."""
     ids = batch["input_ids"][:batch_size]
+    runs, how = lm_runs(base_model, quant_model, lm_forward, batch_size, ids.shape[1] + decode_tokens)
     per_phase = lambda a, b: [([p for p, _ in a], [p for p, _ in b]), ([d for _, d in a], [d for _, d in b])]  # noqa: E731
-    t = time_prefill_decode(base_model, quant_model, ids, decode_tokens, warmup=warmup, repeats=repeats,
+    t = time_prefill_decode(*runs, ids, decode_tokens, warmup=warmup, repeats=repeats,
                             device=device, stop=narrow_enough(ci_width, per_phase) if ci_width else None)
     rows = []
     for phase, metric, tput, speedup, what, tokens in (
@@ -252,7 +284,7 @@ def lm_speed_rows(base_model, quant_model, batch: dict, batch_size: int, seq_len
             pair.append(ms)
             s = stats.summarize(ms)
             lo, hi = stats.median_ci(ms, LEVEL)
-            rows.append(measured(metric, s["median"], f"{_timer(device)}; {what}; "
+            rows.append(measured(metric, s["median"], f"{_timer(device)}; {what}; {how}; "
                                  f"{_median_how(len(ms), warmup, ci_width, repeats)}",
                                  variant, batch_size, (lo, hi), s["p10"], s["p90"], len(ms)))
             rows.append(measured(tput, tokens / s["median"] * 1e3, f"{phase} tokens per second: "

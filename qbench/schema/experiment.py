@@ -541,6 +541,15 @@ class Measure(_Strict):
         "decode step, with the linears-free ceiling (as `qbench bench model`); shown in the card."
     )
 
+    lm_forward: Literal["transformers", "qbench"] = Field(
+        "transformers", description="Causal LMs: how prefill and decode are timed. transformers: the model's own "
+        "forward and KV cache. qbench: qbench's decoder forward for Llama, Mistral and Qwen2 models "
+        "(engine/graph.py): the same modules, kernels and weights as about 30 ops a layer over a KV cache "
+        "allocated once, for both sides of each speed-up, so the per-op overhead of the model's own forward "
+        "(most of a small model's decode step on a CPU) does not hide the kernels' speed; where it cannot run a "
+        "pair (another architecture; attention or residual ops quantized) both sides run the model's own forward "
+        "and the timing rows say why. Quality is always measured with the model's own forward."
+    )
     memory_reuse: bool = Field(
         True, description="CPU: keep freed memory in the process (glibc malloc's mmap and trim thresholds raised to "
         "1 GiB) so the activations each forward allocates do not come back as fresh pages the kernel must fault in "
@@ -558,6 +567,8 @@ class Measure(_Strict):
                 data.pop(key, None)
         if self.memory_reuse:
             data.pop("memory_reuse", None)
+        if self.lm_forward == "transformers":
+            data.pop("lm_forward", None)
         return data
 
     @field_validator("batch_sizes")

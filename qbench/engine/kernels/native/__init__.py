@@ -203,6 +203,51 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
     return out
 
 
+def _f32(*ts: torch.Tensor) -> bool:
+    return all(t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu" for t in ts)
+
+
+def rmsnorm(x: torch.Tensor, w: torch.Tensor, eps: float,
+            res: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(xo, h) for x (..., D) float32 contiguous and w (D,) (qb_rmsnorm, decoder.c): xo = x + res (x itself when
+    res is None), h = xo * (1 / sqrt(mean(xo^2) + eps)) * w per row, in one pass."""
+    d = x.shape[-1]
+    if not _f32(x, w) or w.shape != (d,) or (res is not None and (not _f32(res) or res.shape != x.shape)):
+        raise ValueError(f"native rmsnorm needs contiguous float32 x (..., {d}), res like x and w ({d},); got x "
+                         f"{tuple(x.shape)} {x.dtype}, w {tuple(w.shape)} {w.dtype}")
+    xo = x if res is None else torch.empty_like(x)
+    h = torch.empty_like(x)
+    m = x.numel() // d
+    rc = lib().qb_rmsnorm(ptr(x), ptr(res), ptr(w), ptr(xo) if res is not None else None, ptr(h), m, d, eps,
+                          threads(m * d))
+    if rc:
+        raise ValueError(f"native rmsnorm rejected its arguments (code {rc})")
+    return xo, h
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
+                     cos: torch.Tensor, sin: torch.Tensor, p: int, scale: float) -> torch.Tensor:
+    """One decode step's attention (qb_decode_attention, decoder.c): q (B, H * D), k and v (B, KV * D) the new
+    token's projections; kc, vc (B, KV, Tmax, D) the caches, written at position p; cos, sin (D,) the rotary
+    table's row for p -> (B, H * D) float32: rotary on q and k, then softmax(scale q . K[0..p]) V[0..p] per head,
+    query head h reading key/value head h // (H // KV)."""
+    b, kv, tmax, d = kc.shape
+    heads = q.shape[-1] // d if d else 0
+    if (not _f32(q, k, v, kc, vc, cos, sin) or q.shape != (b, heads * d) or k.shape != (b, kv * d)
+            or v.shape != k.shape or vc.shape != kc.shape or cos.shape != (d,) or sin.shape != (d,)
+            or heads < 1 or heads % kv or not 0 <= p < tmax):
+        raise ValueError(f"native decode_attention: inconsistent float32 shapes q {tuple(q.shape)}, k "
+                         f"{tuple(k.shape)}, v {tuple(v.shape)}, caches {tuple(kc.shape)}, rotary {tuple(cos.shape)} "
+                         f"at position {p}")
+    out = torch.empty(b, heads * d, dtype=torch.float32)
+    rc = lib().qb_decode_attention(ptr(q), ptr(k), ptr(v), ptr(kc), ptr(vc), ptr(cos), ptr(sin), ptr(out), b, heads,
+                                   kv, d, tmax, p, scale, threads(2 * b * heads * (p + 1) * d))
+    if rc:
+        raise ValueError("native decode_attention: out of memory for its buffers" if rc == 2 else
+                         f"native decode_attention rejected its arguments (code {rc})")
+    return out
+
+
 def center_zero_points(zp: torch.Tensor) -> tuple[int, torch.Tensor]:
     """(z0, dz) for per-row zero points zp (M,) int32: z0 = round(mean(zp)) (as torch.round of the float32
     mean), dz = (zp - z0) as float32 (M,). One C call instead of a handful of small torch ops per layer."""

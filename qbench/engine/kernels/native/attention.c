@@ -44,63 +44,6 @@ typedef struct {
 
 static inline int64_t up_to(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-#ifdef QB_AVX512
-/* e^x for float32 lanes: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-6 polynomial, times 2^n (scalef);
- * about 1 ulp; below -87.3 (e^x under float's normal range) 0, as the softmax wants for masked keys */
-static inline __m512 exp_ps(__m512 x) {
-    const __m512 lo = _mm512_set1_ps(-87.33654f);
-    const __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-    x = _mm512_min_ps(_mm512_max_ps(x, lo), _mm512_set1_ps(88.72283f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);          /* ln2 in two parts */
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 y = _mm512_set1_ps(1.9875691500e-4f);                               /* Cephes expf coefficients */
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
-    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_maskz_scalef_ps((__mmask16)~under, y, n);
-}
-#endif
-
-/* row in place: softmax over n values (max, e^(x - max), times 1 / sum, as torch's CPU softmax) */
-static void softmax_row(float *x, int64_t n) {
-    int64_t j = 0;
-    float mx = -INFINITY, sum = 0.0f;
-#ifdef QB_AVX512
-    __m512 vm = _mm512_set1_ps(-INFINITY), vs = _mm512_setzero_ps();
-    for (; j + 16 <= n; j += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(x + j));
-    mx = _mm512_reduce_max_ps(vm);
-#endif
-    for (; j < n; j++) mx = x[j] > mx ? x[j] : mx;
-    j = 0;
-#ifdef QB_AVX512
-    const __m512 m = _mm512_set1_ps(mx);
-    for (; j + 16 <= n; j += 16) {
-        const __m512 e = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(x + j), m));
-        _mm512_storeu_ps(x + j, e);
-        vs = _mm512_add_ps(vs, e);
-    }
-    if (j < n) {
-        const __mmask16 mk = (__mmask16)((1u << (n - j)) - 1);
-        const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + j), m));
-        _mm512_mask_storeu_ps(x + j, mk, e);
-        vs = _mm512_add_ps(vs, _mm512_maskz_mov_ps(mk, e));
-        j = n;
-    }
-    sum = _mm512_reduce_add_ps(vs);
-#endif
-    for (; j < n; j++) {
-        x[j] = expf(x[j] - mx);
-        sum += x[j];
-    }
-    const float inv = 1.0f / sum;
-    for (j = 0; j < n; j++) x[j] *= inv;
-}
-
 /* pack: rows r < n of u (stride ls; lenp a multiple of 4) -> dst as int32 words [l / 4][r] (cols words per l / 4)
  * of the codes u - 128 (int8: each byte xor 0x80); sums[r] = sum of the row's int8 codes over its first len.
  * Past len the words hold whatever u holds there: the other operand's codes are 0 there, so they add nothing. */

@@ -131,6 +131,11 @@ def declare(lib: ctypes.CDLL) -> None:
     lib.qb_attention.restype = _INT
     lib.qb_attention.argtypes = [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64, ctypes.c_float,
                                  _INT, _INT, _INT, _INT]
+    lib.qb_rmsnorm.restype = _INT
+    lib.qb_rmsnorm.argtypes = [_P, _P, _P, _P, _P, _I64, _I64, ctypes.c_float, _INT]
+    lib.qb_decode_attention.restype = _INT
+    lib.qb_decode_attention.argtypes = [_P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64,
+                                        ctypes.c_float, _INT]
     lib.qb_w4a8_group_gemm.restype = _INT
     lib.qb_w4a8_group_gemm.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT, _INT, _INT, _INT,
                                        _INT, ctypes.c_float, ctypes.c_int32, _INT]

@@ -40,6 +40,10 @@
  *                                    Q, K per row and V per channel quantized as qb_quant_u8 does, uint8 x
  *                                    int8 -> int32 dot products, mask and softmax in float32, P quantized
  *                                    per row, the output rescaled
+ *   decoder.c       the float work around a decoder layer's linears (engine/graph.py's decoder forward)
+ *                   qb_rmsnorm       per row: optional residual add, then RMSNorm times its weight
+ *                   qb_decode_attention  one decode step's attention: rotary embedding of q and k, k and v
+ *                                    written to the KV cache, softmax(q K^T) V per head, grouped queries
  *
  * Each file's opening comment gives its formulas, layouts and the reasons for its loop structure.
  *
@@ -50,6 +54,7 @@
 #ifndef QBENCH_CPU_H
 #define QBENCH_CPU_H
 
+#include <math.h>
 #include <stdint.h>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
@@ -111,6 +116,65 @@ static inline int64_t sum_u8(const uint8_t *p, int64_t n) {
     for (; i < n; i++) s += p[i];
     return s;
 }
+/* ------------------------------------------------------------------ softmax (attention.c, decoder.c) */
+
+#ifdef QB_AVX512
+/* e^x for float32 lanes: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-6 polynomial, times 2^n (scalef);
+ * about 1 ulp; below -87.3 (e^x under float's normal range) 0, as the softmax wants for masked keys */
+static inline __m512 exp_ps(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.33654f);
+    const __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    x = _mm512_min_ps(_mm512_max_ps(x, lo), _mm512_set1_ps(88.72283f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);          /* ln2 in two parts */
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);                               /* Cephes expf coefficients */
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_maskz_scalef_ps((__mmask16)~under, y, n);
+}
+#endif
+
+/* row in place: softmax over n values (max, e^(x - max), times 1 / sum, as torch's CPU softmax) */
+static inline void softmax_row(float *x, int64_t n) {
+    int64_t j = 0;
+    float mx = -INFINITY, sum = 0.0f;
+#ifdef QB_AVX512
+    __m512 vm = _mm512_set1_ps(-INFINITY), vs = _mm512_setzero_ps();
+    for (; j + 16 <= n; j += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(x + j));
+    mx = _mm512_reduce_max_ps(vm);
+#endif
+    for (; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    j = 0;
+#ifdef QB_AVX512
+    const __m512 m = _mm512_set1_ps(mx);
+    for (; j + 16 <= n; j += 16) {
+        const __m512 e = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(x + j), m));
+        _mm512_storeu_ps(x + j, e);
+        vs = _mm512_add_ps(vs, e);
+    }
+    if (j < n) {
+        const __mmask16 mk = (__mmask16)((1u << (n - j)) - 1);
+        const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + j), m));
+        _mm512_mask_storeu_ps(x + j, mk, e);
+        vs = _mm512_add_ps(vs, _mm512_maskz_mov_ps(mk, e));
+        j = n;
+    }
+    sum = _mm512_reduce_add_ps(vs);
+#endif
+    for (; j < n; j++) {
+        x[j] = expf(x[j] - mx);
+        sum += x[j];
+    }
+    const float inv = 1.0f / sum;
+    for (j = 0; j < n; j++) x[j] *= inv;
+}
+
 /* ------------------------------------------------------------------ activation quantizer (quant_u8.c)
  * The fused W8A8 GEMM quantizes its row blocks with these, so its codes are qb_quant_u8's. */
 
@@ -175,4 +239,9 @@ int qb_w4a8_group_gemm(const float *x, const uint8_t *wp, const int32_t *csum, c
 int qb_attention(const float *q, const float *k, const float *v, const float *mask, float *out, int64_t G, int64_t H,
                  int64_t S, int64_t T, int64_t D, int64_t mb, int64_t mh, int64_t ms, float scaling, int symmetric,
                  int is_signed, int bits, int threads);
+int qb_rmsnorm(const float *x, const float *res, const float *w, float *xo, float *h, int64_t M, int64_t D, float eps,
+               int threads);
+int qb_decode_attention(const float *q, const float *k, const float *v, float *kc, float *vc, const float *cos,
+                        const float *sin, float *out, int64_t B, int64_t H, int64_t KV, int64_t D, int64_t Tmax,
+                        int64_t p, float scale, int threads);
 #endif

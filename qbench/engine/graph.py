@@ -1,0 +1,214 @@
+"""qbench's own forward of a Llama-family decoder, for timing prefill and decode (measure.lm_forward: qbench).
+
+transformers' forward of a small decoder spends most of a decode step outside its matmuls: per layer it builds
+rotary tables, updates a growing cache, dispatches through an attention registry and wraps every module call; on
+SmolLM2-135M that is about 100 PyTorch ops a layer, milliseconds a token on a CPU. `DecoderGraph` runs the same
+model -- its own embedding, its own linear modules (nn.Linear, or qbench's QuantLinear with whatever kernel it
+holds, each called as its module's forward computes), its RMSNorm weights and rotary frequencies -- over a KV
+cache allocated once, with the float work around the linears either
+
+- in PyTorch ops, the same ones in the same order as transformers: logits bit for bit equal to the model's own
+  forward (tests), or
+- in qbench's C kernels (native/decoder.c, the default on a float32 CPU model): the residual add fused into each
+  RMSNorm, and a decode step's rotary embedding, cache write and attention in one call. Equal to float32 rounding
+  on a float model (2e-5 in SmolLM2-135M's logits); with int8 activations a rounding difference can move an
+  activation code by one step, so a quantized model's logits differ more (SmolLM2-135M W4A8: KL 0.04 from its
+  own forward's, against 0.59 from the float model's).
+
+It computes what the model's own forward computes for unpadded input (the timing path's input). It refuses, with
+the reason, what it does not cover: other architectures, sliding-window or dynamically rescaled rotary attention
+inside the planned length, and models whose attention or residual ops qbench quantized (those run inside the
+model's own modules; time them with lm_forward: transformers).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from qbench.errors import ModelError
+
+# model_type -> what its layers are made of: transformers' Llama, Mistral and Qwen2 decoders share the layer
+# (pre-norm RMSNorm, q/k/v/o projections with rotary embeddings, grouped-query SDPA, SiLU-gated MLP)
+ARCHITECTURES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
+
+
+class GraphUnsupported(ModelError):
+    """The model is not one DecoderGraph runs (the message says why)."""
+
+
+def unsupported_reason(model: nn.Module, max_tokens: int = 0) -> Optional[str]:
+    """Why DecoderGraph cannot run `model` for sequences of up to `max_tokens` (None when it can)."""
+    cfg = getattr(model, "config", None)
+    kind = getattr(cfg, "model_type", None)
+    if kind not in ARCHITECTURES:
+        return (f"qbench's decoder forward covers {', '.join(ARCHITECTURES)} models; this one is "
+                f"{kind or type(model).__name__}")
+    prefix = ARCHITECTURES[kind]
+    inner = getattr(model, "model", None)
+    if type(model).__name__ != f"{prefix}ForCausalLM" or inner is None:
+        return f"expects {prefix}ForCausalLM, got {type(model).__name__}"
+    expected = {"layer": f"{prefix}DecoderLayer", "self_attn": f"{prefix}Attention", "mlp": f"{prefix}MLP",
+                "input_layernorm": f"{prefix}RMSNorm", "post_attention_layernorm": f"{prefix}RMSNorm"}
+    for i, layer in enumerate(inner.layers):
+        parts = {"layer": layer, **{k: getattr(layer, k, None) for k in list(expected)[1:]}}
+        for part, cls in expected.items():
+            if type(parts[part]).__name__ != cls:
+                return (f"layer {i}'s {part} is {type(parts[part]).__name__}, not transformers' {cls} (a module "
+                        "qbench or another tool replaced runs only in the model's own forward)")
+        if hasattr(layer.self_attn, "qbench_attention") or hasattr(layer, "qbench_residual"):
+            return ("the scheme quantizes attention or residual ops, which run inside the model's own modules: "
+                    "time it with measure.lm_forward: transformers")
+        if getattr(layer.mlp, "act_fn", None) is None or type(layer.mlp.act_fn).__name__ not in ("SiLU",
+                                                                                               "SiLUActivation"):
+            return f"layer {i}'s MLP activation is {type(getattr(layer.mlp, 'act_fn', None)).__name__}, not SiLU"
+    kinds = set(getattr(cfg, "layer_types", None) or ["full_attention"])
+    window = getattr(cfg, "sliding_window", None)
+    if kinds != {"full_attention"} or (window is not None and (getattr(cfg, "use_sliding_window", True)
+                                                               and window < max_tokens)):
+        return f"sliding-window attention ({sorted(kinds)}, window {window}) within {max_tokens} tokens"
+    rope = getattr(inner, "rotary_emb", None)
+    rope_type = str(getattr(rope, "rope_type", ""))
+    if rope is None or not hasattr(rope, "inv_freq") or "dynamic" in rope_type or "longrope" in rope_type:
+        return f"rotary embedding of type {rope_type or 'unknown'}: its frequencies change with the length"
+    return None
+
+
+def native_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """Why qbench's C kernels cannot do the decoder's float work for a model on `device` computing in `dtype`
+    (None when they can)."""
+    if device.type != "cpu":
+        return f"the model is on {device}"
+    if dtype != torch.float32:
+        return f"the model computes in {dtype}"
+    from qbench.engine.kernels import native
+
+    return native.unavailable()
+
+
+def direct(mod: nn.Module):
+    """A linear module as a function of a 2-D (rows, in) input with the module's own computation, minus the
+    module call around it: qbench's QuantLinear as its kernel's forward on its state, torch's nn.Linear as
+    F.linear on its weight and bias; any other module as itself."""
+    from qbench.engine.modules import QuantLinear
+
+    if type(mod) is QuantLinear:
+        kernel, state = mod.kernel, mod.state
+        return lambda x: kernel.forward(state, x)
+    if type(mod) is nn.Linear:
+        w, b = mod.weight, mod.bias
+        return lambda x: torch.nn.functional.linear(x, w, b)
+    return mod
+
+
+class DecoderGraph:
+    """The model's forward for (B, T) unpadded token ids, then one token per sequence at a time, over a KV cache
+    of `max_tokens` positions per sequence allocated here.
+
+    prefill(ids) -> (B, vocab) logits of the last position; step(tokens (B,)) -> (B, vocab) logits of the next.
+
+    The float work around the linears runs in qbench's C kernels (decoder.c: the residual add fused into each
+    RMSNorm, and a decode step's rotary embedding, cache write and attention in one call) where `native` is true;
+    None picks them for a float32 CPU model where the native library loads. Otherwise, or False, PyTorch ops in
+    transformers' own order. `float_ops` says which ran.
+    """
+
+    def __init__(self, model: nn.Module, batch: int, max_tokens: int, native: Optional[bool] = None):
+        why = unsupported_reason(model, max_tokens)
+        if why:
+            raise GraphUnsupported(why)
+        inner, cfg = model.model, model.config
+        self.embed, self.layers, self.norm, self.head = inner.embed_tokens, list(inner.layers), inner.norm, \
+            model.lm_head
+        attn = self.layers[0].self_attn
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim, self.scaling = attn.head_dim, attn.scaling
+        self.norms = [(lay.input_layernorm, lay.post_attention_layernorm) for lay in self.layers]
+        self.linears = [{n: direct(getattr(part, f"{n}_proj")) for part, names in
+                         ((lay.self_attn, ("q", "k", "v", "o")), (lay.mlp, ("gate", "up", "down"))) for n in names}
+                        for lay in self.layers]
+        self.lm_head = direct(self.head)
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+        dtype = self.embed.weight.dtype if hasattr(self.embed, "weight") else torch.float32
+        with torch.no_grad():                # the model's own rotary tables, for every position at once
+            pos = torch.arange(max_tokens, device=device)[None]
+            cos, sin = inner.rotary_emb(torch.empty(0, device=device, dtype=dtype), pos)
+        self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()                   # (max_tokens, D)
+        shape = (batch, self.kv_heads, max_tokens, self.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
+        self.batch, self.max_tokens, self.pos = batch, max_tokens, 0
+        why_not = native_reason(device, dtype)
+        if native and why_not:
+            raise GraphUnsupported(f"qbench's C kernels for the decoder's float work cannot run here: {why_not}")
+        self.native = not why_not if native is None else bool(native)
+        self.float_ops = ("qbench's C kernels (decoder.c: RMSNorm with the residual add; a decode step's rotary "
+                          "embedding, cache write and attention)" if self.native else
+                          f"PyTorch ops in transformers' order ({why_not or 'asked for'})")
+
+    # ------------------------------------------------------------------ PyTorch ops, in transformers' order
+    @staticmethod
+    def _rms(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        # transformers' RMSNorm: in float32, then back to the input's dtype, times the weight
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+        return norm.weight * h.to(x.dtype)
+
+    def _add_rms(self, norm: nn.Module, x: torch.Tensor, res: Optional[torch.Tensor]):
+        """(x + res, its norm); res None: (x, its norm)."""
+        if self.native:
+            from qbench.engine.kernels import native
+
+            return native.rmsnorm(x, norm.weight, norm.variance_epsilon, res)
+        x = x if res is None else res + x
+        return x, self._rms(norm, x)
+
+    def _rope(self, x: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
+        # (B, H, T, D) rotated at positions t0..t1-1 (rotate_half convention: first half against second)
+        cos, sin, half = self.cos[t0:t1], self.sin[t0:t1], self.head_dim // 2
+        return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
+
+    def _attention(self, i: int, h: torch.Tensor, b: int, t0: int, t1: int) -> torch.Tensor:
+        """(B * T, hidden) normed input -> (B * T, H * D) attention output, the cache written at t0..t1-1."""
+        lin, t = self.linears[i], t1 - t0
+        q, k, v = lin["q"](h), lin["k"](h), lin["v"](h)
+        if self.native and t == 1:
+            from qbench.engine.kernels import native
+
+            return native.decode_attention(q, k, v, self.k[i][:b], self.v[i][:b], self.cos[t0], self.sin[t0], t0,
+                                           self.scaling)
+        q = self._rope(q.view(b, t, -1, self.head_dim).transpose(1, 2), t0, t1)        # (B, H, T, D)
+        self.k[i][:b, :, t0:t1] = self._rope(k.view(b, t, -1, self.head_dim).transpose(1, 2), t0, t1)
+        self.v[i][:b, :, t0:t1] = v.view(b, t, -1, self.head_dim).transpose(1, 2)
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q, self.k[i][:b, :, :t1], self.v[i][:b, :, :t1], is_causal=t0 == 0 and t > 1, scale=self.scaling,
+            enable_gqa=self.heads != self.kv_heads)
+        return o.transpose(1, 2).reshape(b * t, -1)
+
+    def _run(self, ids: torch.Tensor, t0: int) -> torch.Tensor:
+        b, t = ids.shape
+        if b > self.batch or t0 + t > self.max_tokens:
+            raise ValueError(f"qbench's decoder forward was set up for {self.batch} sequences of up to "
+                             f"{self.max_tokens} tokens; got {b} x {t0 + t}")
+        x, pending = self.embed(ids).reshape(b * t, -1), None   # the residual stream (rows: sequence-major), and
+        for i, lin in enumerate(self.linears):                  # what is still to be added to it
+            norm1, norm2 = self.norms[i]
+            x, h = self._add_rms(norm1, pending, x) if pending is not None else self._add_rms(norm1, x, None)
+            x, h = self._add_rms(norm2, lin["o"](self._attention(i, h, b, t0, t0 + t)), x)
+            pending = lin["down"](torch.nn.functional.silu(lin["gate"](h)) * lin["up"](h))
+        self.pos = t0 + t
+        last = lambda z: z.view(b, t, -1)[:, -1].contiguous()   # noqa: E731  (only the last position's logits)
+        _, h = self._add_rms(self.norm, last(pending), last(x))
+        return self.lm_head(h)
+
+    @torch.no_grad()
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) prompt ids -> (B, vocab) logits of its last position; the cache restarts here."""
+        return self._run(ids, 0)
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B,) next tokens -> (B, vocab) logits of the position after them."""
+        return self._run(tokens[:, None], self.pos)

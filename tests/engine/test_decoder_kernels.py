@@ -1,0 +1,120 @@
+"""decoder.c: qb_rmsnorm and qb_decode_attention against float64 references, over vector remainders, grouped
+queries, the first and later positions, one thread against two, the portable C loops, and the refusals."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qbench.engine.kernels import native
+
+needs_native = pytest.mark.skipif(native.unavailable() is not None, reason="qbench's native library is not built here")
+
+
+def rms_ref(x, w, eps, res=None):
+    x64 = x.double() + (res.double() if res is not None else 0)
+    return x64, x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * w.double()
+
+
+def rotate_ref(x, cos, sin):
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
+
+
+def attention_ref(q, k, v, kc, vc, cos, sin, p, scale):
+    """float64: rotary on q and k, the caches' first p positions plus the new key and value, softmax(q K^T) V."""
+    b, kv, _, d = kc.shape
+    h = q.shape[1] // d
+    qr = rotate_ref(q.double().view(b, h, d), cos.double(), sin.double())
+    kr = rotate_ref(k.double().view(b, kv, d), cos.double(), sin.double())
+    keys = torch.cat([kc[:, :, :p].double(), kr[:, :, None]], 2).repeat_interleave(h // kv, 1)   # (B, H, p+1, D)
+    vals = torch.cat([vc[:, :, :p].double(), v.double().view(b, kv, 1, d)], 2).repeat_interleave(h // kv, 1)
+    w = torch.softmax(torch.einsum("bhd,bhtd->bht", qr, keys) * scale, -1)
+    return torch.einsum("bht,bhtd->bhd", w, vals).reshape(b, h * d), kr, v.double().view(b, kv, d)
+
+
+@needs_native
+@pytest.mark.parametrize("rows,d", [(1, 576), (5, 40), (3, 17), (128, 64), (2, 1)])
+def test_rmsnorm_against_float64(rows, d):
+    g = torch.Generator().manual_seed(rows * 100 + d)
+    x, res = (torch.randn(rows, d, generator=g) * 3 for _ in range(2))
+    w = torch.randn(d, generator=g)
+    for r in (None, res):
+        xo, h = native.rmsnorm(x, w, 1e-5, r)
+        want_x, want_h = rms_ref(x, w, 1e-5, r)
+        torch.testing.assert_close(xo.double(), want_x, rtol=0, atol=0 if r is None else 1e-6 * want_x.abs().max())
+        torch.testing.assert_close(h.double(), want_h, rtol=1e-5, atol=1e-6 * want_h.abs().max().item())
+        assert (xo is x) == (r is None)
+
+
+def _case(b, h, kv, d, tmax, p, seed):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = torch.randn(b, h * d, generator=g), torch.randn(b, kv * d, generator=g), torch.randn(b, kv * d, generator=g)
+    kc, vc = torch.randn(b, kv, tmax, d, generator=g), torch.randn(b, kv, tmax, d, generator=g)
+    ang = torch.rand(d // 2, generator=g) * 6
+    cos, sin = torch.cat([ang.cos(), ang.cos()]), torch.cat([ang.sin(), ang.sin()])
+    return q, k, v, kc, vc, cos, sin
+
+
+@needs_native
+@pytest.mark.parametrize("b,h,kv,d,p", [
+    (1, 9, 3, 64, 128),    # SmolLM2-135M's shape at a 128-token context
+    (2, 4, 2, 16, 0),      # the first position: attention to the new key only
+    (3, 6, 6, 80, 37),     # no grouped queries; D past a 64-wide block
+    (1, 8, 1, 6, 20),      # one key/value head; D under a vector
+    (2, 4, 4, 34, 17),     # a vector and a remainder
+])
+def test_decode_attention_against_float64(b, h, kv, d, p):
+    q, k, v, kc, vc, cos, sin = _case(b, h, kv, d, p + 5, p, seed=b * 1000 + h * 10 + p)
+    want, kr, vr = attention_ref(q, k, v, kc, vc, cos, sin, p, d ** -0.5)
+    before_k, before_v = kc.clone(), vc.clone()
+    got = native.decode_attention(q, k, v, kc, vc, cos, sin, p, d ** -0.5)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(kc[:, :, p].double(), kr, rtol=1e-6, atol=1e-6)          # the cache got the new row
+    assert torch.equal(vc[:, :, p], v.view(b, kv, d))
+    keep = torch.ones(kc.shape[2], dtype=torch.bool)
+    keep[p] = False
+    assert torch.equal(kc[:, :, keep], before_k[:, :, keep]) and torch.equal(vc[:, :, keep], before_v[:, :, keep])
+
+
+@needs_native
+def test_one_thread_and_two_agree_bit_for_bit(monkeypatch):
+    q, k, v, kc, vc, cos, sin = _case(2, 8, 2, 64, 600, 512, seed=7)
+    outs = []
+    for n in (1, 2):
+        monkeypatch.setattr(native, "threads", lambda work, n=n: n)
+        kc1, vc1 = kc.clone(), vc.clone()
+        outs.append((native.decode_attention(q, k, v, kc1, vc1, cos, sin, 512, 0.125), kc1,
+                     native.rmsnorm(q, cos.repeat(8), 1e-6, k.repeat(1, 4))[1]))
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+
+
+@needs_native
+def test_the_portable_loops_give_the_same_numbers(monkeypatch, tmp_path):
+    from tests.engine.test_fast_kernels import _portable_library
+
+    lib = _portable_library(tmp_path)
+    if lib is None:
+        pytest.skip("this compiler cannot build without AVX-512 (-mno-avx512f)")
+    monkeypatch.setattr(native, "_load", lambda: (lib, ""))
+    q, k, v, kc, vc, cos, sin = _case(2, 6, 3, 40, 30, 21, seed=11)
+    want, _, _ = attention_ref(q, k, v, kc, vc, cos, sin, 21, 40 ** -0.5)
+    torch.testing.assert_close(native.decode_attention(q, k, v, kc, vc, cos, sin, 21, 40 ** -0.5).double(), want,
+                               rtol=1e-5, atol=2e-6)
+    xo, h = native.rmsnorm(q, k[0].repeat(2), 1e-5, q * 2)
+    want_x, want_h = rms_ref(q, k[0].repeat(2), 1e-5, q * 2)
+    torch.testing.assert_close(h.double(), want_h, rtol=1e-5, atol=1e-6 * want_h.abs().max().item())
+
+
+@needs_native
+def test_what_the_kernels_refuse():
+    q, k, v, kc, vc, cos, sin = _case(1, 4, 2, 8, 10, 3, seed=1)
+    with pytest.raises(ValueError, match="position 10"):
+        native.decode_attention(q, k, v, kc, vc, cos, sin, 10, 1.0)
+    with pytest.raises(ValueError, match="inconsistent"):
+        native.decode_attention(q[:, :-8], k, v, kc, vc, cos, sin, 3, 1.0)       # 3 query heads over 2 kv heads
+    with pytest.raises(ValueError, match="inconsistent"):
+        native.decode_attention(q.double(), k, v, kc, vc, cos, sin, 3, 1.0)
+    with pytest.raises(ValueError, match="rmsnorm"):
+        native.rmsnorm(q, cos, 1e-5)                                                   # weight of another width
+    with pytest.raises(ValueError, match="rmsnorm"):
+        native.rmsnorm(q.t(), q[0], 1e-5)                                              # not contiguous

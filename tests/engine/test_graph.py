@@ -1,0 +1,137 @@
+"""engine.graph.DecoderGraph: qbench's decoder forward against transformers' own, on float and quantized Llama,
+Mistral and Qwen2 models, with the refusals; runner.measure.lm_runs, which picks it for a pair."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qbench.engine.api import quantize_
+from qbench.engine.kernels import native
+from qbench.engine.graph import DecoderGraph, GraphUnsupported, unsupported_reason
+from qbench.metrics.lm import ModelRun, greedy, prefill_decode
+from qbench.runner.measure import GRAPH_FORWARD, OWN_FORWARD, lm_runs
+
+NATIVE = native.unavailable() is None        # the float work in qbench's C kernels where its library is built
+SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, vocab_size=120, max_position_embeddings=128)
+W8A8 = {"name": "w8a8", "weights": {"bits": 8, "granularity": "per_channel"},
+        "activations": {"bits": 8, "granularity": "per_token"}}
+W4G16 = {"name": "w4g16", "weights": {"bits": 4, "symmetric": False, "granularity": "per_group", "group_size": 16}}
+
+
+def _model(kind: str = "llama", seed: int = 0, **extra):
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config"}[kind])
+    cls = getattr(transformers, {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                                 "qwen2": "Qwen2ForCausalLM"}[kind])
+    return cls(cfg(**{**SMALL, **extra})).eval()
+
+
+def _agree(model, ids: torch.Tensor, steps: int = 6, atol: float = 2e-5, native=None) -> None:
+    """The graph's prefill and `steps` decode steps give transformers' logits, fed the same (graph's) tokens: bit
+    for bit with PyTorch's ops (the same ops in the same order), to float32 rounding with qbench's C kernels."""
+    graph, own = DecoderGraph(model, ids.shape[0], ids.shape[1] + steps, native=native), ModelRun(model)
+    same = torch.equal if not graph.native else (lambda a, b: torch.testing.assert_close(a, b, atol=atol, rtol=1e-5)
+                                                 or True)
+    with torch.no_grad():
+        a, b = graph.prefill(ids), own.prefill(ids)
+        assert a.shape == (ids.shape[0], model.config.vocab_size)
+        assert same(a, b)
+        for _ in range(steps):
+            nxt = a.argmax(-1)
+            a, b = graph.step(nxt), own.step(nxt)
+            assert same(a, b)
+
+
+@pytest.mark.parametrize("kind,extra", [
+    ("llama", {}),
+    ("llama", {"num_key_value_heads": 4}),                                    # no grouped queries
+    ("llama", {"rope_parameters": {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                   "original_max_position_embeddings": 32}}),  # rescaled rotary frequencies
+    ("mistral", {"sliding_window": None}),
+    ("qwen2", {}),                                                            # q/k/v projections with a bias
+])
+@pytest.mark.parametrize("native", [False, NATIVE])
+def test_float_models_match_their_own_forward(kind, extra, native):
+    """Both ways of the float work: PyTorch ops in transformers' order, and qbench's C kernels (where built)."""
+    model = _model(kind, **extra)
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 11), generator=torch.Generator().manual_seed(1))
+    _agree(model, ids, native=native)
+    _agree(model, ids[:1, :1], steps=3, native=native)                       # one-token prompt, one sequence
+    graph = DecoderGraph(model, 1, 4, native=native)
+    assert graph.native is native and ("C kernels" in graph.float_ops) is native
+
+
+@pytest.mark.parametrize("scheme", [W8A8, W4G16])
+@pytest.mark.parametrize("native", [False, NATIVE])
+def test_quantized_models_match_their_own_forward(scheme, native):
+    """With int8 activations, a float32 rounding difference before a linear can move an activation code by one
+    step, so the C kernels' outputs are held to a looser bound there (PyTorch's ops: still bit for bit)."""
+    model = _model()
+    quantize_(model, scheme)
+    ids = torch.randint(0, SMALL["vocab_size"], (3, 9), generator=torch.Generator().manual_seed(2))
+    _agree(model, ids, atol=1e-4 if "activations" not in scheme else 5e-3, native=native)
+
+
+def test_greedy_tokens_and_the_timed_loop_follow_the_models_own():
+    model = _model(seed=3)
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 7), generator=torch.Generator().manual_seed(3))
+    graph = DecoderGraph(model, 2, 7 + 8)
+    toks = [graph.prefill(ids).argmax(-1)]
+    for _ in range(7):
+        toks.append(graph.step(toks[-1]).argmax(-1))
+    assert torch.equal(torch.stack(toks, 1), greedy(model, ids, 8))
+    prefill_ms, decode_ms = prefill_decode(graph, ids, 8, sync=lambda: None)
+    assert prefill_ms > 0 and decode_ms > 0
+    # a second prefill restarts the cache: the same logits as the first time
+    with torch.no_grad():
+        torch.testing.assert_close(graph.prefill(ids), ModelRun(model).prefill(ids), atol=2e-5, rtol=1e-5)
+
+
+def test_what_it_does_not_run_is_refused_with_the_reason():
+    import transformers
+
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
+    assert "gpt2" in unsupported_reason(gpt2)
+    with pytest.raises(GraphUnsupported, match="covers llama, mistral, qwen2"):
+        DecoderGraph(gpt2, 1, 8)
+    windowed = _model("mistral", sliding_window=16)
+    assert unsupported_reason(windowed, 8) is None
+    assert "sliding-window" in unsupported_reason(windowed, 32)
+    attn = _model()
+    quantize_(attn, {**W8A8, "ops": ["linear", "attention"]})
+    assert "attention or residual ops" in unsupported_reason(attn)
+    with pytest.raises(GraphUnsupported, match="C kernels .* cannot run here: the model computes in torch.bfloat16"):
+        DecoderGraph(_model().to(torch.bfloat16), 1, 8, native=True)
+    assert not DecoderGraph(_model().to(torch.bfloat16), 1, 8).native            # picked: PyTorch ops, and why
+    assert "bfloat16" in DecoderGraph(_model().to(torch.bfloat16), 1, 8).float_ops
+    graph = DecoderGraph(_model(), 1, 8)
+    with pytest.raises(ValueError, match="1 sequences of up to 8 tokens; got 1 x 9"):
+        graph.prefill(torch.zeros(1, 9, dtype=torch.long))
+    graph.prefill(torch.zeros(1, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="got 1 x 9"):
+        graph.step(torch.zeros(1, dtype=torch.long))
+
+
+def test_lm_runs_run_both_sides_the_same_way():
+    base = _model()
+    quant = _model()
+    quantize_(quant, W8A8)
+    runs, how = lm_runs(base, quant, "qbench", 2, 40)
+    assert all(isinstance(r, DecoderGraph) for r in runs) and how.startswith(f"both sides: {GRAPH_FORWARD}")
+    assert runs[0].native == runs[1].native and runs[0].float_ops in how
+    assert lm_runs(base, quant, "transformers", 2, 40) == ([base, quant], f"both sides: {OWN_FORWARD}")
+    attn = _model()
+    quantize_(attn, {**W8A8, "ops": ["linear", "attention"]})
+    runs, how = lm_runs(base, attn, "qbench", 2, 40)
+    assert runs == [base, attn] and how.startswith(f"both sides: {OWN_FORWARD}") and "attention or residual" in how
+
+    class Peer(torch.nn.Module):                       # a peer runtime's model: runs in its own runtime
+        peer = object()
+
+    peer = Peer()
+    runs, how = lm_runs(base, peer, "qbench", 2, 40)
+    assert isinstance(runs[0], DecoderGraph) and runs[1] is peer and "quantized: the peer runtime's own" in how

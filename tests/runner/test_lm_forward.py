@@ -1,0 +1,47 @@
+"""measure.lm_forward end to end: a run on the tiny local Llama times a W8A8 pair through qbench's decoder forward
+and an attention-quantized pair through the model's own, each row saying how; the setting's serialization."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qbench.schema.experiment import Measure
+
+
+def test_the_setting_is_stored_only_when_it_is_not_the_default():
+    assert "lm_forward" not in Measure().model_dump()
+    assert Measure(lm_forward="qbench").model_dump()["lm_forward"] == "qbench"
+    with pytest.raises(ValueError, match="lm_forward"):
+        Measure(lm_forward="compiled")
+
+
+@pytest.mark.slow
+def test_a_run_says_how_each_pair_was_timed(tiny_models, tmp_path):
+    from qbench import api
+    from qbench.runner.measure import GRAPH_FORWARD, OWN_FORWARD
+    from tests.runner.support import write_experiment
+
+    exp = write_experiment(tmp_path, {"llama": tiny_models["llama"]}, """\
+  - name: w8a8
+    weights: {bits: 8}
+    activations: {bits: 8, granularity: per_token}
+  - name: w8a8-attn
+    weights: {bits: 8}
+    activations: {bits: 8, granularity: per_token}
+    ops: [linear, attention]
+""", name="graph")
+    exp.write_text(exp.read_text().replace("eval_samples: 8}", "eval_samples: 8, lm_forward: qbench}")
+                   .replace("  - {name: code, dataset: \"builtin:code\"}\n", ""))
+    out = api.run(exp, out=tmp_path / "reports", progress=False, log=lambda s: None)
+    assert out.status == "ok"
+    for scheme, how in (("w8a8", f"both sides: {GRAPH_FORWARD}, the float work around the linears in "),
+                        ("w8a8-attn", f"both sides: {OWN_FORWARD}")):
+        rows = json.loads((out.run_dir / "cells" / f"llama__{scheme}__text.json").read_text())["rows"]
+        timed = [r for r in rows if r["metric"] in ("latency_ms", "decode_ms_per_token")]
+        assert len(timed) == 8 and all(how in r["method"] for r in timed)
+        assert all(r["value"] > 0 for r in timed)
+    assert "attention or residual ops" in next(
+        r["method"] for r in json.loads((out.run_dir / "cells" / "llama__w8a8-attn__text.json").read_text())["rows"]
+        if r["metric"] == "decode_ms_per_token")
+    assert GRAPH_FORWARD in (out.run_dir / "card.md").read_text()
