@@ -1,0 +1,114 @@
+"""Prefill and decode of a causal LM: the float model and qbench's schemes through the model's own forward
+(transformers) and through qbench's decoder forward (measure.lm_forward: qbench), beside llama.cpp, round-robin.
+
+    python benchmarks/decode.py [EXPERIMENT] [--model smollm2-135m] [--schemes w4a8-g64-head,llamacpp-q4_0]
+                                [--rounds 8] [--decode-tokens 16] [--json out.json]
+
+Every round runs every variant once on the same prompt (the experiment's first workload, seq_len tokens, batch 1):
+a prefill and `decode-tokens` greedy steps (metrics.lm.prefill_decode, as a run's cells time them). The machine's
+load moves all variants alike, so each ratio is taken round by round: printed are the median milliseconds per
+variant and, per ratio, the median of the per-round ratios with their 10th and 90th percentiles. Threads: the
+experiment's measure.threads for torch and llama.cpp alike.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+
+RATIOS = "fp32 (own forward) / variant, fp32 (qbench forward) / variant, llama.cpp / variant"
+
+
+def _spread(xs: list[float]) -> tuple[float, float, float]:
+    s = sorted(xs)
+    return statistics.median(s), s[int(0.1 * (len(s) - 1))], s[int(round(0.9 * (len(s) - 1)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("experiment", nargs="?", default="experiments/speed.yaml")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--schemes", default="w4a8-g64-head,w8a8-head,llamacpp-q4_0")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--decode-tokens", type=int, default=16)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    import torch
+
+    from qbench.datasets import load_suite
+    from qbench.engine.api import quantize_
+    from qbench.engine.graph import DecoderGraph
+    from qbench.hardware import detect
+    from qbench.metrics.lm import prefill_decode
+    from qbench.models import load_model
+    from qbench.runner.cellstate import setup_torch
+    from qbench.runner.measure import tokenize
+    from qbench.runtimes import RUNTIMES
+    from qbench.schema import load_experiment
+
+    exp = load_experiment(args.experiment)
+    m = exp.measure
+    setup_torch(m)
+    ref = next(r for r in exp.models if r.display == args.model)
+    loaded = load_model(ref, "fp32", "cpu")
+    suite = load_suite(exp.workloads[0].dataset, calibration_size=0, evaluation_size=1, seed=m.seed)
+    ids = tokenize(loaded.tokenizer, [s.text for s in suite.evaluation], m.seq_len, "cpu")["input_ids"][:1]
+    tokens = ids.shape[1] + args.decode_tokens
+    variants = {"fp32 (own)": loaded.model, "fp32 (qbench)": DecoderGraph(loaded.model, 1, tokens)}
+    float_ops = variants["fp32 (qbench)"].float_ops
+    for s in exp.schemes:
+        if s.name not in args.schemes.split(","):
+            continue
+        if s.runtime is not None:
+            rt = RUNTIMES.get(s.runtime.name)
+            if rt.problem():
+                print(f"skipping {s.name}: {rt.problem()}")
+                continue
+            variants[s.name] = rt.build(loaded, s.runtime, torch.get_num_threads())
+            continue
+        quant = copy.deepcopy(loaded.model)
+        quantize_(quant, s, device="cpu")
+        variants[f"{s.name} (own)"] = quant
+        variants[f"{s.name} (qbench)"] = DecoderGraph(quant, 1, tokens)
+    times: dict[str, dict[str, list[float]]] = {v: {"prefill": [], "decode": []} for v in variants}
+    for r in range(args.rounds + 1):                    # round 0 warms up
+        for name, v in variants.items():
+            p, d = prefill_decode(v, ids, args.decode_tokens, sync=lambda: None)
+            if r:
+                times[name]["prefill"].append(p)
+                times[name]["decode"].append(d / args.decode_tokens)
+    hw = detect()
+    print(f"{args.model}, batch 1, {ids.shape[1]}-token prompt, {args.decode_tokens} decode steps, "
+          f"{torch.get_num_threads()} threads, {args.rounds} rounds; {hw.cpu_model}; qbench forward's float work: "
+          f"{float_ops}")
+    refs = [("fp32 (own)", "vs fp32 own"), ("fp32 (qbench)", "vs fp32 qbench"),
+            (next((v for v in variants if v.startswith("llamacpp")), None), "vs llama.cpp")]
+    out = {"model": args.model, "threads": torch.get_num_threads(), "rounds": args.rounds,
+           "prompt_tokens": ids.shape[1], "decode_tokens": args.decode_tokens, "cpu": hw.cpu_model,
+           "float_ops": float_ops, "times": times, "ratios": {}}
+    for phase in ("prefill", "decode"):
+        print(f"\n{phase} (ms{' per token' if phase == 'decode' else ''}; ratio = reference ms / variant ms, "
+              "median of the per-round ratios [p10, p90])")
+        print(f"{'variant':28s} {'ms':>8s}  " + "  ".join(f"{label:>24s}" for ref_name, label in refs if ref_name))
+        for name in variants:
+            ms = times[name][phase]
+            cols = []
+            for ref_name, label in refs:
+                if not ref_name:
+                    continue
+                ratio = _spread([a / b for a, b in zip(times[ref_name][phase], ms)])
+                out["ratios"].setdefault(phase, {}).setdefault(name, {})[label] = ratio
+                cols.append(f"{ratio[0]:6.2f}x [{ratio[1]:.2f}, {ratio[2]:.2f}]")
+            print(f"{name:28s} {statistics.median(ms):8.2f}  " + "  ".join(f"{c:>24s}" for c in cols))
+    for v in variants.values():
+        if hasattr(v, "close"):
+            v.close()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
