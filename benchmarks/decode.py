@@ -9,6 +9,10 @@ a prefill and `decode-tokens` greedy steps (metrics.lm.prefill_decode, as a run'
 load moves all variants alike, so each ratio is taken round by round: printed are the median milliseconds per
 variant and, per ratio, the median of the per-round ratios with their 10th and 90th percentiles. Threads: the
 experiment's measure.threads for torch and llama.cpp alike.
+
+Before timing, each qbench-forward variant is checked against the model's own forward on the same prompt and the
+same greedy tokens: the largest logit difference, the mean KL(own || qbench) over the prefill's last position and
+the decode steps, and whether every step's top token agrees.
 """
 from __future__ import annotations
 
@@ -23,6 +27,28 @@ RATIOS = "fp32 (own forward) / variant, fp32 (qbench forward) / variant, llama.c
 def _spread(xs: list[float]) -> tuple[float, float, float]:
     s = sorted(xs)
     return statistics.median(s), s[int(0.1 * (len(s) - 1))], s[int(round(0.9 * (len(s) - 1)))]
+
+
+def _agree(own, graph, ids, steps: int) -> dict:
+    """The qbench forward's logits against the model's own: prefill, then `steps` greedy tokens (the own
+    forward's) fed to both."""
+    import torch
+    import torch.nn.functional as F
+
+    from qbench.metrics.lm import ModelRun
+
+    ref, got = ModelRun(own), graph
+    a, b = ref.prefill(ids), got.prefill(ids)
+    diffs, kls, same = [], [], 0
+    for i in range(steps + 1):
+        diffs.append((a - b).abs().max().item())
+        kls.append(F.kl_div(F.log_softmax(b, -1), F.log_softmax(a, -1), log_target=True,
+                            reduction="batchmean").item())
+        same += int(torch.equal(a.argmax(-1), b.argmax(-1)))
+        if i < steps:
+            nxt = a.argmax(-1)
+            a, b = ref.step(nxt), got.step(nxt)
+    return {"max_abs": max(diffs), "kl_mean": statistics.mean(kls), "top1_same": same, "steps": steps + 1}
 
 
 def main() -> None:
@@ -72,6 +98,10 @@ def main() -> None:
         quantize_(quant, s, device="cpu")
         variants[f"{s.name} (own)"] = quant
         variants[f"{s.name} (qbench)"] = DecoderGraph(quant, 1, tokens)
+    agreement = {}
+    for name, v in variants.items():
+        if name.endswith("(qbench)"):
+            agreement[name] = _agree(variants[name.replace("(qbench)", "(own)")], v, ids, args.decode_tokens)
     times: dict[str, dict[str, list[float]]] = {v: {"prefill": [], "decode": []} for v in variants}
     for r in range(args.rounds + 1):                    # round 0 warms up
         for name, v in variants.items():
@@ -83,11 +113,14 @@ def main() -> None:
     print(f"{args.model}, batch 1, {ids.shape[1]}-token prompt, {args.decode_tokens} decode steps, "
           f"{torch.get_num_threads()} threads, {args.rounds} rounds; {hw.cpu_model}; qbench forward's float work: "
           f"{float_ops}")
+    for name, a in agreement.items():
+        print(f"{name}: against the model's own forward, max |logit difference| {a['max_abs']:.3g}, mean KL "
+              f"{a['kl_mean']:.3g}, top token the same at {a['top1_same']} of {a['steps']} positions")
     refs = [("fp32 (own)", "vs fp32 own"), ("fp32 (qbench)", "vs fp32 qbench"),
             (next((v for v in variants if v.startswith("llamacpp")), None), "vs llama.cpp")]
     out = {"model": args.model, "threads": torch.get_num_threads(), "rounds": args.rounds,
            "prompt_tokens": ids.shape[1], "decode_tokens": args.decode_tokens, "cpu": hw.cpu_model,
-           "float_ops": float_ops, "times": times, "ratios": {}}
+           "float_ops": float_ops, "agreement": agreement, "times": times, "ratios": {}}
     for phase in ("prefill", "decode"):
         print(f"\n{phase} (ms{' per token' if phase == 'decode' else ''}; ratio = reference ms / variant ms, "
               "median of the per-round ratios [p10, p90])")

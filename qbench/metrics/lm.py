@@ -204,11 +204,13 @@ class ModelRun:
     def __init__(self, model):
         self._prefill, self._step, self.cache = _prefill(model), _decode_step(model), None
 
+    @torch.no_grad()
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         out = self._prefill(ids)
         self.cache = _kv_cache(out)
         return out.logits[:, -1]
 
+    @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         out = self._step(tokens, self.cache)
         self.cache = _kv_cache(out)

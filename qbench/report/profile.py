@@ -104,7 +104,8 @@ def card_section(cells: list, order: dict) -> dict | None:
                                  _x(r["linears_free_vs_baseline"])])
     if not rows:
         return None
-    return {"note": "The first batch size of each cell, profiled (measure.profile): the forward alone timed "
+    return {"note": "The first batch size of each cell, profiled (measure.profile) through the model's own forward "
+                    "(whatever measure.lm_forward times the speed-ups with): the forward alone timed "
                     "round-robin with the baseline (median ms; speed-up: the median of the per-round ratios, with "
                     "their 10th and 90th percentiles; page faults: the minor page faults of one such forward, "
                     "the median), then with a hook on every module, each module's own time "

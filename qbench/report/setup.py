@@ -18,6 +18,9 @@ def setup(meta: dict, cells: list, order: dict) -> dict:
             ("Threads", "threads"), ("Seed", "seed"))]
     if ms.get("speedup_ci_width"):
         measure[3][1] = _adaptive_repeats(ms, cells)
+    lm = _lm_forward(ms, cells)
+    if lm:
+        measure.append(["Causal LM prefill and decode", lm])
     b = meta.get("baseline") or {}
     return {
         "schemes": table(["Scheme", "Bits", "Signed", "Symmetry", "Granularity", "Activations", "Ops",
@@ -31,6 +34,22 @@ def setup(meta: dict, cells: list, order: dict) -> dict:
         "workloads": table(["Workload", "Dataset", "Eval samples", "Eval hash"],
                            [_workload_row(wl, cells) for wl in exp.get("workloads", [])], "llrl"),
     }
+
+
+def _lm_forward(ms: dict, cells: list) -> str:
+    """How the causal LMs' prefill and decode ran (measure.lm_forward), with the pairs that could not run that way
+    (their rows say why); "" when no cell timed a decode."""
+    how = [r.get("method") or "" for c in cells for r in c.get("rows") or []
+           if r.get("metric") == "decode_ms_per_token" and r.get("variant") == "quantized"]
+    if not how:
+        return ""
+    if ms.get("lm_forward", "transformers") != "qbench":
+        return "the model's own forward (transformers) with its KV cache, both sides (measure.lm_forward)"
+    own = sum("does not run this pair" in h for h in how)
+    text = ("qbench's decoder forward for both sides of each speed-up (measure.lm_forward: qbench; the model's own "
+            "modules, kernels and weights, its float work as each timing row says)")
+    return text + (f"; {own} of {len(how)} timings through the model's own forward instead (their rows say why)"
+                   if own else "")
 
 
 def _adaptive_repeats(ms: dict, cells: list) -> str:

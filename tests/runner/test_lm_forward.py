@@ -45,3 +45,21 @@ def test_a_run_says_how_each_pair_was_timed(tiny_models, tmp_path):
         r["method"] for r in json.loads((out.run_dir / "cells" / "llama__w8a8-attn__text.json").read_text())["rows"]
         if r["metric"] == "decode_ms_per_token")
     assert GRAPH_FORWARD in (out.run_dir / "card.md").read_text()
+    setup = json.loads((out.run_dir / "card.json").read_text())["setup"]["measure"]["rows"]
+    row = next(r["cells"][1] for r in setup if r["cells"][0] == "Causal LM prefill and decode")
+    assert row.startswith("qbench's decoder forward") and "2 of 4 timings through the model's own forward" in row
+
+
+def test_the_setup_row_counts_the_pairs_timed_the_other_way():
+    from qbench.report.setup import _lm_forward
+
+    def cell(*methods):
+        return {"rows": [{"metric": "decode_ms_per_token", "variant": "quantized", "method": m} for m in methods]
+                + [{"metric": "latency_ms", "variant": "quantized", "method": "does not run this pair"}]}
+
+    graph, own = "both sides: qbench's decoder forward", "both sides: ... does not run this pair: ..."
+    assert _lm_forward({}, [{"rows": []}]) == ""                                   # no causal LM
+    assert _lm_forward({}, [cell(graph)]).startswith("the model's own forward")
+    assert _lm_forward({"lm_forward": "qbench"}, [cell(graph, graph)]).endswith("as each timing row says)")
+    assert _lm_forward({"lm_forward": "qbench"}, [cell(graph), cell(own, own)]).endswith(
+        "; 2 of 3 timings through the model's own forward instead (their rows say why)")
