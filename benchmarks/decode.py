@@ -12,7 +12,10 @@ experiment's measure.threads for torch and llama.cpp alike.
 
 Before timing, each qbench-forward variant is checked against the model's own forward on the same prompt and the
 same greedy tokens: the largest logit difference, the mean KL(own || qbench) over the prefill's last position and
-the decode steps, and whether every step's top token agrees.
+the decode steps, and whether every step's top token agrees. After timing, one decode step of each
+qbench-forward variant at the prompt's length is profiled by kind (DecoderGraph(profile=True): linears, attention,
+norms, activation, embedding, and the rest: Python and PyTorch glue), the median over 10 steps, with the speed-up
+the variant could reach with its linears free.
 """
 from __future__ import annotations
 
@@ -135,6 +138,21 @@ def main() -> None:
                 out["ratios"].setdefault(phase, {}).setdefault(name, {})[label] = ratio
                 cols.append(f"{ratio[0]:6.2f}x [{ratio[1]:.2f}, {ratio[2]:.2f}]")
             print(f"{name:28s} {statistics.median(ms):8.2f}  " + "  ".join(f"{c:>24s}" for c in cols))
+    print("\ndecode step by kind, qbench forward (median of 10 profiled steps; ms and share of the step)")
+    out["profile"] = {}
+    for name, v in variants.items():
+        if not name.endswith("(qbench)"):
+            continue
+        g = DecoderGraph(v.model, 1, tokens, profile=True)
+        g.prefill(ids)
+        tok = torch.zeros(1, dtype=torch.long)
+        steps = [g.profile_step(tok, ids.shape[1]) for _ in range(11)][1:]
+        med = {k: statistics.median(s[k] for s in steps) for k in steps[0]}
+        out["profile"][name] = med
+        shares = "  ".join(f"{k} {1e3 * med[k]:.2f} ({100 * med[k] / med['total']:.0f}%)"
+                           for k in (*DecoderGraph.KINDS, "other"))
+        print(f"{name:28s} total {1e3 * med['total']:.2f}: {shares}; linears free: "
+              f"{med['total'] / (med['total'] - med['linear']):.2f}x this variant")
     for v in variants.values():
         if hasattr(v, "close"):
             v.close()

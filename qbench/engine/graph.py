@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from qbench.engine.kernels import native
 from qbench.errors import ModelError
 
 # model_type -> what its layers are made of: transformers' Llama, Mistral and Qwen2 decoders share the layer
@@ -114,7 +115,8 @@ class DecoderGraph:
     transformers' own order. `float_ops` says which ran.
     """
 
-    def __init__(self, model: nn.Module, batch: int, max_tokens: int, native: Optional[bool] = None):
+    def __init__(self, model: nn.Module, batch: int, max_tokens: int, native: Optional[bool] = None,
+                 profile: bool = False):
         why = unsupported_reason(model, max_tokens)
         if why:
             raise GraphUnsupported(why)
@@ -128,7 +130,7 @@ class DecoderGraph:
         self.linears = [{n: direct(getattr(part, f"{n}_proj")) for part, names in
                          ((lay.self_attn, ("q", "k", "v", "o")), (lay.mlp, ("gate", "up", "down"))) for n in names}
                         for lay in self.layers]
-        self.lm_head = direct(self.head)
+        self.lm_head, self.embed_fn = direct(self.head), self.embed
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
         dtype = self.embed.weight.dtype if hasattr(self.embed, "weight") else torch.float32
@@ -136,10 +138,11 @@ class DecoderGraph:
             pos = torch.arange(max_tokens, device=device)[None]
             cos, sin = inner.rotary_emb(torch.empty(0, device=device, dtype=dtype), pos)
         self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()                   # (max_tokens, D)
+        self._row: tuple = (-1, None, None)
         shape = (batch, self.kv_heads, max_tokens, self.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
-        self.batch, self.max_tokens, self.pos = batch, max_tokens, 0
+        self.model, self.batch, self.max_tokens, self.pos = model, batch, max_tokens, 0
         why_not = native_reason(device, dtype)
         if native and why_not:
             raise GraphUnsupported(f"qbench's C kernels for the decoder's float work cannot run here: {why_not}")
@@ -147,6 +150,53 @@ class DecoderGraph:
         self.float_ops = ("qbench's C kernels (decoder.c: RMSNorm with the residual add; a decode step's rotary "
                           "embedding, cache write and attention)" if self.native else
                           f"PyTorch ops in transformers' order ({why_not or 'asked for'})")
+        self.seconds: Optional[dict[str, float]] = None
+        if profile:
+            self._profile()
+
+    # ------------------------------------------------------------------ where the time goes
+    KINDS = ("linear", "attention", "norm", "activation", "embedding")
+
+    def _profile(self) -> None:
+        """Time every call by kind from now on (seconds, summed): the linears (the LM head included), the
+        attention around them (rotary, cache, softmax and products), the norms (with their residual adds), the
+        MLP's activation and gating, the embedding; a CUDA model is synchronized around each call."""
+        import time
+
+        self.seconds = dict.fromkeys(self.KINDS, 0.0)
+        sync = torch.cuda.synchronize if self.cos.is_cuda else (lambda: None)
+
+        def timed(kind, fn):
+            def run(*args):
+                sync()
+                t0 = time.perf_counter()
+                out = fn(*args)
+                sync()
+                self.seconds[kind] += time.perf_counter() - t0
+                return out
+            return run
+
+        self.linears = [{n: timed("linear", f) for n, f in lin.items()} for lin in self.linears]
+        self.lm_head = timed("linear", self.lm_head)
+        self.embed_fn = timed("embedding", self.embed)
+        self._add_rms = timed("norm", self._add_rms)
+        self._attend = timed("attention", self._attend)
+        self._act = timed("activation", self._act)
+
+    def profile_step(self, tokens: torch.Tensor, at: int) -> dict[str, float]:
+        """One decode step of `tokens` at position `at` (the cache up to it as the last prefill or steps left
+        it), timed whole and by kind: {kind: seconds, ..., "other": the rest (Python and PyTorch glue),
+        "total"}; the graph must have been made with profile=True."""
+        import time
+
+        if self.seconds is None:
+            raise ValueError("profile_step needs a DecoderGraph made with profile=True")
+        self.seconds = dict.fromkeys(self.KINDS, 0.0)
+        self.pos = at
+        t0 = time.perf_counter()
+        self.step(tokens)
+        total = time.perf_counter() - t0
+        return {**self.seconds, "other": max(0.0, total - sum(self.seconds.values())), "total": total}
 
     # ------------------------------------------------------------------ PyTorch ops, in transformers' order
     @staticmethod
@@ -159,26 +209,29 @@ class DecoderGraph:
     def _add_rms(self, norm: nn.Module, x: torch.Tensor, res: Optional[torch.Tensor]):
         """(x + res, its norm); res None: (x, its norm)."""
         if self.native:
-            from qbench.engine.kernels import native
-
             return native.rmsnorm(x, norm.weight, norm.variance_epsilon, res)
         x = x if res is None else res + x
         return x, self._rms(norm, x)
+
+    def _rotary(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotary table's rows (cos, sin) for position t, made once per position, not once per layer."""
+        if self._row[0] != t:
+            self._row = (t, self.cos[t], self.sin[t])
+        return self._row[1], self._row[2]
 
     def _rope(self, x: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
         # (B, H, T, D) rotated at positions t0..t1-1 (rotate_half convention: first half against second)
         cos, sin, half = self.cos[t0:t1], self.sin[t0:t1], self.head_dim // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
 
-    def _attention(self, i: int, h: torch.Tensor, b: int, t0: int, t1: int) -> torch.Tensor:
-        """(B * T, hidden) normed input -> (B * T, H * D) attention output, the cache written at t0..t1-1."""
-        lin, t = self.linears[i], t1 - t0
-        q, k, v = lin["q"](h), lin["k"](h), lin["v"](h)
+    def _attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: int, t0: int,
+                t1: int) -> torch.Tensor:
+        """(B * T, H * D) queries, (B * T, KV * D) keys and values of positions t0..t1-1 -> (B * T, H * D)
+        attention output, the cache written at t0..t1-1."""
+        t = t1 - t0
         if self.native and t == 1:
-            from qbench.engine.kernels import native
-
-            return native.decode_attention(q, k, v, self.k[i][:b], self.v[i][:b], self.cos[t0], self.sin[t0], t0,
-                                           self.scaling)
+            kc, vc = (self.k[i], self.v[i]) if b == self.batch else (self.k[i][:b], self.v[i][:b])
+            return native.decode_attention(q, k, v, kc, vc, *self._rotary(t0), t0, self.scaling)
         q = self._rope(q.view(b, t, -1, self.head_dim).transpose(1, 2), t0, t1)        # (B, H, T, D)
         self.k[i][:b, :, t0:t1] = self._rope(k.view(b, t, -1, self.head_dim).transpose(1, 2), t0, t1)
         self.v[i][:b, :, t0:t1] = v.view(b, t, -1, self.head_dim).transpose(1, 2)
@@ -187,17 +240,22 @@ class DecoderGraph:
             enable_gqa=self.heads != self.kv_heads)
         return o.transpose(1, 2).reshape(b * t, -1)
 
+    @staticmethod
+    def _act(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.silu(gate) * up
+
     def _run(self, ids: torch.Tensor, t0: int) -> torch.Tensor:
         b, t = ids.shape
         if b > self.batch or t0 + t > self.max_tokens:
             raise ValueError(f"qbench's decoder forward was set up for {self.batch} sequences of up to "
                              f"{self.max_tokens} tokens; got {b} x {t0 + t}")
-        x, pending = self.embed(ids).reshape(b * t, -1), None   # the residual stream (rows: sequence-major), and
+        x, pending = self.embed_fn(ids).reshape(b * t, -1), None   # the residual stream (rows: sequence-major), and
         for i, lin in enumerate(self.linears):                  # what is still to be added to it
             norm1, norm2 = self.norms[i]
             x, h = self._add_rms(norm1, pending, x) if pending is not None else self._add_rms(norm1, x, None)
-            x, h = self._add_rms(norm2, lin["o"](self._attention(i, h, b, t0, t0 + t)), x)
-            pending = lin["down"](torch.nn.functional.silu(lin["gate"](h)) * lin["up"](h))
+            o = self._attend(i, lin["q"](h), lin["k"](h), lin["v"](h), b, t0, t0 + t)
+            x, h = self._add_rms(norm2, lin["o"](o), x)
+            pending = lin["down"](self._act(lin["gate"](h), lin["up"](h)))
         self.pos = t0 + t
         last = lambda z: z.view(b, t, -1)[:, -1].contiguous()   # noqa: E731  (only the last position's logits)
         _, h = self._add_rms(self.norm, last(pending), last(x))

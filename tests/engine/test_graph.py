@@ -135,3 +135,32 @@ def test_lm_runs_run_both_sides_the_same_way():
     peer = Peer()
     runs, how = lm_runs(base, peer, "qbench", 2, 40)
     assert isinstance(runs[0], DecoderGraph) and runs[1] is peer and "quantized: the peer runtime's own" in how
+
+
+def test_the_profile_puts_each_call_s_time_in_its_kind():
+    import time
+
+    model = _model(seed=5)
+    ids = torch.randint(0, SMALL["vocab_size"], (1, 6), generator=torch.Generator().manual_seed(5))
+    plain, profiled = DecoderGraph(model, 1, 12), DecoderGraph(model, 1, 12, profile=True)
+    assert torch.equal(plain.prefill(ids), profiled.prefill(ids))            # timing changes no number
+    tok = torch.tensor([3])
+    with pytest.raises(ValueError, match="profile=True"):
+        plain.profile_step(tok, 6)
+    got = profiled.profile_step(tok, 6)
+    assert set(got) == {*DecoderGraph.KINDS, "other", "total"}
+    assert all(got[k] > 0 for k in DecoderGraph.KINDS)
+    assert sum(got[k] for k in (*DecoderGraph.KINDS, "other")) == pytest.approx(got["total"])
+    profiled.pos = plain.pos = 6
+    assert torch.equal(profiled.step(tok), plain.step(tok))
+
+    class Slow(torch.nn.Linear):                          # one linear 20 ms slower: the time lands in "linear"
+        def forward(self, x):
+            time.sleep(0.02)
+            return super().forward(x)
+
+    model.model.layers[1].mlp.down_proj.__class__ = Slow
+    slow = DecoderGraph(model, 1, 12, profile=True)
+    slow.prefill(ids)
+    again = slow.profile_step(tok, 6)
+    assert again["linear"] >= 0.02 and again["other"] < 0.01 and again["attention"] < 0.01

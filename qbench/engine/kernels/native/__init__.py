@@ -204,7 +204,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
 
 
 def _f32(*ts: torch.Tensor) -> bool:
-    return all(t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu" for t in ts)
+    """Every tensor float32, contiguous and on the CPU (a loop, not a generator: these run per decode step)."""
+    for t in ts:
+        if t.dtype != torch.float32 or not t.is_cpu or not t.is_contiguous():
+            return False
+    return True
 
 
 def rmsnorm(x: torch.Tensor, w: torch.Tensor, eps: float,
