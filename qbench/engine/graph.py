@@ -112,7 +112,8 @@ class DecoderGraph:
     The float work around the linears runs in qbench's C kernels (decoder.c: the residual add fused into each
     RMSNorm, and a decode step's rotary embedding, cache write and attention in one call) where `native` is true;
     None picks them for a float32 CPU model where the native library loads. Otherwise, or False, PyTorch ops in
-    transformers' own order. `float_ops` says which ran.
+    transformers' own order. `float_ops` says which ran. With `profile`, every call is timed by kind
+    (profile_step: one decode step's time in linears, attention, norms, activation, embedding and the rest).
     """
 
     def __init__(self, model: nn.Module, batch: int, max_tokens: int, native: Optional[bool] = None,
