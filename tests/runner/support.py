@@ -27,6 +27,17 @@ def write_experiment(tmp_path: Path, models: dict, schemes: str, name: str = "ti
     return path
 
 
+# W8A8 on the linears, and the same with the attention matmuls quantized too (run inside the model's own modules)
+W8A8_AND_ATTENTION = """\
+  - name: w8a8
+    weights: {bits: 8}
+    activations: {bits: 8, granularity: per_token}
+  - name: w8a8-attn
+    weights: {bits: 8}
+    activations: {bits: 8, granularity: per_token}
+    ops: [linear, attention]
+"""
+
 SCHEMES = """\
   - name: w8a8
     weights: {bits: 8, granularity: per_channel}

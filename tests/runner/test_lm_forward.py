@@ -20,17 +20,9 @@ def test_the_setting_is_stored_only_when_it_is_not_the_default():
 def test_a_run_says_how_each_pair_was_timed(tiny_models, tmp_path):
     from qbench import api
     from qbench.runner.measure import GRAPH_FORWARD, OWN_FORWARD
-    from tests.runner.support import write_experiment
+    from tests.runner.support import W8A8_AND_ATTENTION, write_experiment
 
-    exp = write_experiment(tmp_path, {"llama": tiny_models["llama"]}, """\
-  - name: w8a8
-    weights: {bits: 8}
-    activations: {bits: 8, granularity: per_token}
-  - name: w8a8-attn
-    weights: {bits: 8}
-    activations: {bits: 8, granularity: per_token}
-    ops: [linear, attention]
-""", name="graph")
+    exp = write_experiment(tmp_path, {"llama": tiny_models["llama"]}, W8A8_AND_ATTENTION, name="graph")
     exp.write_text(exp.read_text().replace("eval_samples: 8}", "eval_samples: 8, lm_forward: qbench}")
                    .replace("  - {name: code, dataset: \"builtin:code\"}\n", ""))
     out = api.run(exp, out=tmp_path / "reports", progress=False, log=lambda s: None)

@@ -144,17 +144,10 @@ def test_the_command_profiles_each_scheme(tiny_models, tmp_path):
 def test_a_run_with_measure_profile_shows_where_the_time_goes(tiny_models, tmp_path):
     from qbench import api
     from qbench.report.card_schema import validate_card
-    from tests.runner.support import write_experiment
+    from tests.runner.support import W8A8_AND_ATTENTION, write_experiment
 
-    exp = write_experiment(tmp_path, {"gpt2": tiny_models["gpt2"], "bert": tiny_models["bert"]}, """\
-  - name: w8a8
-    weights: {bits: 8}
-    activations: {bits: 8, granularity: per_token}
-  - name: w8a8-attn
-    weights: {bits: 8}
-    activations: {bits: 8, granularity: per_token}
-    ops: [linear, attention]
-""", name="profiled")
+    exp = write_experiment(tmp_path, {"gpt2": tiny_models["gpt2"], "bert": tiny_models["bert"]}, W8A8_AND_ATTENTION,
+                           name="profiled")
     exp.write_text(exp.read_text().replace("eval_samples: 8}", "eval_samples: 8, profile: true}"))
     out = api.run(exp, out=tmp_path / "reports", progress=False, log=lambda s: None)
     assert out.status == "ok"
