@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from qbench.engine.kernels import native
+from qbench.engine.kernels.native_status import native_reason
 from qbench.errors import ModelError
 
 # model_type -> what its layers are made of: transformers' Llama, Mistral and Qwen2 decoders share the layer
@@ -76,16 +77,14 @@ def unsupported_reason(model: nn.Module, max_tokens: int = 0) -> Optional[str]:
     return None
 
 
-def native_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+def float_ops_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     """Why qbench's C kernels cannot do the decoder's float work for a model on `device` computing in `dtype`
     (None when they can)."""
     if device.type != "cpu":
         return f"the model is on {device}"
     if dtype != torch.float32:
         return f"the model computes in {dtype}"
-    from qbench.engine.kernels import native
-
-    return native.unavailable()
+    return native_reason()
 
 
 def direct(mod: nn.Module):
@@ -144,7 +143,7 @@ class DecoderGraph:
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
         self.model, self.batch, self.max_tokens, self.pos = model, batch, max_tokens, 0
-        why_not = native_reason(device, dtype)
+        why_not = float_ops_reason(device, dtype)
         if native and why_not:
             raise GraphUnsupported(f"qbench's C kernels for the decoder's float work cannot run here: {why_not}")
         self.native = not why_not if native is None else bool(native)
@@ -208,7 +207,8 @@ class DecoderGraph:
         return norm.weight * h.to(x.dtype)
 
     def _add_rms(self, norm: nn.Module, x: torch.Tensor, res: Optional[torch.Tensor]):
-        """(x + res, its norm); res None: (x, its norm)."""
+        """(x + res, its norm); res None: (x, its norm). The order of the two addends does not matter: a float
+        addition rounds the same either way."""
         if self.native:
             return native.rmsnorm(x, norm.weight, norm.variance_epsilon, res)
         x = x if res is None else res + x
@@ -253,7 +253,7 @@ class DecoderGraph:
         x, pending = self.embed_fn(ids).reshape(b * t, -1), None   # the residual stream (rows: sequence-major), and
         for i, lin in enumerate(self.linears):                  # what is still to be added to it
             norm1, norm2 = self.norms[i]
-            x, h = self._add_rms(norm1, pending, x) if pending is not None else self._add_rms(norm1, x, None)
+            x, h = self._add_rms(norm1, x, pending)
             o = self._attend(i, lin["q"](h), lin["k"](h), lin["v"](h), b, t0, t0 + t)
             x, h = self._add_rms(norm2, lin["o"](o), x)
             pending = lin["down"](self._act(lin["gate"](h), lin["up"](h)))

@@ -158,15 +158,11 @@ def _prefill(model) -> Callable:
 
 @torch.no_grad()
 def greedy(model, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    """(B, P) prompt -> (B, new_tokens) greedy continuation, with the model's KV cache."""
-    step = _decode_step(model)
-    out = _prefill(model)(prompt)
-    nxt = out.logits[:, -1].argmax(-1)
-    toks = [nxt]
+    """(B, P) prompt -> (B, new_tokens) greedy continuation, with the model's KV cache (ModelRun)."""
+    run = ModelRun(model)
+    toks = [run.prefill(prompt).argmax(-1)]
     for _ in range(new_tokens - 1):
-        out = step(nxt, _kv_cache(out))
-        nxt = out.logits[:, -1].argmax(-1)
-        toks.append(nxt)
+        toks.append(run.step(toks[-1]).argmax(-1))
     return torch.stack(toks, dim=1)
 
 
@@ -250,8 +246,8 @@ def prefill_decode(model, ids: torch.Tensor, decode_tokens: int, sync: Callable[
 
 def time_prefill_decode(base, quant, ids: torch.Tensor, decode_tokens: int, *, warmup: int, repeats: int,
                         device: str, stop=None) -> dict[str, list[float]]:
-    """Interleaved (A,B then B,A) prefill/decode timings of both models (or runs: as_run) on the same ids. `stop(a, b)` may end
-    them early (metrics.timing.time_interleaved), on lists of (prefill ms, decode ms) pairs."""
+    """Interleaved (A,B then B,A) prefill/decode timings of both models (or runs: as_run) on the same ids.
+    `stop(a, b)` may end them early (metrics.timing.time_interleaved), on lists of (prefill ms, decode ms) pairs."""
     cuda = device.startswith("cuda")
     if cuda:
         sync = lambda: torch.cuda.synchronize(device)  # noqa: E731

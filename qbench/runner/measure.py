@@ -242,8 +242,9 @@ def lm_runs(base_model, quant_model, lm_forward: str, batch_size: int, max_token
     if lm_forward != "qbench":
         return [base_model, quant_model], f"both sides: {OWN_FORWARD}"
     from qbench.engine.graph import DecoderGraph, unsupported_reason
+    from qbench.runner.cell import peer_state
 
-    peer = getattr(quant_model, "peer", None) is not None
+    peer = peer_state(quant_model) is not None
     torch_side = [base_model] if peer else [base_model, quant_model]
     why = next((r for r in (unsupported_reason(m, max_tokens) for m in torch_side) if r), None)
     if why:
