@@ -27,11 +27,6 @@ import statistics
 RATIOS = "fp32 (own forward) / variant, fp32 (qbench forward) / variant, llama.cpp / variant"
 
 
-def _spread(xs: list[float]) -> tuple[float, float, float]:
-    s = sorted(xs)
-    return statistics.median(s), s[int(0.1 * (len(s) - 1))], s[int(round(0.9 * (len(s) - 1)))]
-
-
 def _agree(own, graph, ids, steps: int) -> dict:
     """The qbench forward's logits against the model's own: prefill, then `steps` greedy tokens (the own
     forward's) fed to both."""
@@ -74,6 +69,7 @@ def main() -> None:
     from qbench.models import load_model
     from qbench.runner.cellstate import setup_torch
     from qbench.runner.measure import tokenize
+    from qbench.runner.profile import ratio_spread
     from qbench.runtimes import RUNTIMES
     from qbench.schema import load_experiment
 
@@ -134,7 +130,7 @@ def main() -> None:
             for ref_name, label in refs:
                 if not ref_name:
                     continue
-                ratio = _spread([a / b for a, b in zip(times[ref_name][phase], ms)])
+                ratio = ratio_spread(times[ref_name][phase], ms)
                 out["ratios"].setdefault(phase, {}).setdefault(name, {})[label] = ratio
                 cols.append(f"{ratio[0]:6.2f}x [{ratio[1]:.2f}, {ratio[2]:.2f}]")
             print(f"{name:28s} {statistics.median(ms):8.2f}  " + "  ".join(f"{c:>24s}" for c in cols))

@@ -169,6 +169,14 @@ def measure(variants: dict[str, nn.Module], task: str, batch: dict, repeats: int
     return out
 
 
+def ratio_spread(ref: list[float], times: list[float]) -> tuple[float, float, float]:
+    """(median, 10th, 90th percentile) of the per-round ratios ref[i] / times[i] (the percentiles as order
+    statistics of the sorted ratios)."""
+    ratios = sorted(b / q for b, q in zip(ref, times))
+    return (statistics.median(ratios), ratios[int(0.1 * (len(ratios) - 1))],
+            ratios[int(round(0.9 * (len(ratios) - 1)))])
+
+
 def summarize(raw: dict, baseline: str = "baseline") -> dict:
     """Per phase and variant: median plain ms, speed-up against the baseline (median of the per-round ratios, with
     the rounds' 10th-90th percentile), the profiled ms per category and its share, the linears-free ceiling."""
@@ -177,13 +185,12 @@ def summarize(raw: dict, baseline: str = "baseline") -> dict:
         base = per[baseline]["plain"]
         rows = []
         for v, d in per.items():
-            ratios = sorted(b / q for b, q in zip(base, d["plain"]))
+            speedup, p10, p90 = ratio_spread(base, d["plain"])
             prof, total = d["profiled"], d["profiled_total"]
             lin = prof["linear"]
             rows.append({
                 "variant": v, "ms": 1e3 * statistics.median(d["plain"]), "rounds": len(d["plain"]),
-                "speedup": statistics.median(ratios), "speedup_p10": ratios[int(0.1 * (len(ratios) - 1))],
-                "speedup_p90": ratios[int(round(0.9 * (len(ratios) - 1)))],
+                "speedup": speedup, "speedup_p10": p10, "speedup_p90": p90,
                 "profiled_ms": 1e3 * total,
                 # minor page faults per plain forward (median): memory the forward got as fresh pages
                 "page_faults": statistics.median(d["faults"]) if d.get("faults") else None,
