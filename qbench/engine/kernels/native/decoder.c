@@ -39,7 +39,7 @@ static void rms_task(void *ctx, int64_t lo, int64_t hi) {
 #ifdef QB_AVX512
         __m512 acc = _mm512_setzero_ps();
         for (; i < D; i += 16) {
-            const __mmask16 mk = D - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (D - i)) - 1);
+            const __mmask16 mk = tail16(D - i);
             __m512 v = _mm512_maskz_loadu_ps(mk, x + i);
             if (r) {
                 v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, r + i));
@@ -60,7 +60,7 @@ static void rms_task(void *ctx, int64_t lo, int64_t hi) {
 #ifdef QB_AVX512
         const __m512 vi = _mm512_set1_ps(inv);
         for (; i < D; i += 16) {
-            const __mmask16 mk = D - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (D - i)) - 1);
+            const __mmask16 mk = tail16(D - i);
             const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, src + i), vi);
             _mm512_mask_storeu_ps(h + i, mk, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mk, a->w + i)));
         }

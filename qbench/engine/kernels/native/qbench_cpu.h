@@ -102,6 +102,11 @@ static inline __attribute__((always_inline)) float lane_sum(const __m512 *acc, c
     for (int u = 1; u < UU; u++) t = _mm512_add_ps(t, acc[u]);
     return _mm512_reduce_add_ps(t);
 }
+
+/* the lanes of a 16-float vector that hold the last `left` values of a row (all 16 when left >= 16) */
+static inline __mmask16 tail16(int64_t left) {
+    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+}
 #endif
 
 /* the sum of n uint8 codes (what the integer products' zero-point corrections need) */

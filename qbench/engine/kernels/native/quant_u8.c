@@ -116,7 +116,7 @@ void quant_span(const float *x, uint8_t *out, int64_t n, float s, float inv, int
     }
     for (; i < n; i += 16) {
         const int64_t left = n - i;
-        const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        const __mmask16 mk = tail16(left);
         const __m512 xv = _mm512_maskz_loadu_ps(mk, x + i);
         __m512i r;
         if (fast) {
@@ -189,7 +189,7 @@ static void rows_qparams(const qz_t *a, const float *x, int64_t K, int rows, flo
             hi1 = _mm512_max_ps(hi1, v1);
         }
         for (; k < K; k += 16) {
-            const __mmask16 mk = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
+            const __mmask16 mk = tail16(K - k);
             const __m512 v = _mm512_maskz_loadu_ps(mk, xr + k);
             lo0 = _mm512_mask_min_ps(lo0, mk, lo0, v);
             hi0 = _mm512_mask_max_ps(hi0, mk, hi0, v);

@@ -19,7 +19,7 @@ static void ep_task(void *ctx, int64_t lo, int64_t hi) {
         const __m512 vrs = _mm512_set1_ps(rs), vdz = _mm512_set1_ps(-dz);
         for (; n < e->N; n += 16) {
             const int64_t left = e->N - n;
-            const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            const __mmask16 mk = tail16(left);
             __m512 v = _mm512_maskz_loadu_ps(mk, y + n);
             if (e->dz) v = _mm512_fmadd_ps(vdz, _mm512_maskz_loadu_ps(mk, e->c + n), v);
             v = e->bias ? _mm512_fmadd_ps(v, vrs, _mm512_maskz_loadu_ps(mk, e->bias + n)) : _mm512_mul_ps(v, vrs);

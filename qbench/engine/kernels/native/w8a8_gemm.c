@@ -165,7 +165,7 @@ static inline __attribute__((always_inline)) void w8a8_tile(const w8a8_t *g, con
     for (int j = 0; j < 4; j++) {
         const int64_t n = n0 + 16 * j, left = g->N - n;
         if (left <= 0) break;
-        const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        const __mmask16 mk = tail16(left);
         const __m512i cs = _mm512_loadu_si512(g->csum + n);
         const __m512i zc = g->zc ? _mm512_loadu_si512(g->zc + n) : _mm512_setzero_si512();
         const __m512 ws = _mm512_loadu_ps(g->ws + n);
@@ -220,7 +220,7 @@ static inline __attribute__((always_inline)) void w4g_tile(const w8a8_t *g, cons
     for (int j = 0; j < 4; j++) {
         const int64_t n = n0 + 16 * j, left = g->N - n;
         if (left <= 0) break;
-        const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        const __mmask16 mk = tail16(left);
         const __m512 b = g->bias ? _mm512_loadu_ps(g->bias + n) : _mm512_setzero_ps();
         for (int r = 0; r < MR; r++)
             _mm512_mask_storeu_ps(g->y + (m0 + r) * g->N + n, mk, _mm512_fmadd_ps(facc[r][j], _mm512_set1_ps(sa[r]), b));

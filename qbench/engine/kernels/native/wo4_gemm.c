@@ -66,7 +66,7 @@ static inline __attribute__((always_inline)) __m512 lane_weights(const wo4_t *a,
     const int32_t g0 = a->col_group[k0];
     const __m512i off = _mm512_sub_epi32(_mm512_loadu_si512(a->col_group + k0), _mm512_set1_epi32(g0));
     const int64_t left = a->G - g0;
-    const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    const __mmask16 mk = tail16(left);
     const __m512 c = _mm512_permutexvar_ps(codes, iota);
     const __m512 zc = _mm512_permutexvar_ps(off, _mm512_maskz_loadu_ps(mk, zr + g0));
     return _mm512_mul_ps(_mm512_add_ps(c, zc), _mm512_permutexvar_ps(off, _mm512_maskz_loadu_ps(mk, sr + g0)));

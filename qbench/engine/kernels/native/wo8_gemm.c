@@ -86,7 +86,7 @@ static inline __attribute__((always_inline)) void wo8_row(const wo8_t *a, int64_
         }
         for (; k < k1; k += 16) {
             const int64_t left = k1 - k;
-            const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            const __mmask16 mk = tail16(left);
             __m512 wv = w8_vec_masked(wr + k, mk);
             if (grouped) wv = _mm512_mul_ps(wv, sv);
 #pragma GCC unroll 16
@@ -164,7 +164,7 @@ static inline __attribute__((always_inline)) void wo8_tile(const wo8_t *a, int64
         }
         for (; k < k1; k += 16) {
             const int64_t left = k1 - k;
-            const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            const __mmask16 mk = tail16(left);
             wo8_tile_step(a, wr, x, k, sv, grouped, acc, 0, mk, 1, MB, R);
         }
 #pragma GCC unroll 4
