@@ -2,7 +2,7 @@
 (transformers) and through qbench's decoder forward (measure.lm_forward: qbench), beside llama.cpp, round-robin.
 
     python benchmarks/decode.py [EXPERIMENT] [--model smollm2-135m] [--schemes w4a8-g64-head,llamacpp-q4_0]
-                                [--rounds 8] [--decode-tokens 16] [--json out.json]
+                                [--rounds 8] [--decode-tokens 16] [--apart] [--json out.json]
 
 Every round runs every variant once on the same prompt (the experiment's first workload, seq_len tokens, batch 1):
 a prefill and `decode-tokens` greedy steps (metrics.lm.prefill_decode, as a run's cells time them). The machine's
@@ -16,6 +16,9 @@ the decode steps, and whether every step's top token agrees. After timing, one d
 qbench-forward variant at the prompt's length is profiled by kind (DecoderGraph(profile=True): linears, attention,
 norms, activation, embedding, and the rest: Python and PyTorch glue), the median over 10 steps, with the speed-up
 the variant could reach with its linears free.
+
+With --apart, every qbench-forward variant also runs with its sibling projections one call each (DecoderGraph
+join=False, on a copy of the model made before the join), and the joined / apart ratios are printed.
 """
 from __future__ import annotations
 
@@ -56,6 +59,8 @@ def main() -> None:
     ap.add_argument("--schemes", default="w4a8-g64-head,w8a8-head,llamacpp-q4_0")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--decode-tokens", type=int, default=16)
+    ap.add_argument("--apart", action="store_true", help="also time each qbench-forward variant with q/k/v and "
+                    "gate/up one call each (join=False)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -81,7 +86,13 @@ def main() -> None:
     suite = load_suite(exp.workloads[0].dataset, calibration_size=0, evaluation_size=1, seed=m.seed)
     ids = tokenize(loaded.tokenizer, [s.text for s in suite.evaluation], m.seq_len, "cpu")["input_ids"][:1]
     tokens = ids.shape[1] + args.decode_tokens
-    variants = {"fp32 (own)": loaded.model, "fp32 (qbench)": DecoderGraph(loaded.model, 1, tokens)}
+    def qbench_forward(name: str, model) -> None:
+        if args.apart:                                   # a copy made before the join: its own separate weights
+            variants[f"{name} (qbench apart)"] = DecoderGraph(copy.deepcopy(model), 1, tokens, join=False)
+        variants[f"{name} (qbench)"] = DecoderGraph(model, 1, tokens)
+
+    variants = {"fp32 (own)": loaded.model}
+    qbench_forward("fp32", loaded.model)
     float_ops = variants["fp32 (qbench)"].float_ops
     for s in exp.schemes:
         if s.name not in args.schemes.split(","):
@@ -96,7 +107,7 @@ def main() -> None:
         quant = copy.deepcopy(loaded.model)
         quantize_(quant, s, device="cpu")
         variants[f"{s.name} (own)"] = quant
-        variants[f"{s.name} (qbench)"] = DecoderGraph(quant, 1, tokens)
+        qbench_forward(s.name, quant)
     agreement = {}
     for name, v in variants.items():
         if name.endswith("(qbench)"):
@@ -112,6 +123,9 @@ def main() -> None:
     print(f"{args.model}, batch 1, {ids.shape[1]}-token prompt, {args.decode_tokens} decode steps, "
           f"{torch.get_num_threads()} threads, {args.rounds} rounds; {hw.cpu_model}; qbench forward's float work: "
           f"{float_ops}")
+    for name, v in variants.items():
+        if name.endswith("(qbench)"):
+            print(f"{name}: sibling projections as one call: {v.joins}")
     for name, a in agreement.items():
         print(f"{name}: against the model's own forward, max |logit difference| {a['max_abs']:.3g}, mean KL "
               f"{a['kl_mean']:.3g}, top token the same at {a['top1_same']} of {a['steps']} positions")
@@ -134,6 +148,17 @@ def main() -> None:
                 out["ratios"].setdefault(phase, {}).setdefault(name, {})[label] = ratio
                 cols.append(f"{ratio[0]:6.2f}x [{ratio[1]:.2f}, {ratio[2]:.2f}]")
             print(f"{name:28s} {statistics.median(ms):8.2f}  " + "  ".join(f"{c:>24s}" for c in cols))
+    if args.apart:
+        print("\nsibling projections joined: apart ms / joined ms, median of the per-round ratios [p10, p90]")
+        for name in variants:
+            if name.endswith("(qbench apart)"):
+                joined = name.replace(" apart)", ")")
+                cols = []
+                for phase in ("prefill", "decode"):
+                    ratio = ratio_spread(times[name][phase], times[joined][phase])
+                    out["ratios"].setdefault(phase, {}).setdefault(joined, {})["vs apart"] = ratio
+                    cols.append(f"{phase} {ratio[0]:.3f}x [{ratio[1]:.3f}, {ratio[2]:.3f}]")
+                print(f"{joined:28s} " + "  ".join(cols))
     print("\ndecode step by kind, qbench forward (median of 10 profiled steps; ms and share of the step)")
     out["profile"] = {}
     for name, v in variants.items():

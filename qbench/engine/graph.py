@@ -15,6 +15,10 @@ cache allocated once, with the float work around the linears either
   an activation code by one step, so a quantized model's logits differ more (SmolLM2-135M W4A8 g64 over a prompt
   and 16 decode steps: KL 0.021 from its own forward's, against 0.48 between it and the float model).
 
+At decode sizes a layer's q, k and v projections run as one call, and its gate and up projections as another,
+where their kernels can join them (`joined`, Kernel.join): on SmolLM2-135M a quantized decode step reads its
+weights as 4 streams a layer instead of 7, 5-15% faster (benchmarks/decode.py --apart), the logits bit for bit the same.
+
 It computes what the model's own forward computes for unpadded input (the timing path's input). It refuses, with
 the reason, what it does not cover: other architectures, sliding-window or dynamically rescaled rotary attention
 inside the planned length, and models whose attention or residual ops qbench quantized (those run inside the
@@ -102,6 +106,48 @@ def direct(mod: nn.Module):
     return mod
 
 
+# linear modules of a layer that read the same input: (the module holding them, their names, the joined name)
+SIBLINGS = (("self_attn", ("q", "k", "v"), "qkv"), ("mlp", ("gate", "up"), "gate_up"))
+# inputs of up to this many rows (a decode step's) run joined siblings as one call: their weights, side by side
+# in memory, are then read as one stream. Larger inputs are compute-bound and gain nothing from it (measured
+# on SmolLM2-135M, 2 threads: a 128-row float32 gate and up 5% slower as one matmul), so each part runs alone.
+JOIN_MAX_ROWS = 16
+
+
+def joined(mods: list[nn.Module]):
+    """Sibling linear modules (the same input) as one function of a 2-D input to the tuple of their outputs,
+    which runs them as one call for inputs of up to JOIN_MAX_ROWS rows; None where they cannot be joined. They
+    can be when they are QuantLinears whose kernel joins their states (Kernel.join), or nn.Linears of one
+    input size, dtype and device, all with or all without a bias (their weights concatenated). Either way each
+    module's weight becomes a view of the joined one (values unchanged, one copy in memory), so each module
+    still computes what it computed, alone or joined."""
+    from qbench.engine.modules import QuantLinear
+
+    sizes = [m.out_features for m in mods]
+    if all(type(m) is QuantLinear for m in mods) and len({id(m.kernel) for m in mods}) == 1:
+        kernel, states = mods[0].kernel, [m.state for m in mods]
+        state = kernel.join(states)
+        if state is None:
+            return None
+        return lambda x: (kernel.forward(state, x).split(sizes, dim=-1) if x.shape[0] <= JOIN_MAX_ROWS else
+                          tuple(kernel.forward(s, x) for s in states))
+    if (not all(type(m) is nn.Linear for m in mods)
+            or len({(m.in_features, m.weight.dtype, m.weight.device, m.bias is None) for m in mods}) != 1):
+        return None
+    with torch.no_grad():
+        w = torch.cat([m.weight for m in mods])
+        b = None if mods[0].bias is None else torch.cat([m.bias for m in mods])
+        at = 0
+        for m in mods:
+            m.weight.data = w[at:at + m.out_features]
+            if b is not None:
+                m.bias.data = b[at:at + m.out_features]
+            at += m.out_features
+    linear = torch.nn.functional.linear
+    return lambda x: (linear(x, w, b).split(sizes, dim=-1) if x.shape[0] <= JOIN_MAX_ROWS else
+                      tuple(linear(x, m.weight, m.bias) for m in mods))
+
+
 class DecoderGraph:
     """The model's forward for (B, T) unpadded token ids, then one token per sequence at a time, over a KV cache
     of `max_tokens` positions per sequence allocated here.
@@ -111,12 +157,16 @@ class DecoderGraph:
     The float work around the linears runs in qbench's C kernels (decoder.c: the residual add fused into each
     RMSNorm, and a decode step's rotary embedding, cache write and attention in one call) where `native` is true;
     None picks them for a float32 CPU model where the native library loads. Otherwise, or False, PyTorch ops in
-    transformers' own order. `float_ops` says which ran. With `profile`, every call is timed by kind
-    (profile_step: one decode step's time in linears, attention, norms, activation, embedding and the rest).
+    transformers' own order. `float_ops` says which ran. With `join` (the default), at decode sizes (up to
+    JOIN_MAX_ROWS rows) a layer's q, k and v projections run as one call, and its gate and up projections as
+    another, wherever `joined` can join them (their weights then sit side by side in memory, read as one
+    stream); `joins` says where. With `profile`,
+    every call is timed by kind (profile_step: one decode step's time in linears, attention, norms, activation,
+    embedding and the rest).
     """
 
     def __init__(self, model: nn.Module, batch: int, max_tokens: int, native: Optional[bool] = None,
-                 profile: bool = False):
+                 profile: bool = False, join: bool = True):
         why = unsupported_reason(model, max_tokens)
         if why:
             raise GraphUnsupported(why)
@@ -130,6 +180,17 @@ class DecoderGraph:
         self.linears = [{n: direct(getattr(part, f"{n}_proj")) for part, names in
                          ((lay.self_attn, ("q", "k", "v", "o")), (lay.mlp, ("gate", "up", "down"))) for n in names}
                         for lay in self.layers]
+        done = {name: 0 for _, _, name in SIBLINGS}
+        for lay, lin in zip(self.layers if join else [], self.linears):
+            for holder, names, name in SIBLINGS:
+                mods = [getattr(getattr(lay, holder), f"{n}_proj") for n in names]
+                fn = joined(mods)
+                if fn is not None:
+                    lin[name] = fn
+                    done[name] += 1
+        self.joins = (" and ".join(f"{'/'.join(names)} in {done[name]} of {len(self.layers)} layers"
+                                   for _, names, name in SIBLINGS) + f" (inputs of up to {JOIN_MAX_ROWS} rows)"
+                      if join else "none (join=False)")
         self.lm_head, self.embed_fn = direct(self.head), self.embed
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
@@ -151,18 +212,28 @@ class DecoderGraph:
                           "embedding, cache write and attention)" if self.native else
                           f"PyTorch ops in transformers' order ({why_not or 'asked for'})")
         self.seconds: Optional[dict[str, float]] = None
+        self._plain: Optional[tuple] = None
         if profile:
-            self._profile()
+            self.profiling(True)
 
     # ------------------------------------------------------------------ where the time goes
     KINDS = ("linear", "attention", "norm", "activation", "embedding")
 
-    def _profile(self) -> None:
-        """Time every call by kind from now on (seconds, summed): the linears (the LM head included), the
-        attention around them (rotary, cache, softmax and products), the norms (with their residual adds), the
-        MLP's activation and gating, the embedding; a CUDA model is synchronized around each call."""
+    def profiling(self, on: bool) -> None:
+        """From now on, time every call by kind (on; `seconds` then sums them), or stop (off: the calls run
+        bare again). The kinds: the linears (the LM head included), the attention around them (rotary, cache,
+        softmax and products), the norms (with their residual adds), the MLP's activation and gating, the
+        embedding; a CUDA model is synchronized around each call."""
         import time
 
+        if not on:
+            if self._plain is not None:
+                self.linears, self.lm_head, self.embed_fn, self._add_rms, self._attend, self._act = self._plain
+                self._plain = self.seconds = None
+            return
+        if self._plain is not None:
+            return
+        self._plain = (self.linears, self.lm_head, self.embed_fn, self._add_rms, self._attend, self._act)
         self.seconds = dict.fromkeys(self.KINDS, 0.0)
         sync = torch.cuda.synchronize if self.cos.is_cuda else (lambda: None)
 
@@ -178,25 +249,37 @@ class DecoderGraph:
 
         self.linears = [{n: timed("linear", f) for n, f in lin.items()} for lin in self.linears]
         self.lm_head = timed("linear", self.lm_head)
-        self.embed_fn = timed("embedding", self.embed)
+        self.embed_fn = timed("embedding", self.embed_fn)
         self._add_rms = timed("norm", self._add_rms)
         self._attend = timed("attention", self._attend)
         self._act = timed("activation", self._act)
 
-    def profile_step(self, tokens: torch.Tensor, at: int) -> dict[str, float]:
-        """One decode step of `tokens` at position `at` (the cache up to it as the last prefill or steps left
-        it), timed whole and by kind: {kind: seconds, ..., "other": the rest (Python and PyTorch glue),
-        "total"}; the graph must have been made with profile=True."""
+    def profiled(self, run) -> dict[str, float]:
+        """run() (a prefill or step of this graph) timed whole and by kind: {kind: seconds, ..., "other": the
+        rest (Python and PyTorch glue), "total"}; profiling must be on."""
         import time
 
         if self.seconds is None:
-            raise ValueError("profile_step needs a DecoderGraph made with profile=True")
+            raise ValueError("profiling is off: make the DecoderGraph with profile=True or call profiling(True)")
         self.seconds = dict.fromkeys(self.KINDS, 0.0)
-        self.pos = at
+        sync = torch.cuda.synchronize if self.cos.is_cuda else (lambda: None)
+        sync()
         t0 = time.perf_counter()
-        self.step(tokens)
+        run()
+        sync()
         total = time.perf_counter() - t0
         return {**self.seconds, "other": max(0.0, total - sum(self.seconds.values())), "total": total}
+
+    def profile_step(self, tokens: torch.Tensor, at: int) -> dict[str, float]:
+        """One decode step of `tokens` at position `at` (the cache up to it as the last prefill or steps left
+        it), profiled (see profiled)."""
+        if self.seconds is None:
+            raise ValueError("profile_step needs a DecoderGraph made with profile=True")
+
+        def run():
+            self.pos = at
+            self.step(tokens)
+        return self.profiled(run)
 
     # ------------------------------------------------------------------ PyTorch ops, in transformers' order
     @staticmethod
@@ -232,7 +315,8 @@ class DecoderGraph:
         t = t1 - t0
         if self.native and t == 1:
             kc, vc = (self.k[i], self.v[i]) if b == self.batch else (self.k[i][:b], self.v[i][:b])
-            return native.decode_attention(q, k, v, kc, vc, *self._rotary(t0), t0, self.scaling)
+            return native.decode_attention(q.contiguous(), k.contiguous(), v.contiguous(), kc, vc,
+                                           *self._rotary(t0), t0, self.scaling)
         q = self._rope(q.view(b, t, -1, self.head_dim).transpose(1, 2), t0, t1)        # (B, H, T, D)
         self.k[i][:b, :, t0:t1] = self._rope(k.view(b, t, -1, self.head_dim).transpose(1, 2), t0, t1)
         self.v[i][:b, :, t0:t1] = v.view(b, t, -1, self.head_dim).transpose(1, 2)
@@ -245,6 +329,12 @@ class DecoderGraph:
     def _act(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.silu(gate) * up
 
+    @staticmethod
+    def _project(lin: dict, name: str, names: tuple, h: torch.Tensor) -> tuple:
+        """The outputs of sibling projections of h: joined (column views of one call at decode sizes), or one
+        call each."""
+        return lin[name](h) if name in lin else tuple(lin[n](h) for n in names)
+
     def _run(self, ids: torch.Tensor, t0: int) -> torch.Tensor:
         b, t = ids.shape
         if b > self.batch or t0 + t > self.max_tokens:
@@ -254,9 +344,9 @@ class DecoderGraph:
         for i, lin in enumerate(self.linears):                  # what is still to be added to it
             norm1, norm2 = self.norms[i]
             x, h = self._add_rms(norm1, x, pending)
-            o = self._attend(i, lin["q"](h), lin["k"](h), lin["v"](h), b, t0, t0 + t)
+            o = self._attend(i, *self._project(lin, "qkv", ("q", "k", "v"), h), b, t0, t0 + t)
             x, h = self._add_rms(norm2, lin["o"](o), x)
-            pending = lin["down"](self._act(lin["gate"](h), lin["up"](h)))
+            pending = lin["down"](self._act(*self._project(lin, "gate_up", ("gate", "up"), h)))
         self.pos = t0 + t
         last = lambda z: z.view(b, t, -1)[:, -1].contiguous()   # noqa: E731  (only the last position's logits)
         _, h = self._add_rms(self.norm, last(pending), last(x))

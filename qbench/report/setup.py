@@ -47,7 +47,8 @@ def _lm_forward(ms: dict, cells: list) -> str:
         return "the model's own forward (transformers) with its KV cache, both sides (measure.lm_forward)"
     own = sum("does not run this pair" in h for h in how)
     text = ("qbench's decoder forward for both sides of each speed-up (measure.lm_forward: qbench; the model's own "
-            "modules, kernels and weights, its float work as each timing row says)")
+            "modules, kernels and weights; its float work, and the sibling projections it runs as one call, as each "
+            "timing row says)")
     return text + (f"; {own} of {len(how)} timings through the model's own forward instead (their rows say why)"
                    if own else "")
 

@@ -252,15 +252,16 @@ def profile_stage(plan: Plan, cell: Cell, state: ModelState, quant) -> Optional[
     if peer_state(quant) is not None:
         return None
     from qbench.runner.measure import slice_batch
-    from qbench.runner.profile import measure, summarize
+    from qbench.runner.profile import forwards, measure, profiled_by, summarize
 
     m = plan.experiment.measure
     bs = m.batch_sizes[0]
     batch = slice_batch(state.inputs[cell.workload.name], 0, bs)
-    raw = measure({"baseline": state.loaded.model, "quantized": quant}, state.loaded.task, batch, m.repeats,
-                  m.warmup, plan.device)
+    runs, how = forwards({"baseline": state.loaded.model, "quantized": quant}, state.loaded.task, batch,
+                         m.lm_forward)
+    raw = measure(runs, state.loaded.task, batch, m.repeats, m.warmup, plan.device)
     return {"batch_size": bs, "seq_len": int(batch["input_ids"].shape[1]), "repeats": m.repeats,
-            "phases": summarize(raw)}
+            "forward": how, "profiled_by": profiled_by(runs), "phases": summarize(raw)}
 
 
 def record_stage(plan: Plan, cell: Cell, state: ModelState, rows: list[dict], records, cal_info,

@@ -235,28 +235,41 @@ GRAPH_FORWARD = ("qbench's decoder forward (engine.graph.DecoderGraph: the model
 
 
 def lm_runs(base_model, quant_model, lm_forward: str, batch_size: int, max_tokens: int) -> tuple[list, str]:
-    """([baseline run, quantized run], how they ran) for lm_speed_rows. lm_forward "qbench": both through
-    engine.graph.DecoderGraph where it runs both; where it does not, both through the model's own forward, and
-    `how` says why (the two sides of a speed-up always run the same way). A peer runtime's model runs in its own
-    runtime; its baseline still takes `lm_forward`."""
+    """([baseline run, quantized run], how they ran) for lm_speed_rows (lm_forwards of the pair)."""
+    runs, how = lm_forwards({"baseline": base_model, "quantized": quant_model}, lm_forward, batch_size, max_tokens)
+    return [runs["baseline"], runs["quantized"]], how
+
+
+def lm_forwards(models: dict, lm_forward: str, batch_size: int, max_tokens: int) -> tuple[dict, str]:
+    """({name: run}, how they ran) for causal LMs timed side by side, the first one the baseline. lm_forward
+    "qbench": every torch model through engine.graph.DecoderGraph where it runs them all; where it does not, all
+    through the model's own forward, and `how` says why (the sides of a speed-up always run the same way). A peer
+    runtime's model runs in its own runtime; the others still take `lm_forward`."""
+    every, these = ("both sides", "this pair") if len(models) == 2 else ("every variant", "these variants")
     if lm_forward != "qbench":
-        return [base_model, quant_model], f"both sides: {OWN_FORWARD}"
+        return dict(models), f"{every}: {OWN_FORWARD}"
     from qbench.engine.graph import DecoderGraph, unsupported_reason
     from qbench.runner.cell import peer_state
 
-    peer = peer_state(quant_model) is not None
-    torch_side = [base_model] if peer else [base_model, quant_model]
-    why = next((r for r in (unsupported_reason(m, max_tokens) for m in torch_side) if r), None)
+    peers = [n for n, m in models.items() if peer_state(m) is not None]
+    torch_side = {n: m for n, m in models.items() if n not in peers}
+    why = next((r for r in (unsupported_reason(m, max_tokens) for m in torch_side.values()) if r), None)
     if why:
-        return ([base_model, quant_model],
-                f"both sides: {OWN_FORWARD} (measure.lm_forward is qbench, but its decoder forward does not run "
-                f"this pair: {why})")
-    runs = [DecoderGraph(torch_side[0], batch_size, max_tokens)]
-    runs += [DecoderGraph(m, batch_size, max_tokens, native=runs[0].native) for m in torch_side[1:]]
-    ops = f"the float work around the linears in {runs[0].float_ops}"
-    if peer:
-        return [runs[0], quant_model], f"baseline: {GRAPH_FORWARD}, {ops}; quantized: the peer runtime's own"
-    return runs, f"both sides: {GRAPH_FORWARD}, {ops}"
+        return (dict(models), f"{every}: {OWN_FORWARD} (measure.lm_forward is qbench, but its decoder forward does "
+                              f"not run {these}: {why})")
+    runs: dict = {}
+    for n, m in torch_side.items():                      # the first one picks where the float work runs
+        runs[n] = DecoderGraph(m, batch_size, max_tokens, native=next(iter(runs.values())).native if runs else None)
+    first = next(iter(runs.values()))
+    ops = f"the float work around the linears in {first.float_ops}"
+    joins = {f"sibling projections run as one call: {r.joins}" for r in runs.values()}
+    joined = joins.pop() if len(joins) == 1 else "; ".join(
+        f"{n}: sibling projections run as one call: {r.joins}" for n, r in runs.items())
+    how = f"{GRAPH_FORWARD}, {ops}; {joined}"
+    if peers:
+        return ({n: runs.get(n, models[n]) for n in models},
+                f"{', '.join(runs)}: {how}; {', '.join(peers)}: the peer runtime's own")
+    return runs, f"{every}: {how}"
 
 
 def lm_speed_rows(base_model, quant_model, batch: dict, batch_size: int, seq_len: int, decode_tokens: int,

@@ -104,9 +104,26 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def phases(model: nn.Module, task: str, batch: dict) -> dict[str, Callable[[], None]]:
+def _is_graph(model) -> bool:
+    from qbench.engine.graph import DecoderGraph
+
+    return isinstance(model, DecoderGraph)
+
+
+def phases(model, task: str, batch: dict) -> dict[str, Callable[[], None]]:
     """Phase name -> a no-argument function running it once: prefill; decode (causal LMs: one token against a
-    KV cache of the batch's length, the cache copied before each step, outside the timing)."""
+    KV cache of the batch's length, the cache copied before each step, outside the timing). `model` may be a
+    DecoderGraph (measure.lm_forward: qbench): then its own prefill, and a step at the batch's length (each one
+    writes the same cache position again)."""
+    if _is_graph(model):
+        ids, at = batch["input_ids"], batch["input_ids"].shape[1]
+        nxt = model.prefill(ids).argmax(-1)
+
+        def step():
+            model.pos = at
+            model.step(nxt)
+        return {"prefill": lambda: model.prefill(ids), "decode": step}
+
     @torch.no_grad()
     def prefill():
         model(**batch)
@@ -129,11 +146,30 @@ def phases(model: nn.Module, task: str, batch: dict) -> dict[str, Callable[[], N
     return out
 
 
-def measure(variants: dict[str, nn.Module], task: str, batch: dict, repeats: int, warmup: int, device: str,
+def forwards(variants: dict[str, nn.Module], task: str, batch: dict, lm_forward: str) -> tuple[dict, str]:
+    """The variants as `measure` runs them, and how: causal LMs as measure.lm_forward says (runner.measure.
+    lm_forwards: qbench's decoder forward for all of them where it runs them all), anything else through the
+    model's own forward."""
+    from qbench.runner.measure import lm_forwards
+
+    if task != "causal_lm":
+        return dict(variants), "every variant: the model's own forward"
+    b, t = batch["input_ids"].shape
+    return lm_forwards(variants, lm_forward, b, t + 1)
+
+
+def profiled_by(runs: dict) -> str:
+    """How `measure` splits a profiled round into kinds: "calls" (DecoderGraph variants: each call of the forward
+    timed) or "hooks" (a hook on every module)."""
+    return "calls" if any(_is_graph(r) for r in runs.values()) else "hooks"
+
+
+def measure(variants: dict, task: str, batch: dict, repeats: int, warmup: int, device: str,
             progress: Optional[Callable[[], None]] = None) -> dict:
     """{phase: {variant: {plain: [s...], faults: [minor page faults...], profiled: {category: s},
     profiled_total: s}}}: the plain rounds' times and page faults, and the profile of the profiled round with the
-    median total (one round, so its kinds add up to its total)."""
+    median total (one round, so its kinds add up to its total). A variant is a model (profiled with a hook on
+    every module) or a DecoderGraph (`forwards`; its calls timed by kind)."""
     sync = _sync_for(device)
     runs = {v: phases(m, task, batch) for v, m in variants.items()}
     out: dict = {}
@@ -155,12 +191,19 @@ def measure(variants: dict[str, nn.Module], task: str, batch: dict, repeats: int
             per = {c: [] for c in CATEGORIES}
             totals = []
             for _ in range(repeats):
-                with _Profiler(model, sync) as p:
-                    total = _timed(runs[v][phase], sync)
+                if _is_graph(model):                 # its calls timed by kind (DecoderGraph.profiled)
+                    model.profiling(True)
+                    seconds = model.profiled(runs[v][phase])
+                    model.profiling(False)
+                    total = seconds["total"]
+                else:
+                    with _Profiler(model, sync) as p:
+                        total = _timed(runs[v][phase], sync)
+                    seconds = p.seconds
                 totals.append(total)
                 for c in CATEGORIES:
-                    per[c].append(p.seconds[c] if c != "other" else total - sum(
-                        p.seconds[k] for k in CATEGORIES if k != "other"))
+                    per[c].append(seconds[c] if c != "other" else total - sum(
+                        seconds[k] for k in CATEGORIES if k != "other"))
             mid = sorted(range(repeats), key=totals.__getitem__)[(repeats - 1) // 2]   # the median round, whole
             out[phase][v] = {"plain": plain[v], "faults": faults[v], "profiled": {c: x[mid] for c, x in per.items()},
                              "profiled_total": totals[mid]}
@@ -257,11 +300,12 @@ def bench_model(exp, model_ref, *, schemes: Optional[list[str]] = None, batch_si
         recs = quantize_(quant, s, device=device, calibrate=calibrate)
         variants[s.name] = quant
         records[s.name] = sorted({r.kernel for r in recs if r.applied})
+    runs, how = forwards(variants, loaded.task, batch, m.lm_forward)
     n_phases = 2 if loaded.task == "causal_lm" else 1
     bar = tqdm(total=n_phases * (repeats + len(variants)), unit="step", disable=None if progress else True,
                dynamic_ncols=True, leave=False, desc=f"bench model {model_ref.display}")
     try:
-        raw = measure(variants, loaded.task, batch, repeats, warmup, device, progress=lambda: bar.update(1))
+        raw = measure(runs, loaded.task, batch, repeats, warmup, device, progress=lambda: bar.update(1))
     finally:
         bar.close()
     hw = detect().to_dict()
@@ -270,5 +314,6 @@ def bench_model(exp, model_ref, *, schemes: Optional[list[str]] = None, batch_si
         "seq_len": seq_len, "workload": workload.name, "repeats": repeats, "warmup": warmup,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "allocator": hw.get("allocator"),
         "machine": {k: hw.get(k) for k in ("cpu_model", "cpu_flags", "physical_cores", "logical_cores", "gpus")},
-        "kernels": records, "skipped": skipped, "phases": summarize(raw), "raw": raw,
+        "kernels": records, "skipped": skipped, "forward": how, "profiled_by": profiled_by(runs),
+        "phases": summarize(raw), "raw": raw,
     }

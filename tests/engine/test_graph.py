@@ -123,6 +123,7 @@ def test_lm_runs_run_both_sides_the_same_way():
     runs, how = lm_runs(base, quant, "qbench", 2, 40)
     assert all(isinstance(r, DecoderGraph) for r in runs) and how.startswith(f"both sides: {GRAPH_FORWARD}")
     assert runs[0].native == runs[1].native and runs[0].float_ops in how
+    assert f"sibling projections run as one call: {runs[0].joins}" in how and "in 2 of 2 layers" in runs[0].joins
     assert lm_runs(base, quant, "transformers", 2, 40) == ([base, quant], f"both sides: {OWN_FORWARD}")
     attn = _model()
     quantize_(attn, {**W8A8, "ops": ["linear", "attention"]})
@@ -164,3 +165,49 @@ def test_the_profile_puts_each_call_s_time_in_its_kind():
     slow.prefill(ids)
     again = slow.profile_step(tok, 6)
     assert again["linear"] >= 0.02 and again["other"] < 0.01 and again["attention"] < 0.01
+
+
+WIDE = dict(hidden_size=128, intermediate_size=192, num_attention_heads=4, num_key_value_heads=2)  # 64-col panels
+
+
+@pytest.mark.parametrize("scheme", [None, W8A8, W4G16])
+def test_joined_siblings_change_no_logit(scheme):
+    """q/k/v and gate/up as one call at decode sizes: the same logits, bit for bit, as one call each (the graph
+    made with join=False on a copy), for the float model and quantized ones; the modules' weights become views
+    of the joined weight, and the model's own forward gives what it gave before."""
+    import copy
+
+    model = _model(seed=7, **WIDE)
+    if scheme:
+        quantize_(model, scheme)
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 20), generator=torch.Generator().manual_seed(7))
+    own_before = ModelRun(model).prefill(ids)
+    apart = DecoderGraph(copy.deepcopy(model), 2, 26, join=False)
+    graph = DecoderGraph(model, 2, 26)
+    assert apart.joins == "none (join=False)"
+    assert graph.joins == "q/k/v in 2 of 2 layers and gate/up in 2 of 2 layers (inputs of up to 16 rows)"
+    assert all({"qkv", "gate_up"} <= set(lin) for lin in graph.linears)
+    with torch.no_grad():
+        a, b = apart.prefill(ids), graph.prefill(ids)                      # 40 rows: each part alone
+        assert torch.equal(a, b)
+        for _ in range(5):                                                 # 2 rows: joined
+            nxt = a.argmax(-1)
+            a, b = apart.step(nxt), graph.step(nxt)
+            assert torch.equal(a, b)
+    assert torch.equal(ModelRun(model).prefill(ids), own_before)
+    attn = model.model.layers[0].self_attn
+    if scheme is None:
+        base = attn.q_proj.weight.untyped_storage().data_ptr()
+        assert attn.k_proj.weight.untyped_storage().data_ptr() == base == \
+            attn.v_proj.weight.untyped_storage().data_ptr()
+
+
+def test_siblings_that_cannot_join_run_apart():
+    """Projections of 32 columns do not fill the W8A8 kernel's 64-column panels: q, k and v run one call each,
+    and the graph says so; gate and up (128 columns each) still join."""
+    model = _model(seed=8, intermediate_size=128)
+    quantize_(model, W8A8)
+    graph = DecoderGraph(model, 1, 8)
+    assert graph.joins.startswith("q/k/v in 0 of 2 layers and gate/up in 2 of 2 layers")
+    ids = torch.randint(0, SMALL["vocab_size"], (1, 5), generator=torch.Generator().manual_seed(8))
+    _agree(model, ids, steps=2, native=False)

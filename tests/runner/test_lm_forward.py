@@ -1,5 +1,6 @@
-"""measure.lm_forward end to end: a run on the tiny local Llama times a W8A8 pair through qbench's decoder forward
-and an attention-quantized pair through the model's own, each row saying how; the setting's serialization."""
+"""measure.lm_forward end to end: a run on the tiny local Llama times and profiles a W8A8 pair through qbench's
+decoder forward and an attention-quantized pair through the model's own, each row and profile saying how; the
+setting's serialization."""
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ def test_a_run_says_how_each_pair_was_timed(tiny_models, tmp_path):
     from tests.runner.support import W8A8_AND_ATTENTION, write_experiment
 
     exp = write_experiment(tmp_path, {"llama": tiny_models["llama"]}, W8A8_AND_ATTENTION, name="graph")
-    exp.write_text(exp.read_text().replace("eval_samples: 8}", "eval_samples: 8, lm_forward: qbench}")
+    exp.write_text(exp.read_text().replace("eval_samples: 8}", "eval_samples: 8, lm_forward: qbench, profile: true}")
                    .replace("  - {name: code, dataset: \"builtin:code\"}\n", ""))
     out = api.run(exp, out=tmp_path / "reports", progress=False, log=lambda s: None)
     assert out.status == "ok"
@@ -37,6 +38,14 @@ def test_a_run_says_how_each_pair_was_timed(tiny_models, tmp_path):
         r["method"] for r in json.loads((out.run_dir / "cells" / "llama__w8a8-attn__text.json").read_text())["rows"]
         if r["metric"] == "decode_ms_per_token")
     assert GRAPH_FORWARD in (out.run_dir / "card.md").read_text()
+    # the profile goes through the forward the speed-ups were timed with, and says so
+    for scheme, by, forward in (("w8a8", "calls", GRAPH_FORWARD), ("w8a8-attn", "hooks", OWN_FORWARD)):
+        prof = json.loads((out.run_dir / "cells" / f"llama__{scheme}__text.json").read_text())["profile"]
+        assert prof["profiled_by"] == by and forward in prof["forward"]
+        for rows in prof["phases"].values():
+            assert all(r["ms_by_category"]["linear"] > 0 and r["ms_by_category"]["norm"] > 0 for r in rows)
+    note = json.loads((out.run_dir / "card.json").read_text())["profile"]["note"]
+    assert "through qbench's decoder forward" in note and "through the model's own forward, with a hook" in note
     setup = json.loads((out.run_dir / "card.json").read_text())["setup"]["measure"]["rows"]
     row = next(r["cells"][1] for r in setup if r["cells"][0] == "Causal LM prefill and decode")
     assert row.startswith("qbench's decoder forward") and "2 of 4 timings through the model's own forward" in row

@@ -191,3 +191,33 @@ def test_page_faults_count_the_pages_a_forward_gets_fresh(monkeypatch):
     rows = {r["variant"]: r for r in summarize(raw)["prefill"]}
     assert 1000 <= rows["fresh"]["page_faults"] <= 1100, rows["fresh"]["page_faults"]
     assert rows["baseline"]["page_faults"] <= 5
+
+
+def test_a_graph_variant_is_profiled_call_by_call():
+    """With measure.lm_forward: qbench, a causal LM's variants run as DecoderGraphs: each call timed into its kind
+    (the kinds and the rest add up to the round's total), the timers off again for the plain rounds; a model the
+    graph does not run keeps the module hooks, all variants alike, and says why."""
+    import transformers
+
+    from qbench.engine.api import quantize_
+    from qbench.engine.graph import DecoderGraph
+
+    base, quant = tiny_llama(), tiny_llama()
+    quantize_(quant, {"name": "w8a8", "weights": {"bits": 8}, "activations": {"bits": 8, "granularity": "per_token"}})
+    batch = {"input_ids": torch.randint(0, 200, (2, 12), generator=torch.Generator().manual_seed(0))}
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    runs, how = profile.forwards({"baseline": base, "quantized": quant}, "causal_lm", batch, "qbench")
+    assert all(isinstance(r, DecoderGraph) for r in runs.values()) and how.startswith("both sides: qbench's")
+    assert profile.profiled_by(runs) == "calls"
+    raw = profile.measure(runs, "causal_lm", batch, repeats=2, warmup=1, device="cpu")
+    for phase in ("prefill", "decode"):
+        for v in ("baseline", "quantized"):
+            prof, total = raw[phase][v]["profiled"], raw[phase][v]["profiled_total"]
+            assert sum(prof.values()) == pytest.approx(total)
+            assert all(prof[k] > 0 for k in ("linear", "attention", "norm", "activation", "embedding"))
+    assert all(r.seconds is None and r._plain is None for r in runs.values())        # plain again
+    assert profile.forwards({"baseline": base}, "causal_lm", batch, "transformers")[0] == {"baseline": base}
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=200))
+    runs, how = profile.forwards({"baseline": base, "gpt2": gpt2, "q": quant}, "causal_lm", batch, "qbench")
+    assert runs == {"baseline": base, "gpt2": gpt2, "q": quant} and profile.profiled_by(runs) == "hooks"
+    assert how.startswith("every variant: the model's own forward") and "does not run these variants" in how

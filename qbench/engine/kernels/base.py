@@ -1,6 +1,7 @@
 """The Kernel interface and its registry."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal, Optional
 
 import torch
@@ -74,6 +75,14 @@ class Kernel:
         """x (M, K) float -> (M, N) float in x's dtype."""
         raise NotImplementedError
 
+    def join(self, states: list[KernelState]) -> Optional[KernelState]:
+        """One state whose forward computes the outputs of `states` side by side (their N concatenated), for
+        sibling layers that read the same input (a layer's q, k and v projections); None where this kernel cannot
+        (the default). The parts' weight codes become views of the joined state's, so the codes stay in memory
+        once and each part still runs on its own, with the same results. The joined state's held_weight is the
+        parts' rows one after another (per tensor specs become per channel: each part keeps its own scale)."""
+        return None
+
     def state_nbytes(self, state: KernelState) -> int:
         """Bytes the packed state keeps for the weight: its held tensors (an opaque library object overrides)."""
         return sum(t.numel() * t.element_size() for t in state.held_tensors().values())
@@ -86,6 +95,11 @@ class Kernel:
         """Raise ValueError naming this kernel when pack() is handed what it cannot hold."""
         if reason:
             raise ValueError(f"{self.name}: {reason}")
+
+
+def joined_spec(spec: QuantSpec) -> QuantSpec:
+    """The weight spec of joined parts (Kernel.join): per channel where each part had one scale, else spec."""
+    return dataclasses.replace(spec, granularity="per_channel") if spec.granularity == "per_tensor" else spec
 
 
 def integer_matmul_reason(w: QuantSpec, a: Optional[QuantSpec]) -> Optional[str]:

@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 
 from qbench.engine.kernels import native
-from qbench.engine.kernels.base import KERNELS, Kernel
+from qbench.engine.kernels.base import KERNELS, Kernel, joined_spec
 from qbench.engine.kernels.codes import from_int8, to_int8
 from qbench.engine.kernels.native_status import isa_text, native_reason
 from qbench.engine.kernels.state import KernelState
@@ -129,6 +129,26 @@ class _NativeWeightOnly(Kernel):
             torch.mm(self._dequant(state, r0, min(n, r0 + rows)), xf.t(), out=yt[r0:r0 + rows])
         y = yt.t().contiguous()
         return y if b is None else y.add_(b)
+
+    def join(self, states):
+        """The parts' rows one after another (codes, scales, code offsets, biases): None where they differ in
+        K, groups, spec or input transform."""
+        first = states[0]
+        if len(states) < 2 or any((s.k, s.groups, s.spec, s.codes.shape[1]) != (first.k, first.groups, first.spec,
+                                                                                first.codes.shape[1])
+                                  or not s.same_input(first) for s in states):
+            return None
+        codes = torch.cat([s.codes for s in states])
+        bias = None if all(s.bias is None for s in states) else torch.cat(
+            [s.bias if s.bias is not None else torch.zeros(s.s.shape[0]) for s in states])
+        joined = NativeWeightOnlyState(spec=joined_spec(first.spec), codes=codes, s=torch.cat([s.s for s in states]),
+                                       zc=torch.cat([s.zc for s in states]), groups=first.groups, k=first.k,
+                                       bias=bias, pre=first.pre)
+        at = 0
+        for s in states:                                  # each part's codes: a view of the joined rows
+            n = s.codes.shape[0]
+            s.codes, at = codes[at:at + n], at + n
+        return joined
 
     @staticmethod
     def _state(qweight: QuantizedWeight, codes, s, zc, bias) -> NativeWeightOnlyState:

@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 
 from qbench.engine.kernels import native
-from qbench.engine.kernels.base import KERNELS, Kernel, integer_matmul_reason
+from qbench.engine.kernels.base import KERNELS, Kernel, integer_matmul_reason, joined_spec
 from qbench.engine.kernels.codes import from_int8, to_int8, uint8_offset
 from qbench.engine.kernels.native_status import isa_text, known_isa, native_reason
 from qbench.engine.kernels.state import KernelState
@@ -177,6 +177,38 @@ class Int8Native(Kernel):
                     csum=_padded(codes.sum(dim=1, dtype=torch.int32), n),       # exact column sums
                     zc=_padded(zc.contiguous(), n) if bool((zc != 0).any()) else None,
                     ws=_padded(qweight.scale.reshape(-1).expand(n).float(), n))
+
+    def join(self, states):
+        """The panels of every part side by side (each part but the last must fill its panels: N a multiple of
+        64), with their per-column sums, zero points, scales and biases; one activation quantization then serves
+        them all. None where the parts differ in K, specs, static activation qparams or input transform."""
+        first = states[0]
+        if (len(states) < 2 or any(s.n % PANEL for s in states[:-1])
+                or any((s.k, s.spec, s.a, s.static, s.w4, s.groups) != (first.k, first.spec, first.a, first.static,
+                                                                        first.w4, first.groups)
+                       or not s.same_input(first) for s in states)):
+            return None
+        g = first.groups
+
+        def side_by_side(field: str, dtype: torch.dtype) -> Optional[torch.Tensor]:
+            """(groups, N padded) flat per part -> (groups, sum of N padded) flat; a part without it gives 0s"""
+            if all(getattr(s, field) is None for s in states):
+                return None
+            return torch.cat([(getattr(s, field) if getattr(s, field) is not None else
+                               torch.zeros(s.csum.numel(), dtype=dtype)).reshape(g, -1) for s in states],
+                             1).reshape(-1).contiguous()
+        wp = torch.cat([s.wp for s in states])
+        joined = FusedState(spec=joined_spec(first.spec), wp=wp, n=sum(s.n for s in states), k=first.k, a=first.a,
+                            static=first.static, csum=side_by_side("csum", torch.int32),
+                            zc=side_by_side("zc", torch.int32), ws=side_by_side("ws", torch.float32),
+                            bias=None if all(s.bias is None for s in states) else torch.cat(
+                                [s.bias if s.bias is not None else torch.zeros(s.csum.numel() // g)
+                                 for s in states]),
+                            w4=first.w4, groups=g, pre=first.pre)
+        at = 0
+        for s in states:                                  # each part's codes: a view of the joined panels
+            s.wp, at = wp[at:at + s.wp.numel()], at + s.wp.numel()
+        return joined
 
     def held_weight(self, state):
         n, spec = state.n, state.spec

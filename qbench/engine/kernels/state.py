@@ -30,6 +30,15 @@ class KernelState:
         pre = self.pre or InputTransform()
         return QuantizedWeight(codes, scale, zero_point, spec, pre.input_scale, pre.perm)
 
+    def same_input(self, other: "KernelState") -> bool:
+        """Whether `other` transforms its input exactly as this state does (a joined state runs one transform)."""
+        if (self.pre is None) != (other.pre is None):
+            return False
+        if self.pre is None:
+            return True
+        a, b = self.pre.tensors(), other.pre.tensors()
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
     def held_tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor of the weight storage, by dotted field name."""
         out = {}
