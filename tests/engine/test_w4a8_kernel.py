@@ -71,6 +71,29 @@ def test_w4a8_shapes(m, k, n):
 
 
 @needs_w4a8
+def test_w4a8_group_words_hold_the_extremes():
+    """Groups of up to 128 keep each column's sum and zero point as the 16-bit halves of one word, multiplied
+    against (za, rt) by one vpmaddwd: exact at the extremes (rt = +-128 * 255 with za = 0 and 255, column sums of
+    127 * 15, zero points 0 and 15); groups of 256 keep 32-bit words, as exact."""
+    k, n = 512, 70
+    g = torch.Generator().manual_seed(11)
+    x = torch.rand(4, k, generator=g)
+    x[0, :128], x[0, 128:] = 1.0, torch.linspace(0, 1, k - 128)          # min 0: za = 0, group 0 all 255
+    x[1, :128], x[1, 128:] = -1.0, torch.linspace(-1, 0, k - 128)        # max 0: za = 255, group 0 all 0
+    w = torch.rand(n, k, generator=g)
+    w[0], w[0, ::128] = 1.0, 0.0                      # each group of row 0: one code 0, the rest 15
+    w[1], w[1, ::128] = -1.0, 0.0                     # row 1: one code 15, the rest 0 (zero point 15)
+    b = torch.randn(n, generator=g)
+    for gs, words in ((128, True), (64, True), (256, False)):
+        spec = QuantSpec(4, False, False, "per_group", gs)
+        assert W4A8.pack(rtn(w, spec), b, A_TOKEN).meta16 is words
+        check_groups(4, k, n, spec, A_TOKEN, seed=0, problem=(w, b, x))
+        state = W4A8.pack(rtn(w, spec), b, A_TOKEN)
+        held = W4A8.held_weight(state)
+        assert torch.equal(held.codes, rtn(w, spec).codes) and torch.equal(held.zero_point, rtn(w, spec).zero_point)
+
+
+@needs_w4a8
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_w4a8_thread_counts(threads):
     for m in (2, 40, 301):
@@ -119,9 +142,9 @@ def test_auto_picks_w4a8_for_4_bit_weights_with_activations():
     assert select_kernel(QuantSpec(8, True, True, "per_channel"), A_TOKEN, "cpu").name == "int8_native"
 
 
-def check_groups(m, k, n, w_spec, a_spec, seed, threads=None):
+def check_groups(m, k, n, w_spec, a_spec, seed, threads=None, problem=None):
     """y = sa * sum_g ws_g * (exact int64 sum of group g) + b in float64, against the kernel and the reference."""
-    w, b, x = make_problem(m, k, n, seed)
+    w, b, x = problem or make_problem(m, k, n, seed)
     qa, qw = quantize(x, a_spec), quantize(w, w_spec)
     gs, groups = w_spec.group_size, k // w_spec.group_size
     a = (qa.data.long() - qa.zero_point.long().reshape(-1, 1)).reshape(m, groups, gs)
@@ -151,10 +174,33 @@ def test_w4a8_groups_every_spec(wi, ai):
 @needs_w4a8
 @pytest.mark.parametrize("m,k,n,gs", [(1, 8, 1, 8), (1, 4096, 65, 128), (2, 24, 200, 8), (4, 128, 64, 64),
                                       (5, 96, 129, 32), (7, 64, 63, 16), (49, 256, 130, 128), (300, 192, 136, 64),
-                                      (1024, 384, 384, 128)])
+                                      (1024, 384, 384, 128), (3, 512, 70, 256)])
 def test_w4a8_groups_shapes(m, k, n, gs):
     """Row tiles of 3 inside blocks of 6 (M mod 3, M mod 6), panel remainders, one group per row and many."""
     check_groups(m, k, n, QuantSpec(4, False, False, "per_group", gs), A_TOKEN, seed=m + k + n)
+
+
+@needs_w4a8
+def test_w4a8_group_words_hold_the_extremes():
+    """Groups of up to 128 keep each column's sum and zero point as the 16-bit halves of one word, multiplied
+    against (za, rt) by one vpmaddwd: exact at the extremes (rt = +-128 * 255 with za = 0 and 255, column sums of
+    127 * 15, zero points 0 and 15); groups of 256 keep 32-bit words, as exact."""
+    k, n = 512, 70
+    g = torch.Generator().manual_seed(11)
+    x = torch.rand(4, k, generator=g)
+    x[0, :128], x[0, 128:] = 1.0, torch.linspace(0, 1, k - 128)          # min 0: za = 0, group 0 all 255
+    x[1, :128], x[1, 128:] = -1.0, torch.linspace(-1, 0, k - 128)        # max 0: za = 255, group 0 all 0
+    w = torch.rand(n, k, generator=g)
+    w[0], w[0, ::128] = 1.0, 0.0                      # each group of row 0: one code 0, the rest 15
+    w[1], w[1, ::128] = -1.0, 0.0                     # row 1: one code 15, the rest 0 (zero point 15)
+    b = torch.randn(n, generator=g)
+    for gs, words in ((128, True), (64, True), (256, False)):
+        spec = QuantSpec(4, False, False, "per_group", gs)
+        assert W4A8.pack(rtn(w, spec), b, A_TOKEN).meta16 is words
+        check_groups(4, k, n, spec, A_TOKEN, seed=0, problem=(w, b, x))
+        state = W4A8.pack(rtn(w, spec), b, A_TOKEN)
+        held = W4A8.held_weight(state)
+        assert torch.equal(held.codes, rtn(w, spec).codes) and torch.equal(held.zero_point, rtn(w, spec).zero_point)
 
 
 @needs_w4a8

@@ -34,6 +34,7 @@ from qbench.engine.tensors import qparams_from_rows
 
 PANEL = 64          # weight columns per panel of the packed layout
 MAX_K = 32768       # (u - za)(c - zc) <= 255 * 255: the int32 sum is exact up to this K
+META16_GROUP = 128  # groups up to this wide keep column sum and zero point as the 16-bit halves of one word
 
 
 def pack_panels(codes: torch.Tensor) -> torch.Tensor:
@@ -89,6 +90,7 @@ class FusedState(KernelState):
     bias: Optional[torch.Tensor]     # (N padded,) float32
     w4: bool = False                 # wp: uint8 nibble panels (pack_nibble_panels) of codes q - qmin, zc = z - qmin
     groups: int = 1                  # > 1: csum, zc and ws are (groups, N padded) flat, one per group of K // groups
+    meta16: bool = False             # groups of <= META16_GROUP: csum holds csum | zc << 16 per word, zc is None
 
 
 def gemm(state: FusedState, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
@@ -108,7 +110,7 @@ def gemm(state: FusedState, x: torch.Tensor, exact: bool = False) -> torch.Tenso
         rc = native.lib().qb_w4a8_group_gemm(
             p(x), p(state.wp), p(state.csum), p(state.zc), p(state.ws), p(state.bias), p(out), m, n, state.k,
             state.groups, int(a.granularity == "per_token"), int(a.symmetric), int(a.signed), a.bits,
-            int(static is not None), *(static or (1.0, 0)), native.threads(m * n * state.k))
+            int(static is not None), *(static or (1.0, 0)), native.threads(m * n * state.k), int(state.meta16))
         if rc:
             raise ValueError(f"w4a8_native: the C kernel rejected its arguments (code {rc})" if rc != 2 else
                              "w4a8_native: out of memory for its row buffers")
@@ -184,8 +186,8 @@ class Int8Native(Kernel):
         them all. None where the parts differ in K, specs, static activation qparams or input transform."""
         first = states[0]
         if (len(states) < 2 or any(s.n % PANEL for s in states[:-1])
-                or any((s.k, s.spec, s.a, s.static, s.w4, s.groups) != (first.k, first.spec, first.a, first.static,
-                                                                        first.w4, first.groups)
+                or any((s.k, s.spec, s.a, s.static, s.w4, s.groups, s.meta16)
+                       != (first.k, first.spec, first.a, first.static, first.w4, first.groups, first.meta16)
                        or not s.same_input(first) for s in states)):
             return None
         g = first.groups
@@ -204,7 +206,7 @@ class Int8Native(Kernel):
                             bias=None if all(s.bias is None for s in states) else torch.cat(
                                 [s.bias if s.bias is not None else torch.zeros(s.csum.numel() // g)
                                  for s in states]),
-                            w4=first.w4, groups=g, pre=first.pre)
+                            w4=first.w4, groups=g, meta16=first.meta16, pre=first.pre)
         at = 0
         for s in states:                                  # each part's codes: a view of the joined panels
             s.wp, at = wp[at:at + s.wp.numel()], at + s.wp.numel()
@@ -248,7 +250,8 @@ class W4A8Native(Int8Native):
 
     def _weights(self, qweight) -> dict:
         """Nibble panels of the codes q - qmin, and per group (one for per tensor / channel) the exact column sums,
-        the zero points z - qmin and the scales, each (groups, N padded) flat."""
+        the zero points z - qmin and the scales, each (groups, N padded) flat; with groups of at most
+        META16_GROUP, each column sum and zero point as one word (meta16)."""
         spec = qweight.spec
         n, k = qweight.shape
         groups = k // spec.group_size if spec.granularity == "per_group" else 1
@@ -261,9 +264,12 @@ class W4A8Native(Int8Native):
             return torch.stack([_padded(t[:, g].contiguous(), n) for g in range(groups)]).reshape(-1)
         zc = per_row(qweight.zero_point.to(torch.int32) - spec.qmin)
         csum = c.reshape(n, groups, k // groups).sum(-1, dtype=torch.int32)                   # (N, G) exact
+        ws = by_group(per_row(qweight.scale.float()))
+        if groups > 1 and k // groups <= META16_GROUP:      # csum <= 128 * 15, 0 <= zc <= 15: one word each
+            return dict(wp=pack_nibble_panels(c), csum=by_group(csum | (zc << 16)), zc=None, ws=ws, w4=True,
+                        groups=groups, meta16=True)
         return dict(wp=pack_nibble_panels(c), csum=by_group(csum),
-                    zc=by_group(zc) if bool((zc != 0).any()) else None,
-                    ws=by_group(per_row(qweight.scale.float())), w4=True, groups=groups)
+                    zc=by_group(zc) if bool((zc != 0).any()) else None, ws=ws, w4=True, groups=groups)
 
     def held_weight(self, state):
         n, spec, groups = state.n, state.spec, state.groups
@@ -271,7 +277,8 @@ class W4A8Native(Int8Native):
 
         def rows(t):                                               # (G, N padded) flat -> (N, G)
             return t.reshape(groups, npad)[:, :n].t()
-        zc = rows(state.zc) if state.zc is not None else torch.zeros(n, groups, dtype=torch.int32)
+        zc = (rows(state.csum) >> 16 if state.meta16 else rows(state.zc) if state.zc is not None
+              else torch.zeros(n, groups, dtype=torch.int32))
         codes = (unpack_nibble_panels(state.wp, n, state.k).to(torch.int16) + spec.qmin).to(spec.storage_dtype)
         return state.quantized(codes, qparams_from_rows(rows(state.ws).contiguous(), spec, n),
                                qparams_from_rows((zc + spec.qmin).contiguous(), spec, n), spec)

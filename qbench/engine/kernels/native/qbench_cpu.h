@@ -32,7 +32,8 @@
  *                   qb_w4a8_gemm     the same on 4-bit weight codes held as nibbles (half the bytes),
  *                                    unpacked in registers
  *                   qb_w4a8_group_gemm  the nibble GEMM with a scale and zero point per group of k: exact
- *                                    int32 sums per group, rescaled and summed in float32
+ *                                    int32 sums per group, rescaled and summed in float32 (groups of at
+ *                                    most 128: column sums and zero points as 16-bit halves of one word)
  *                   qb_w8a8_isa      the code path of the integer dot products (the fused GEMMs' and
  *                                    qb_attention's): "avx512-vnni" or "portable-c"
  *   attention.c     quantized attention
@@ -239,7 +240,7 @@ int qb_w4a8_gemm(const float *x, const uint8_t *wp, const int32_t *csum, const i
 int qb_w4a8_group_gemm(const float *x, const uint8_t *wp, const int32_t *csum, const int32_t *zc, const float *ws,
                        const float *bias, float *y, int64_t M, int64_t N, int64_t K, int64_t G, int per_row,
                        int symmetric, int is_signed, int bits, int have_qparams, float scale0, int32_t zp0,
-                       int threads);
+                       int threads, int meta16);
 
 int qb_attention(const float *q, const float *k, const float *v, const float *mask, float *out, int64_t G, int64_t H,
                  int64_t S, int64_t T, int64_t D, int64_t mb, int64_t mh, int64_t ms, float scaling, int symmetric,

@@ -32,7 +32,11 @@
  * row (gs a multiple of 8 dividing K). The int32 sums of each group are exact and corrected as above with the
  * group's column sums and zero points and the rows' group sums rt[m, g] = sum_{k in g} u[m, k] - gs za[m], then
  * converted and accumulated in float32 with the group's scale: y = sa[m] sum_g ws[g, n] (exact group sum) + b.
- * 3 rows x 64 columns per tile (int32 and float32 sums both stay in registers).
+ * 3 rows x 64 columns per tile (int32 and float32 sums both stay in registers). With meta16 (groups of at most
+ * 128), csum holds one 32-bit word per group and column, the column sum in its low 16 bits and the zero point
+ * in its high 16 (zc NULL): |rt| <= 128 * 255 and za <= 255 fit 16 bits too, so one vpmaddwd of the word
+ * against (za, rt) gives za csum + rt zc exactly in int32. Per 64 weights of a group at M = 1 that is 8 bytes
+ * of metadata instead of 12 beside the 32 of nibbles, and one multiply instead of two 32-bit ones.
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -74,6 +78,7 @@ typedef struct {
     int w4;                    /* nibble codes (qb_w4a8_gemm): kp a multiple of 8, a panel kp * 32 bytes */
     int64_t G, gs;             /* weight groups per row and their width (G = 1, gs = K: per tensor / channel);
                                   G > 1: csum, zc and ws are (G, npan * 64), rt is (rows, G) */
+    int meta16;                /* G > 1, gs <= 128: csum words are csum | zc << 16, zc NULL (see the top) */
     _Atomic int *oom;          /* set by a task that could not allocate its row block */
     _Atomic int64_t *next_row; /* by rows: the first row of the next block not yet taken */
     int64_t threads;
@@ -99,7 +104,7 @@ static void w8a8_quant_rows(const w8a8_t *g, int64_t r0, int64_t rows, uint8_t *
         uint8_t *br = buf + i * g->kp;
         memset(br + g->K, 0, (size_t)(g->kp - g->K));
         for (int64_t q = 0; q < g->G; q++)
-            rt[i * g->G + q] = g->zc ? (int32_t)(uint32_t)((uint64_t)sum_u8(br + q * g->gs, g->gs)
+            rt[i * g->G + q] = g->zc || g->meta16 ? (int32_t)(uint32_t)((uint64_t)sum_u8(br + q * g->gs, g->gs)
                                                              - (uint64_t)(g->gs * (int64_t)za[i])) : 0;
     }
 }
@@ -203,6 +208,24 @@ static inline __attribute__((always_inline)) void w4g_tile(const w8a8_t *g, cons
 #pragma GCC unroll 4
             for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_si512();
         nibble_dots(acc, bp, a, kp, q * g->gs / 8, (q + 1) * g->gs / 8, MR);
+        if (g->meta16) {
+            __m512i zr[W4G_MR];                            /* (za, rt) as the two 16-bit halves of each word */
+#pragma GCC unroll 3
+            for (int r = 0; r < MR; r++)
+                zr[r] = _mm512_set1_epi32((int32_t)(((uint32_t)rt[r * g->G + q] << 16) | ((uint32_t)za[r] & 0xFFFFu)));
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                const int64_t at = q * np + n0 + 16 * j;
+                const __m512i meta = _mm512_loadu_si512(g->csum + at);
+                const __m512 ws = _mm512_loadu_ps(g->ws + at);
+#pragma GCC unroll 3
+                for (int r = 0; r < MR; r++) {
+                    const __m512i v = _mm512_sub_epi32(acc[r][j], _mm512_madd_epi16(meta, zr[r]));
+                    facc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), ws, facc[r][j]);
+                }
+            }
+            continue;
+        }
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             const int64_t at = q * np + n0 + 16 * j;
@@ -264,8 +287,11 @@ static void w4g_tile(const w8a8_t *g, const uint8_t *a, int64_t m0, int64_t p, c
                 uint32_t acc = 0;
                 for (int64_t k = q * g->gs; k < (q + 1) * g->gs; k++)
                     acc += (uint32_t)((int32_t)a[r * g->kp + k] * panel_code(bp, j, k, 1));
-                acc -= (uint32_t)za[r] * (uint32_t)g->csum[q * np + n];
-                if (g->zc) acc -= (uint32_t)rt[r * g->G + q] * (uint32_t)g->zc[q * np + n];
+                const int32_t word = g->csum[q * np + n];
+                const int32_t cs = g->meta16 ? (int32_t)(int16_t)(word & 0xFFFF) : word;
+                const int32_t zc = g->meta16 ? (int32_t)(int16_t)((uint32_t)word >> 16) : g->zc ? g->zc[q * np + n] : 0;
+                acc -= (uint32_t)za[r] * (uint32_t)cs;
+                acc -= (uint32_t)rt[r * g->G + q] * (uint32_t)zc;
                 y = fmaf((float)(int32_t)acc, g->ws[q * np + n], y);
             }
             g->y[(m0 + r) * g->N + n] = fmaf(y, sa[r], g->bias ? g->bias[n] : 0.0f);
@@ -372,18 +398,20 @@ static void w8a8_task(void *ctx, int64_t lo, int64_t hi) {
 static int w8a8_run(const float *x, const int8_t *wp, const int32_t *csum, const int32_t *zc, const float *ws,
                     const float *bias, float *y, int32_t *acc_out, int64_t M, int64_t N, int64_t K, int per_row,
                     int symmetric, int is_signed, int bits, int have_qparams, float scale0, int32_t zp0,
-                    int threads, int w4, int64_t G) {
+                    int threads, int w4, int64_t G, int meta16) {
     if (bits < 2 || bits > 8 || M < 0 || N < 1 || K < 1 || K > W8_MAX_K || !(y || acc_out)) return 1;
     if (G < 1 || K % G || (G > 1 && (!w4 || (K / G) % 8 || acc_out))) return 1;
+    if (meta16 && (G < 2 || K / G > 128 || zc)) return 1;
     if (threads < 1) threads = 1;
     if (threads > 32) threads = 32;
     w8a8_t g = {x, wp, csum, zc, ws, bias, y, acc_out, M, N, K, w4 ? (K + 7) / 8 * 8 : (K + 3) / 4 * 4,
-                (N + W8_NR - 1) / W8_NR, {0}, scale0, zp0, per_row && !have_qparams, 0, w4, G, K / G, NULL};
+                (N + W8_NR - 1) / W8_NR, {0}, scale0, zp0, per_row && !have_qparams, 0, w4, G, K / G, 0, NULL};
     _Atomic int oom = 0;
     _Atomic int64_t next_row = 0;
     g.oom = &oom;
     g.next_row = &next_row;
     g.threads = threads;
+    g.meta16 = meta16;
     g.q.symmetric = symmetric;
     g.q.is_signed = is_signed;
     g.q.bits = bits;
@@ -404,7 +432,7 @@ int qb_w8a8_gemm(const float *x, const int8_t *wp, const int32_t *csum, const in
                  int symmetric, int is_signed, int bits, int have_qparams, float scale0, int32_t zp0,
                  int threads) {
     return w8a8_run(x, wp, csum, zc, ws, bias, y, acc_out, M, N, K, per_row, symmetric, is_signed, bits,
-                    have_qparams, scale0, zp0, threads, 0, 1);
+                    have_qparams, scale0, zp0, threads, 0, 1, 0);
 }
 
 /* the same with wp holding nibble codes in the layout of the top (4-bit weights, unsigned codes c = q - qmin) */
@@ -413,15 +441,16 @@ int qb_w4a8_gemm(const float *x, const uint8_t *wp, const int32_t *csum, const i
                  int symmetric, int is_signed, int bits, int have_qparams, float scale0, int32_t zp0,
                  int threads) {
     return w8a8_run(x, (const int8_t *)wp, csum, zc, ws, bias, y, acc_out, M, N, K, per_row, symmetric, is_signed,
-                    bits, have_qparams, scale0, zp0, threads, 1, 1);
+                    bits, have_qparams, scale0, zp0, threads, 1, 1, 0);
 }
 
 /* grouped 4-bit weights (see the top): csum, zc (NULL when all are 0) and ws are (G, N padded to 64), group
- * width K / G a multiple of 8; no exact int32 output (the groups' sums meet in float32) */
+ * width K / G a multiple of 8; meta16: csum holds csum | zc << 16 (groups of at most 128, zc NULL); no exact
+ * int32 output (the groups' sums meet in float32) */
 int qb_w4a8_group_gemm(const float *x, const uint8_t *wp, const int32_t *csum, const int32_t *zc, const float *ws,
                        const float *bias, float *y, int64_t M, int64_t N, int64_t K, int64_t G, int per_row,
                        int symmetric, int is_signed, int bits, int have_qparams, float scale0, int32_t zp0,
-                       int threads) {
+                       int threads, int meta16) {
     return w8a8_run(x, (const int8_t *)wp, csum, zc, ws, bias, y, NULL, M, N, K, per_row, symmetric, is_signed,
-                    bits, have_qparams, scale0, zp0, threads, 1, G);
+                    bits, have_qparams, scale0, zp0, threads, 1, G, meta16);
 }
