@@ -10,14 +10,21 @@ cache allocated once, with the float work around the linears either
 - in PyTorch ops, the same ones in the same order as transformers: logits bit for bit equal to the model's own
   forward (tests), or
 - in qbench's C kernels (native/decoder.c, the default on a float32 CPU model): the residual add fused into each
-  RMSNorm, and a decode step's rotary embedding, cache write and attention in one call. Equal to float32 rounding
+  RMSNorm, the MLP's SiLU and gating in one pass, and a decode step's rotary embedding, cache write and attention
+  in one call. Equal to float32 rounding
   on a float model (3e-5 at most in SmolLM2-135M's logits); with int8 activations a rounding difference can move
   an activation code by one step, so a quantized model's logits differ more (SmolLM2-135M W4A8 g64 over a prompt
   and 16 decode steps: KL 0.021 from its own forward's, against 0.48 between it and the float model).
 
 At decode sizes a layer's q, k and v projections run as one call, and its gate and up projections as another,
 where their kernels can join them (`joined`, Kernel.join): on SmolLM2-135M a quantized decode step reads its
-weights as 4 streams a layer instead of 7, 5-15% faster (benchmarks/decode.py --apart), the logits bit for bit the same.
+weights as 4 streams a layer instead of 7, 3-11% faster (benchmarks/decode.py --apart), the logits bit for bit the same.
+
+On the C path a decode step is static (`static_step`, the default there): for each batch size, the step's calls
+are laid out once as a list over buffers allocated once, each quantized linear bound to its buffers
+(Kernel.bind: the C call with its arguments converted once), each float linear a matmul into its buffer, so a
+step runs ~250 C calls and no argument checks or allocations between them. On SmolLM2-135M that took W4A8 g64's
+decode step from 6.9 to 4.9 ms, the logits bit for bit those of the same graph called op by op.
 
 It computes what the model's own forward computes for unpadded input (the timing path's input). It refuses, with
 the reason, what it does not cover: other architectures, sliding-window or dynamically rescaled rotary attention
@@ -106,6 +113,35 @@ def direct(mod: nn.Module):
     return mod
 
 
+def _copied(fn, x: torch.Tensor, y: torch.Tensor):
+    def run():
+        y.copy_(fn(x))
+    return run
+
+
+def _matmul(w: torch.Tensor, b: Optional[torch.Tensor], x: torch.Tensor, y: torch.Tensor):
+    """y = x w^T + b into y (what F.linear computes for a 2-D input: addmm, or mm without a bias)."""
+    wt = w.t()
+    if b is None:
+        return lambda: torch.mm(x, wt, out=y)
+    return lambda: torch.addmm(b, x, wt, out=y)
+
+
+def binder(mod: nn.Module):
+    """A linear module as a function (x, y) -> a no-argument call writing the module's output for x into y, the
+    buffers fixed for the call's life (the static decode step): the kernel's bound C call for a QuantLinear
+    (Kernel.bind), its matmul into y for an nn.Linear; otherwise (a kernel without a bound path, any other module)
+    the `direct` call copied into y."""
+    from qbench.engine.modules import QuantLinear
+
+    if type(mod) is QuantLinear:
+        kernel, state = mod.kernel, mod.state
+        return lambda x, y: kernel.bind(state, x, y) or _copied(lambda z: kernel.forward(state, z), x, y)
+    if type(mod) is nn.Linear:
+        return lambda x, y: _matmul(mod.weight, mod.bias, x, y)
+    return lambda x, y: _copied(direct(mod), x, y)
+
+
 # linear modules of a layer that read the same input: (the module holding them, their names, the joined name)
 SIBLINGS = (("self_attn", ("q", "k", "v"), "qkv"), ("mlp", ("gate", "up"), "gate_up"))
 # inputs of up to this many rows (a decode step's) run joined siblings as one call: their weights, side by side
@@ -115,12 +151,13 @@ JOIN_MAX_ROWS = 16
 
 
 def joined(mods: list[nn.Module]):
-    """Sibling linear modules (the same input) as one function of a 2-D input to the tuple of their outputs,
-    which runs them as one call for inputs of up to JOIN_MAX_ROWS rows; None where they cannot be joined. They
-    can be when they are QuantLinears whose kernel joins their states (Kernel.join), or nn.Linears of one
-    input size, dtype and device, all with or all without a bias (their weights concatenated). Either way each
-    module's weight becomes a view of the joined one (values unchanged, one copy in memory), so each module
-    still computes what it computed, alone or joined."""
+    """Sibling linear modules (the same input) as (call, bind), or None where they cannot be joined. call: a
+    function of a 2-D input to the tuple of their outputs, which runs them as one call for inputs of up to
+    JOIN_MAX_ROWS rows; bind: as `binder`, for the joined output (the parts' side by side). They can be joined
+    when they are QuantLinears whose kernel joins their states (Kernel.join), or nn.Linears of one input size,
+    dtype and device, all with or all without a bias (their weights concatenated). Either way each module's
+    weight becomes a view of the joined one (values unchanged, one copy in memory), so each module still
+    computes what it computed, alone or joined."""
     from qbench.engine.modules import QuantLinear
 
     sizes = [m.out_features for m in mods]
@@ -129,8 +166,9 @@ def joined(mods: list[nn.Module]):
         state = kernel.join(states)
         if state is None:
             return None
-        return lambda x: (kernel.forward(state, x).split(sizes, dim=-1) if x.shape[0] <= JOIN_MAX_ROWS else
-                          tuple(kernel.forward(s, x) for s in states))
+        return ((lambda x: (kernel.forward(state, x).split(sizes, dim=-1) if x.shape[0] <= JOIN_MAX_ROWS else
+                            tuple(kernel.forward(s, x) for s in states))),
+                (lambda x, y: kernel.bind(state, x, y) or _copied(lambda z: kernel.forward(state, z), x, y)))
     if (not all(type(m) is nn.Linear for m in mods)
             or len({(m.in_features, m.weight.dtype, m.weight.device, m.bias is None) for m in mods}) != 1):
         return None
@@ -144,8 +182,9 @@ def joined(mods: list[nn.Module]):
                 m.bias.data = b[at:at + m.out_features]
             at += m.out_features
     linear = torch.nn.functional.linear
-    return lambda x: (linear(x, w, b).split(sizes, dim=-1) if x.shape[0] <= JOIN_MAX_ROWS else
-                      tuple(linear(x, m.weight, m.bias) for m in mods))
+    return ((lambda x: (linear(x, w, b).split(sizes, dim=-1) if x.shape[0] <= JOIN_MAX_ROWS else
+                        tuple(linear(x, m.weight, m.bias) for m in mods))),
+            (lambda x, y: _matmul(w, b, x, y)))
 
 
 class DecoderGraph:
@@ -166,7 +205,7 @@ class DecoderGraph:
     """
 
     def __init__(self, model: nn.Module, batch: int, max_tokens: int, native: Optional[bool] = None,
-                 profile: bool = False, join: bool = True):
+                 profile: bool = False, join: bool = True, static_step: bool = True):
         why = unsupported_reason(model, max_tokens)
         if why:
             raise GraphUnsupported(why)
@@ -180,13 +219,18 @@ class DecoderGraph:
         self.linears = [{n: direct(getattr(part, f"{n}_proj")) for part, names in
                          ((lay.self_attn, ("q", "k", "v", "o")), (lay.mlp, ("gate", "up", "down"))) for n in names}
                         for lay in self.layers]
+        self.binders = [{n: binder(getattr(part, f"{n}_proj")) for part, names in
+                         ((lay.self_attn, ("q", "k", "v", "o")), (lay.mlp, ("gate", "up", "down"))) for n in names}
+                        for lay in self.layers]
+        self.sizes = {name: [getattr(getattr(self.layers[0], holder), f"{n}_proj").out_features for n in names]
+                      for holder, names, name in SIBLINGS}
         done = {name: 0 for _, _, name in SIBLINGS}
-        for lay, lin in zip(self.layers if join else [], self.linears):
+        for lay, lin, bind in zip(self.layers if join else [], self.linears, self.binders):
             for holder, names, name in SIBLINGS:
                 mods = [getattr(getattr(lay, holder), f"{n}_proj") for n in names]
-                fn = joined(mods)
-                if fn is not None:
-                    lin[name] = fn
+                both = joined(mods)
+                if both is not None:
+                    lin[name], bind[name] = both
                     done[name] += 1
         self.joins = (" and ".join(f"{'/'.join(names)} in {done[name]} of {len(self.layers)} layers"
                                    for _, names, name in SIBLINGS) + f" (inputs of up to {JOIN_MAX_ROWS} rows)"
@@ -208,9 +252,13 @@ class DecoderGraph:
         if native and why_not:
             raise GraphUnsupported(f"qbench's C kernels for the decoder's float work cannot run here: {why_not}")
         self.native = not why_not if native is None else bool(native)
-        self.float_ops = ("qbench's C kernels (decoder.c: RMSNorm with the residual add; a decode step's rotary "
-                          "embedding, cache write and attention)" if self.native else
-                          f"PyTorch ops in transformers' order ({why_not or 'asked for'})")
+        self.static_step = self.native and static_step
+        self._plans: dict = {}
+        self.float_ops = ("qbench's C kernels (decoder.c: RMSNorm with the residual add; the MLP's SiLU and "
+                          "gating; a decode step's rotary embedding, cache write and attention)" if self.native else
+                          f"PyTorch ops in transformers' order ({why_not or 'asked for'})") + (
+            "; each decode step a fixed list of calls on buffers allocated once (kernels bound to them where "
+            "they can be)" if self.static_step else "")
         self.seconds: Optional[dict[str, float]] = None
         self._plain: Optional[tuple] = None
         if profile:
@@ -315,8 +363,7 @@ class DecoderGraph:
         t = t1 - t0
         if self.native and t == 1:
             kc, vc = (self.k[i], self.v[i]) if b == self.batch else (self.k[i][:b], self.v[i][:b])
-            return native.decode_attention(q.contiguous(), k.contiguous(), v.contiguous(), kc, vc,
-                                           *self._rotary(t0), t0, self.scaling)
+            return native.decode_attention(q, k, v, kc, vc, *self._rotary(t0), t0, self.scaling)
         q = self._rope(q.view(b, t, -1, self.head_dim).transpose(1, 2), t0, t1)        # (B, H, T, D)
         self.k[i][:b, :, t0:t1] = self._rope(k.view(b, t, -1, self.head_dim).transpose(1, 2), t0, t1)
         self.v[i][:b, :, t0:t1] = v.view(b, t, -1, self.head_dim).transpose(1, 2)
@@ -325,8 +372,9 @@ class DecoderGraph:
             enable_gqa=self.heads != self.kv_heads)
         return o.transpose(1, 2).reshape(b * t, -1)
 
-    @staticmethod
-    def _act(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    def _act(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        if self.native:
+            return native.silu_mul(gate, up)
         return torch.nn.functional.silu(gate) * up
 
     @staticmethod
@@ -360,4 +408,106 @@ class DecoderGraph:
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B,) next tokens -> (B, vocab) logits of the position after them."""
+        if self.static_step:
+            return self._static(tokens)
         return self._run(tokens[:, None], self.pos)
+
+    # ------------------------------------------------------------------ the static decode step
+    def _plan(self, b: int) -> tuple:
+        """(x, pending, h, ops) for decode steps of b sequences: the residual stream, the last MLP output and the
+        norm output as buffers, and every call of the layers as (kind, a function of no arguments) on buffers
+        allocated here, in the order of _run: the same kernels and C functions on the same values."""
+        lib, p = native.lib(), native.ptr
+        hidden = self.embed.weight.shape[1]
+        new = lambda n: torch.empty(b, n, dtype=torch.float32)          # noqa: E731
+        x, pending, h, att = new(hidden), new(hidden), new(hidden), new(self.heads * self.head_dim)
+        d, kv, tmax = self.head_dim, self.kv_heads, self.max_tokens
+        ops = []
+
+        def rms(norm, src, res, xo):
+            args = (p(src), p(res), p(norm.weight), p(xo), p(h), b, hidden, norm.variance_epsilon,
+                    native.threads(b * hidden))
+
+            def run(keep=(norm, src, res, xo)):
+                if lib.qb_rmsnorm(*args):
+                    raise ValueError("native rmsnorm rejected its arguments")
+            return run
+
+        def attend(i, q, k, v):
+            kc, vc = self.k[i], self.v[i]
+            fixed = (p(q), p(k), p(v), p(kc), p(vc))
+            cos, sin, row = p(self.cos), p(self.sin), 4 * d
+
+            def run(keep=(q, k, v, kc, vc)):
+                t = self.pos
+                rc = lib.qb_decode_attention(*fixed, cos + row * t, sin + row * t, p(att), b, self.heads, kv, d, tmax,
+                                             t, self.scaling, q.stride(0), k.stride(0),
+                                             native.threads(2 * b * self.heads * (t + 1) * d))
+                if rc:
+                    raise ValueError(f"native decode_attention failed (code {rc})")
+            return run
+
+        def project(bind: dict, name: str, names: tuple, src: torch.Tensor) -> list:
+            if name in bind:
+                out = new(sum(self.sizes[name]))
+                ops.append(("linear", bind[name](src, out)))
+                return list(out.split(self.sizes[name], dim=1))
+            outs = [new(n) for n in self.sizes[name]]
+            ops.extend(("linear", bind[n](src, o)) for n, o in zip(names, outs))
+            return outs
+
+        for i, bind in enumerate(self.binders):
+            norm1, norm2 = self.norms[i]
+            ops.append(("norm", rms(norm1, x, pending if i else None, x)))
+            q, k, v = project(bind, "qkv", ("q", "k", "v"), h)
+            ops.append(("attention", attend(i, q, k, v)))
+            o = new(hidden)
+            ops.append(("linear", bind["o"](att, o)))
+            ops.append(("norm", rms(norm2, o, x, x)))
+            gate, up = project(bind, "gate_up", ("gate", "up"), h)
+            act = new(gate.shape[1])
+            args = (p(gate), p(up), p(act), b, act.shape[1], gate.stride(0), up.stride(0),
+                    native.threads(b * act.shape[1]))
+
+            def silu(args=args, keep=(gate, up, act)):
+                if lib.qb_silu_mul(*args):
+                    raise ValueError("native silu_mul rejected its arguments")
+            ops.append(("activation", silu))
+            ops.append(("linear", bind["down"](act, pending)))
+        ops.append(("norm", rms(self.norm, pending, x, x)))
+        return x, pending, h, ops
+
+    def _static(self, tokens: torch.Tensor) -> torch.Tensor:
+        """One decode step as a fixed list of calls (_plan), timed by kind when profiling."""
+        import time
+
+        b, t0 = tokens.shape[0], self.pos
+        if b > self.batch or t0 + 1 > self.max_tokens:
+            raise ValueError(f"qbench's decoder forward was set up for {self.batch} sequences of up to "
+                             f"{self.max_tokens} tokens; got {b} x {t0 + 1}")
+        if b not in self._plans:
+            self._plans[b] = self._plan(b)
+        x, _, h, ops = self._plans[b]
+        clock, sec = time.perf_counter, self.seconds
+        if sec is None:
+            x.copy_(self.embed(tokens[:, None]).view(b, -1))
+            for _, op in ops:
+                op()
+            logits = self._plain_head(h)
+        else:
+            s = clock()
+            x.copy_(self.embed(tokens[:, None]).view(b, -1))
+            sec["embedding"] += clock() - s
+            for kind, op in ops:
+                s = clock()
+                op()
+                sec[kind] += clock() - s
+            s = clock()
+            logits = self._plain_head(h)
+            sec["linear"] += clock() - s
+        self.pos = t0 + 1
+        return logits
+
+    def _plain_head(self, h: torch.Tensor) -> torch.Tensor:
+        """The LM head's logits for h (a new tensor: callers keep logits across steps)."""
+        return (self._plain[1] if self._plain is not None else self.lm_head)(h)

@@ -1,5 +1,6 @@
-"""decoder.c: qb_rmsnorm and qb_decode_attention against float64 references, over vector remainders, grouped
-queries, the first and later positions, one thread against two, the portable C loops, and the refusals."""
+"""decoder.c: qb_rmsnorm, qb_silu_mul and qb_decode_attention against float64 references, over vector remainders,
+grouped queries, the first and later positions, rows read with their own strides, one thread against two, the
+portable C loops, and the refusals."""
 from __future__ import annotations
 
 import pytest
@@ -74,6 +75,37 @@ def test_decode_attention_against_float64(b, h, kv, d, p):
     keep = torch.ones(kc.shape[2], dtype=torch.bool)
     keep[p] = False
     assert torch.equal(kc[:, :, keep], before_k[:, :, keep]) and torch.equal(vc[:, :, keep], before_v[:, :, keep])
+
+
+@needs_native
+def test_decode_attention_reads_column_views_of_one_output():
+    """q, k and v as column views of one joined projection output (row stride H D + 2 KV D): the same numbers
+    as from separate contiguous tensors, bit for bit, and the same cache rows."""
+    b, h, kv, d, p = 3, 8, 2, 32, 9
+    q, k, v, kc, vc, cos, sin = _case(b, h, kv, d, p + 4, p, seed=21)
+    joint = torch.cat([q, k, v], 1)
+    qj, kj, vj = joint.split([h * d, kv * d, kv * d], 1)
+    assert not qj.is_contiguous() and qj.stride(0) == joint.shape[1]
+    kc2, vc2 = kc.clone(), vc.clone()
+    want = native.decode_attention(q, k, v, kc, vc, cos, sin, p, 0.2)
+    assert torch.equal(native.decode_attention(qj, kj, vj, kc2, vc2, cos, sin, p, 0.2), want)
+    assert torch.equal(kc2, kc) and torch.equal(vc2, vc)
+    with pytest.raises(ValueError, match="inconsistent"):                 # k and v with different row strides
+        native.decode_attention(qj, kj, v, kc2, vc2, cos, sin, p, 0.2)
+
+
+@needs_native
+@pytest.mark.parametrize("rows,n", [(1, 1536), (3, 17), (2, 5), (16, 64)])
+def test_silu_mul_against_float64(rows, n):
+    g = torch.Generator().manual_seed(rows * 10 + n)
+    joint = torch.randn(rows, 2 * n, generator=g) * 4
+    gate, up = joint.split([n, n], 1)                                     # column views, as the graph gives them
+    want = gate.double() * torch.sigmoid(gate.double()) * up.double()
+    got = native.silu_mul(gate, up)
+    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(got, torch.nn.functional.silu(gate) * up, rtol=2e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="silu_mul"):
+        native.silu_mul(gate.double(), up)
 
 
 @needs_native

@@ -211,3 +211,35 @@ def test_siblings_that_cannot_join_run_apart():
     assert graph.joins.startswith("q/k/v in 0 of 2 layers and gate/up in 2 of 2 layers")
     ids = torch.randint(0, SMALL["vocab_size"], (1, 5), generator=torch.Generator().manual_seed(8))
     _agree(model, ids, steps=2, native=False)
+
+
+@pytest.mark.skipif(not NATIVE, reason="the static decode step runs on qbench's C kernels")
+@pytest.mark.parametrize("scheme", [None, W8A8, W4G16])
+@pytest.mark.parametrize("kind,extra", [("llama", WIDE), ("llama", {}), ("qwen2", WIDE)])
+def test_the_static_decode_step_gives_the_same_logits(scheme, kind, extra):
+    """A decode step as a fixed list of bound calls on buffers allocated once gives, bit for bit, what the same
+    graph computes call by call (static_step=False on a copy), for one and for all of its sequences, joined
+    siblings or not, biases (Qwen2) or not; the logits it returns are new tensors each step."""
+    import copy
+
+    model = _model(kind, seed=9, **extra)
+    if scheme:
+        quantize_(model, scheme)
+    ids = torch.randint(0, SMALL["vocab_size"], (3, 10), generator=torch.Generator().manual_seed(9))
+    calls = DecoderGraph(copy.deepcopy(model), 3, 20, static_step=False)
+    graph = DecoderGraph(model, 3, 20)
+    assert graph.static_step and not calls.static_step and "fixed list of calls" in graph.float_ops
+    for rows in (ids, ids[:1]):
+        with torch.no_grad():
+            a, b = calls.prefill(rows), graph.prefill(rows)
+            assert torch.equal(a, b)
+            before = None
+            for _ in range(4):
+                nxt = a.argmax(-1)
+                a, b = calls.step(nxt), graph.step(nxt)
+                assert torch.equal(a, b)
+                assert before is None or before.data_ptr() != b.data_ptr()
+                before = b
+    assert set(graph._plans) == {1, 3}
+    with pytest.raises(ValueError, match="got 4 x"):
+        graph.step(torch.zeros(4, dtype=torch.long))

@@ -1,7 +1,8 @@
-"""Kernel.join: sibling layers' states as one, for qbench's decoder forward. A joined state's forward gives, bit
-for bit, the parts' own outputs side by side (every kernel that joins; every row count through the tiles);
-the parts still give theirs afterwards, their codes now views of the joined state's (one copy in memory); the
-joined held weight is the parts' rows; what cannot be joined is refused with None."""
+"""Kernel.join and Kernel.bind, for qbench's decoder forward. A joined state's forward gives, bit for bit, the
+parts' own outputs side by side (every kernel that joins; every row count through the tiles); the parts still
+give theirs afterwards, their codes now views of the joined state's (one copy in memory); the joined held weight
+is the parts' rows; what cannot be joined is refused with None. A bound call writes forward's output into its
+buffer, bit for bit, again and again as the input buffer changes."""
 from __future__ import annotations
 
 import pytest
@@ -93,3 +94,32 @@ def test_parts_with_one_input_transform_join():
     want = torch.cat([kernel.forward(s, x) for s in states], 1)
     joined = kernel.join(states)
     assert joined is not None and torch.equal(kernel.forward(joined, x), want)
+
+
+@pytest.mark.parametrize("name,w_spec,a_spec", CASES, ids=[f"{c[0]}-{c[1].describe()}" for c in CASES])
+def test_a_bound_call_writes_forward_s_output(name, w_spec, a_spec):
+    require_kernel(name, w_spec, a_spec)
+    kernel = KERNELS.get(name)
+    state = _parts(kernel, w_spec, a_spec, sizes=[70])[0]
+    g = torch.Generator().manual_seed(5)
+    for m in (1, 3, 16):
+        x, y = torch.empty(m, 96), torch.full((m, 70), float("nan"))
+        run = kernel.bind(state, x, y)
+        assert run is not None
+        for _ in range(3):                                 # the same call on new contents of the same buffer
+            x.copy_(torch.randn(m, 96, generator=g))
+            run()
+            assert torch.equal(y, kernel.forward(state, x))
+    assert kernel.bind(state, torch.empty(2, 95), torch.empty(2, 70)) is None          # not its shapes
+    assert kernel.bind(state, torch.empty(2, 96).t().contiguous().t(), torch.empty(2, 70)) is None
+    if name.endswith("wo_native"):                          # past decode sizes forward dequantizes: no bound call
+        assert kernel.bind(state, torch.empty(17, 96), torch.empty(17, 70)) is None
+    assert KERNELS.get("reference").bind(state, torch.empty(1, 96), torch.empty(1, 70)) is None
+
+
+def test_a_state_with_an_input_transform_is_not_bound():
+    require_kernel("int8_native", W8, A_TOKEN)
+    kernel = KERNELS.get("int8_native")
+    q = rtn(torch.randn(64, 96), W8)
+    state = kernel.pack(QuantizedWeight(q.codes, q.scale, q.zero_point, W8, torch.rand(96) + 0.5), None, A_TOKEN)
+    assert kernel.bind(state, torch.empty(1, 96), torch.empty(1, 64)) is None

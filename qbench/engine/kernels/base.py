@@ -83,6 +83,13 @@ class Kernel:
         parts' rows one after another (per tensor specs become per channel: each part keeps its own scale)."""
         return None
 
+    def bind(self, state: KernelState, x: torch.Tensor, y: torch.Tensor):
+        """A function of no arguments that computes forward(state, x) into y, for buffers a loop fills and reads
+        again and again with the same shapes (qbench's decoder forward's decode step): x (M, K) and y (M, N)
+        contiguous float32, fixed for the function's life. None where this kernel has no such path (the
+        default); the caller then calls forward and copies."""
+        return None
+
     def state_nbytes(self, state: KernelState) -> int:
         """Bytes the packed state keeps for the weight: its held tensors (an opaque library object overrides)."""
         return sum(t.numel() * t.element_size() for t in state.held_tensors().values())

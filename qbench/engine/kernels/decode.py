@@ -117,6 +117,18 @@ class _NativeWeightOnly(Kernel):
         y = self._gemm(state, xf) if xf.shape[0] <= DECODE_MAX_M else self._dequant_matmul(state, xf)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
+    def bind(self, state, x, y):
+        """The decode-sized C call (M <= DECODE_MAX_M) with its arguments fixed, for float32 contiguous buffers."""
+        m, n = x.shape[0], state.s.shape[0]
+        if (state.pre is not None or m > DECODE_MAX_M or x.dtype != torch.float32 or y.dtype != torch.float32
+                or not x.is_contiguous() or not y.is_contiguous() or tuple(x.shape) != (m, state.k)
+                or tuple(y.shape) != (m, n)):
+            return None
+        return self._bound(state, x, y)
+
+    def _bound(self, state, x, y):
+        return None
+
     def _dequant_matmul(self, state, xf):
         """Compute-bound M: dequantize to fp32 and let torch's matmul run. A weight larger than CHUNK_BYTES is
         dequantized a block of rows at a time into a cache-sized buffer: (rows, K) @ x^T -> rows of y^T."""
@@ -201,6 +213,20 @@ class Int8WeightOnlyNative(_NativeWeightOnly):
         g = state.groups
         return native.wo8_gemm(state.codes, xf, _x_group_sums(xf, g).contiguous(), state.s, state.zc, state.bias, g)
 
+    def _bound(self, state, x, y):
+        g, (m, k), n, p = state.groups, x.shape, y.shape[1], native.ptr
+        xg = torch.empty(m, g)
+        fn = native.lib().qb_wo8_gemm
+        args = (p(state.codes), p(x), p(xg), p(state.s), p(state.zc), p(state.bias), p(y), m, n, k, g,
+                native.threads(m * n * k))
+
+        def run(keep=(state, x, y)):                       # keep: the buffers the addresses point into
+            xg.copy_(_x_group_sums(x, g))                 # as forward takes them
+            rc = fn(*args)
+            if rc:
+                raise ValueError(f"native wo8_gemm rejected its arguments (code {rc})")
+        return run
+
     def _dequant(self, state, r0, r1):
         return native.wo8_dequant(state.codes[r0:r1], state.s[r0:r1], state.zc[r0:r1], state.groups)
 
@@ -239,6 +265,20 @@ class Int4WeightOnlyNative(_NativeWeightOnly):
         if xf.shape[1] == k and k % 16:
             xf = torch.nn.functional.pad(xf, (0, native.padded_columns(k) - k))   # padded columns: code 0, x 0
         return native.wo4_gemm(state.codes, xf, state.s, state.zc, state.bias, k, state.groups)
+
+    def _bound(self, state, x, y):
+        (m, k), n, p = x.shape, y.shape[1], native.ptr
+        if k % 16:                                         # the kernel reads x padded to 16 columns
+            return None
+        fn = native.lib().qb_wo4_gemm
+        args = (p(state.codes), p(x), p(state.s), p(state.zc), p(state.bias), p(y), m, n, k, state.groups,
+                native.threads(m * n * k))
+
+        def run(keep=(state, x, y)):                       # keep: the buffers the addresses point into
+            rc = fn(*args)
+            if rc:
+                raise ValueError(f"native wo4_gemm rejected its arguments (code {rc})")
+        return run
 
     def _dequant(self, state, r0, r1):
         return native.wo4_dequant(state.codes[r0:r1], state.s[r0:r1], state.zc[r0:r1], state.k, state.groups)

@@ -72,6 +72,11 @@ def unpack_nibble_panels(flat: torch.Tensor, n: int, k: int) -> torch.Tensor:
     return c.permute(0, 2, 1, 3, 4).reshape(npad, kpad)[:n, :k]
 
 
+def _f32_buffer(t: torch.Tensor, shape: tuple) -> bool:
+    """t is a contiguous float32 CPU tensor of this shape (what a bound call writes into or reads from)."""
+    return t.dtype == torch.float32 and t.is_cpu and t.is_contiguous() and tuple(t.shape) == shape
+
+
 def _padded(t: torch.Tensor, n: int) -> torch.Tensor:
     return torch.nn.functional.pad(t, (0, -(-n // PANEL) * PANEL - n)).contiguous()
 
@@ -93,36 +98,39 @@ class FusedState(KernelState):
     meta16: bool = False             # groups of <= META16_GROUP: csum holds csum | zc << 16 per word, zc is None
 
 
+def _call(state: FusedState, x: torch.Tensor, out: torch.Tensor, exact: bool = False):
+    """(the C function, its arguments) computing `out` from x: y (M, N) float32, or with exact the int32 sums."""
+    a, static = state.a, state.static
+    m, n, p, lib = x.shape[0], state.n, native.ptr, native.lib()
+    act = (int(a.granularity == "per_token"), int(a.symmetric), int(a.signed), a.bits, int(static is not None),
+           *(static or (1.0, 0)), native.threads(m * n * state.k))
+    if state.groups > 1:
+        return lib.qb_w4a8_group_gemm, (p(x), p(state.wp), p(state.csum), p(state.zc), p(state.ws), p(state.bias),
+                                        p(out), m, n, state.k, state.groups, *act, int(state.meta16))
+    return (lib.qb_w4a8_gemm if state.w4 else lib.qb_w8a8_gemm), (
+        p(x), p(state.wp), p(state.csum), p(state.zc), p(state.ws), p(state.bias), None if exact else p(out),
+        p(out) if exact else None, m, n, state.k, *act)
+
+
+def _failed(state: FusedState, rc: int) -> ValueError:
+    return ValueError(("w4a8_native: " if state.w4 else "int8_native: ") + (
+        "out of memory for its row buffers" if rc == 2 else f"the C kernel rejected its arguments (code {rc})"))
+
+
 def gemm(state: FusedState, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
     """x (M, K) float32 contiguous -> y (M, N) float32; exact=True returns the int32 sums
     sum_k (u - za)(c - zc) instead (no rescale, no bias), for checking against integer arithmetic."""
     if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 2 or x.shape[1] != state.k:
         raise ValueError(f"the fused kernel needs a contiguous float32 (M, {state.k}) input, got "
                          f"{tuple(x.shape)} {x.dtype}")
-    a, static = state.a, state.static
-    m, n = x.shape[0], state.n
     if state.groups > 1 and exact:
         raise ValueError("w4a8_native with weight groups has no single int32 sum per output (each group's sum is "
                          "rescaled by its own scale)")
-    out = torch.empty(m, n, dtype=torch.int32 if exact else torch.float32)
-    p = native.ptr
-    if state.groups > 1:
-        rc = native.lib().qb_w4a8_group_gemm(
-            p(x), p(state.wp), p(state.csum), p(state.zc), p(state.ws), p(state.bias), p(out), m, n, state.k,
-            state.groups, int(a.granularity == "per_token"), int(a.symmetric), int(a.signed), a.bits,
-            int(static is not None), *(static or (1.0, 0)), native.threads(m * n * state.k), int(state.meta16))
-        if rc:
-            raise ValueError(f"w4a8_native: the C kernel rejected its arguments (code {rc})" if rc != 2 else
-                             "w4a8_native: out of memory for its row buffers")
-        return out
-    rc = (native.lib().qb_w4a8_gemm if state.w4 else native.lib().qb_w8a8_gemm)(
-        p(x), p(state.wp), p(state.csum), p(state.zc), p(state.ws), p(state.bias),
-        None if exact else p(out), p(out) if exact else None, m, n, state.k,
-        int(a.granularity == "per_token"), int(a.symmetric), int(a.signed), a.bits, int(static is not None),
-        *(static or (1.0, 0)), native.threads(m * n * state.k))
+    out = torch.empty(x.shape[0], state.n, dtype=torch.int32 if exact else torch.float32)
+    fn, args = _call(state, x, out, exact)
+    rc = fn(*args)
     if rc:
-        raise ValueError(("w4a8_native: " if state.w4 else "int8_native: ") + ("out of memory for its row buffers" if rc == 2 else
-                                            f"the C kernel rejected its arguments (code {rc})"))
+        raise _failed(state, rc)
     return out
 
 
@@ -211,6 +219,19 @@ class Int8Native(Kernel):
         for s in states:                                  # each part's codes: a view of the joined panels
             s.wp, at = wp[at:at + s.wp.numel()], at + s.wp.numel()
         return joined
+
+    def bind(self, state, x, y):
+        """One C call with its arguments fixed: x and y float32 contiguous (M, K) and (M, N) buffers."""
+        if (state.pre is not None or not _f32_buffer(x, (x.shape[0], state.k))
+                or not _f32_buffer(y, (x.shape[0], state.n))):
+            return None
+        fn, args = _call(state, x, y)
+
+        def run(keep=(state, x, y)):                       # keep: the buffers the addresses point into
+            rc = fn(*args)
+            if rc:
+                raise _failed(state, rc)
+        return run
 
     def held_weight(self, state):
         n, spec = state.n, state.spec

@@ -229,26 +229,50 @@ def rmsnorm(x: torch.Tensor, w: torch.Tensor, eps: float,
     return xo, h
 
 
+def _rows(*ts: torch.Tensor) -> bool:
+    """Every tensor float32, 2-D, on the CPU, its rows contiguous (any row stride: column views of a wider output)."""
+    for t in ts:
+        if t.dtype != torch.float32 or not t.is_cpu or t.dim() != 2 or (t.shape[1] > 1 and t.stride(1) != 1):
+            return False
+    return True
+
+
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
                      cos: torch.Tensor, sin: torch.Tensor, p: int, scale: float) -> torch.Tensor:
     """One decode step's attention (qb_decode_attention, decoder.c): q (B, H * D), k and v (B, KV * D) the new
-    token's projections; kc, vc (B, KV, Tmax, D) the caches, written at position p; cos, sin (D,) the rotary
-    table's row for p -> (B, H * D) float32: rotary on q and k, then softmax(scale q . K[0..p]) V[0..p] per head,
-    query head h reading key/value head h // (H // KV)."""
+    token's projections (rows contiguous; k and v with one row stride, e.g. column views of one joined output); kc,
+    vc (B, KV, Tmax, D) the caches, written at position p; cos, sin (D,) the rotary table's row for p -> (B, H * D)
+    float32: rotary on q and k, then softmax(scale q . K[0..p]) V[0..p] per head, query head h reading key/value
+    head h // (H // KV)."""
     b, kv, tmax, d = kc.shape
     heads = q.shape[-1] // d if d else 0
-    if (not _f32(q, k, v, kc, vc, cos, sin) or q.shape != (b, heads * d) or k.shape != (b, kv * d)
-            or v.shape != k.shape or vc.shape != kc.shape or cos.shape != (d,) or sin.shape != (d,)
-            or heads < 1 or heads % kv or not 0 <= p < tmax):
+    if (not _f32(kc, vc, cos, sin) or not _rows(q, k, v) or q.shape != (b, heads * d) or k.shape != (b, kv * d)
+            or v.shape != k.shape or k.stride(0) != v.stride(0) or vc.shape != kc.shape or cos.shape != (d,)
+            or sin.shape != (d,) or heads < 1 or heads % kv or not 0 <= p < tmax):
         raise ValueError(f"native decode_attention: inconsistent float32 shapes q {tuple(q.shape)}, k "
                          f"{tuple(k.shape)}, v {tuple(v.shape)}, caches {tuple(kc.shape)}, rotary {tuple(cos.shape)} "
                          f"at position {p}")
     out = torch.empty(b, heads * d, dtype=torch.float32)
     rc = lib().qb_decode_attention(ptr(q), ptr(k), ptr(v), ptr(kc), ptr(vc), ptr(cos), ptr(sin), ptr(out), b, heads,
-                                   kv, d, tmax, p, scale, threads(2 * b * heads * (p + 1) * d))
+                                   kv, d, tmax, p, scale, q.stride(0), k.stride(0),
+                                   threads(2 * b * heads * (p + 1) * d))
     if rc:
         raise ValueError("native decode_attention: out of memory for its buffers" if rc == 2 else
                          f"native decode_attention rejected its arguments (code {rc})")
+    return out
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up (qb_silu_mul, decoder.c) for gate and up (M, N) float32 with contiguous rows (any row
+    strides: column views of one joined output) -> (M, N) float32."""
+    if not _rows(gate, up) or gate.shape != up.shape:
+        raise ValueError(f"native silu_mul needs float32 (M, N) gate and up with contiguous rows; got "
+                         f"{tuple(gate.shape)} {gate.dtype} and {tuple(up.shape)} {up.dtype}")
+    m, n = gate.shape
+    out = torch.empty(m, n, dtype=torch.float32)
+    rc = lib().qb_silu_mul(ptr(gate), ptr(up), ptr(out), m, n, gate.stride(0), up.stride(0), threads(m * n))
+    if rc:
+        raise ValueError(f"native silu_mul rejected its arguments (code {rc})")
     return out
 
 

@@ -135,7 +135,9 @@ def declare(lib: ctypes.CDLL) -> None:
     lib.qb_rmsnorm.argtypes = [_P, _P, _P, _P, _P, _I64, _I64, ctypes.c_float, _INT]
     lib.qb_decode_attention.restype = _INT
     lib.qb_decode_attention.argtypes = [_P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64,
-                                        ctypes.c_float, _INT]
+                                        ctypes.c_float, _I64, _I64, _INT]
+    lib.qb_silu_mul.restype = _INT
+    lib.qb_silu_mul.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _INT]
     lib.qb_w4a8_group_gemm.restype = _INT
     lib.qb_w4a8_group_gemm.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT, _INT, _INT, _INT,
                                        _INT, ctypes.c_float, ctypes.c_int32, _INT, _INT]

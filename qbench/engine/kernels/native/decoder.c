@@ -1,5 +1,5 @@
-/* The float work around a decoder layer's linears, for qbench's decoder forward (engine/graph.py): qb_rmsnorm and
- * qb_decode_attention. Part of qbench's native library; qbench_cpu.h maps its files.
+/* The float work around a decoder layer's linears, for qbench's decoder forward (engine/graph.py): qb_rmsnorm,
+ * qb_silu_mul and qb_decode_attention. Part of qbench's native library; qbench_cpu.h maps its files.
  *
  * A decode step of a small LLM is mostly per-op overhead once its linears are fast: transformers' RMSNorm is six
  * PyTorch ops, the rotary embedding nine a tensor, and the attention of one new token over the cache a handful
@@ -8,8 +8,10 @@
  *
  *   qb_rmsnorm           xo = x + res (when res is given: the residual add before the norm), then per row
  *                        h = (xo * (1 / sqrt(mean(xo^2) + eps))) * w
+ *   qb_silu_mul          out = silu(gate) * up per row (silu(x) = x / (1 + exp(-x))): the MLP's activation and
+ *                        gating, gate and up read with their own row strides (column views of one joined output)
  *   qb_decode_attention  for B sequences at position p, with q (B, H * D), k and v (B, KV * D) the new token's
- *                        projections: the rotary embedding of q and k (rotate_half: for i < D / 2,
+ *                        projections (rows qs, and for k and v kvs, floats apart: column views of one output): the rotary embedding of q and k (rotate_half: for i < D / 2,
  *                        x[i] cos[i] - x[i + D/2] sin[i] and x[i + D/2] cos[i + D/2] + x[i] sin[i + D/2]);
  *                        k and v written to the caches kc, vc (B, KV, Tmax, D) at position p; then per query head
  *                        h (key/value head h / (H / KV)): softmax(scale * q . kc[0 .. p]) @ vc[0 .. p] -> out
@@ -77,12 +79,43 @@ int qb_rmsnorm(const float *x, const float *res, const float *w, float *xo, floa
     return 0;
 }
 
+/* ------------------------------------------------------------------ qb_silu_mul */
+
+typedef struct { const float *g, *u; float *out; int64_t N, gs, us; } silu_t;
+
+static void silu_task(void *ctx, int64_t lo, int64_t hi) {
+    const silu_t *a = (const silu_t *)ctx;
+    for (int64_t m = lo; m < hi; m++) {
+        const float *g = a->g + m * a->gs, *u = a->u + m * a->us;
+        float *o = a->out + m * a->N;
+        int64_t i = 0;
+#ifdef QB_AVX512
+        const __m512 one = _mm512_set1_ps(1.0f);
+        for (; i < a->N; i += 16) {
+            const __mmask16 mk = tail16(a->N - i);
+            const __m512 x = _mm512_maskz_loadu_ps(mk, g + i);
+            const __m512 sx = _mm512_div_ps(x, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+            _mm512_mask_storeu_ps(o + i, mk, _mm512_mul_ps(sx, _mm512_maskz_loadu_ps(mk, u + i)));
+        }
+#endif
+        for (; i < a->N; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
+}
+
+int qb_silu_mul(const float *gate, const float *up, float *out, int64_t M, int64_t N, int64_t gate_stride,
+                int64_t up_stride, int threads) {
+    if (M < 0 || N < 1 || gate_stride < N || up_stride < N) return 1;
+    silu_t a = {gate, up, out, N, gate_stride, up_stride};
+    parallel_for(silu_task, &a, M, threads, 1);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ qb_decode_attention */
 
 typedef struct {
     const float *q, *k, *v, *cos, *sin;
     float *kc, *vc, *out;
-    int64_t H, KV, D, Tmax, p;
+    int64_t H, KV, D, Tmax, p, qs, kvs;
     float scale;
     _Atomic int *oom;
 } dec_t;
@@ -153,12 +186,12 @@ static void dec_task(void *ctx, int64_t lo, int64_t hi) {
     for (int64_t bj = lo; bj < hi; bj++) {
         const int64_t b = bj / a->KV, j = bj % a->KV;
         float *kc = a->kc + (bj * a->Tmax) * D, *vc = a->vc + (bj * a->Tmax) * D;
-        rotate(a->k + (b * a->KV + j) * D, a->cos, a->sin, kc + a->p * D, D);
-        const float *v = a->v + (b * a->KV + j) * D;
+        rotate(a->k + b * a->kvs + j * D, a->cos, a->sin, kc + a->p * D, D);
+        const float *v = a->v + b * a->kvs + j * D;
         for (int64_t i = 0; i < D; i++) vc[a->p * D + i] = v[i];
         for (int64_t g = 0; g < groups; g++) {
             const int64_t h = j * groups + g;
-            rotate(a->q + (b * a->H + h) * D, a->cos, a->sin, qr, D);
+            rotate(a->q + b * a->qs + h * D, a->cos, a->sin, qr, D);
             for (int64_t t = 0; t < n; t++) scores[t] = dot(qr, kc + t * D, D) * a->scale;
             softmax_row(scores, n);
             weighted_rows(scores, vc, n, D, a->out + (b * a->H + h) * D);
@@ -169,10 +202,10 @@ static void dec_task(void *ctx, int64_t lo, int64_t hi) {
 
 int qb_decode_attention(const float *q, const float *k, const float *v, float *kc, float *vc, const float *cos,
                         const float *sin, float *out, int64_t B, int64_t H, int64_t KV, int64_t D, int64_t Tmax,
-                        int64_t p, float scale, int threads) {
-    if (B < 1 || KV < 1 || H % KV || D < 2 || D % 2 || p < 0 || p >= Tmax) return 1;
+                        int64_t p, float scale, int64_t qs, int64_t kvs, int threads) {
+    if (B < 1 || KV < 1 || H % KV || D < 2 || D % 2 || p < 0 || p >= Tmax || qs < H * D || kvs < KV * D) return 1;
     _Atomic int oom = 0;
-    dec_t a = {q, k, v, cos, sin, kc, vc, out, H, KV, D, Tmax, p, scale, &oom};
+    dec_t a = {q, k, v, cos, sin, kc, vc, out, H, KV, D, Tmax, p, qs, kvs, scale, &oom};
     parallel_for(dec_task, &a, B * KV, threads, 1);
     return atomic_load(&oom) ? 2 : 0;
 }

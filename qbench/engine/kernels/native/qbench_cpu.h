@@ -43,6 +43,7 @@
  *                                    per row, the output rescaled
  *   decoder.c       the float work around a decoder layer's linears (engine/graph.py's decoder forward)
  *                   qb_rmsnorm       per row: optional residual add, then RMSNorm times its weight
+ *                   qb_silu_mul      per row: silu(gate) * up, gate and up with their own row strides
  *                   qb_decode_attention  one decode step's attention: rotary embedding of q and k, k and v
  *                                    written to the KV cache, softmax(q K^T) V per head, grouped queries
  *
@@ -249,5 +250,7 @@ int qb_rmsnorm(const float *x, const float *res, const float *w, float *xo, floa
                int threads);
 int qb_decode_attention(const float *q, const float *k, const float *v, float *kc, float *vc, const float *cos,
                         const float *sin, float *out, int64_t B, int64_t H, int64_t KV, int64_t D, int64_t Tmax,
-                        int64_t p, float scale, int threads);
+                        int64_t p, float scale, int64_t qs, int64_t kvs, int threads);
+int qb_silu_mul(const float *gate, const float *up, float *out, int64_t M, int64_t N, int64_t gate_stride,
+                int64_t up_stride, int threads);
 #endif
