@@ -2,7 +2,7 @@
 (transformers) and through qbench's decoder forward (measure.lm_forward: qbench), beside llama.cpp, round-robin.
 
     python benchmarks/decode.py [EXPERIMENT] [--model smollm2-135m] [--schemes w4a8-g64-head,llamacpp-q4_0]
-                                [--rounds 8] [--decode-tokens 16] [--apart] [--json out.json]
+                                [--rounds 8] [--decode-tokens 16] [--apart] [--op-by-op] [--json out.json]
 
 Every round runs every variant once on the same prompt (the experiment's first workload, seq_len tokens, batch 1):
 a prefill and `decode-tokens` greedy steps (metrics.lm.prefill_decode, as a run's cells time them). The machine's
@@ -18,7 +18,8 @@ norms, activation, embedding, and the rest: Python and PyTorch glue), the median
 the variant could reach with its linears free.
 
 With --apart, every qbench-forward variant also runs with its sibling projections one call each (DecoderGraph
-join=False, on a copy of the model made before the join), and the joined / apart ratios are printed.
+join=False, on a copy of the model made before the join); with --op-by-op, also with its decode steps called op by
+op instead of as the static step (DecoderGraph static_step=False); the ratios to each are printed.
 """
 from __future__ import annotations
 
@@ -61,6 +62,8 @@ def main() -> None:
     ap.add_argument("--decode-tokens", type=int, default=16)
     ap.add_argument("--apart", action="store_true", help="also time each qbench-forward variant with q/k/v and "
                     "gate/up one call each (join=False)")
+    ap.add_argument("--op-by-op", action="store_true", help="also time each qbench-forward variant with its decode "
+                    "steps called op by op (static_step=False)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -90,6 +93,8 @@ def main() -> None:
         if args.apart:                                   # a copy made before the join: its own separate weights
             variants[f"{name} (qbench apart)"] = DecoderGraph(copy.deepcopy(model), 1, tokens, join=False)
         variants[f"{name} (qbench)"] = DecoderGraph(model, 1, tokens)
+        if args.op_by_op:
+            variants[f"{name} (qbench op by op)"] = DecoderGraph(model, 1, tokens, static_step=False)
 
     variants = {"fp32 (own)": loaded.model}
     qbench_forward("fp32", loaded.model)
@@ -148,17 +153,20 @@ def main() -> None:
                 out["ratios"].setdefault(phase, {}).setdefault(name, {})[label] = ratio
                 cols.append(f"{ratio[0]:6.2f}x [{ratio[1]:.2f}, {ratio[2]:.2f}]")
             print(f"{name:28s} {statistics.median(ms):8.2f}  " + "  ".join(f"{c:>24s}" for c in cols))
-    if args.apart:
-        print("\nsibling projections joined: apart ms / joined ms, median of the per-round ratios [p10, p90]")
+    for suffix, what in ((" apart)", "sibling projections joined: apart ms / joined ms"),
+                         (" op by op)", "the static decode step: op-by-op ms / static ms")):
+        if not any(name.endswith(suffix) for name in variants):
+            continue
+        print(f"\n{what}, median of the per-round ratios [p10, p90]")
         for name in variants:
-            if name.endswith("(qbench apart)"):
-                joined = name.replace(" apart)", ")")
+            if name.endswith(suffix):
+                mine = name.replace(suffix, ")")
                 cols = []
                 for phase in ("prefill", "decode"):
-                    ratio = ratio_spread(times[name][phase], times[joined][phase])
-                    out["ratios"].setdefault(phase, {}).setdefault(joined, {})["vs apart"] = ratio
+                    ratio = ratio_spread(times[name][phase], times[mine][phase])
+                    out["ratios"].setdefault(phase, {}).setdefault(mine, {})[f"vs{suffix[:-1]}"] = ratio
                     cols.append(f"{phase} {ratio[0]:.3f}x [{ratio[1]:.3f}, {ratio[2]:.3f}]")
-                print(f"{joined:28s} " + "  ".join(cols))
+                print(f"{mine:28s} " + "  ".join(cols))
     print("\ndecode step by kind, qbench forward (median of 10 profiled steps; ms and share of the step)")
     out["profile"] = {}
     for name, v in variants.items():
