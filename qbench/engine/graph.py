@@ -490,13 +490,13 @@ class DecoderGraph:
         x, _, h, ops = self._plans[b]
         clock, sec = time.perf_counter, self.seconds
         if sec is None:
-            x.copy_(self.embed(tokens[:, None]).view(b, -1))
+            self._embed_into(tokens, x)
             for _, op in ops:
                 op()
             logits = self._plain_head(h)
         else:
             s = clock()
-            x.copy_(self.embed(tokens[:, None]).view(b, -1))
+            self._embed_into(tokens, x)
             sec["embedding"] += clock() - s
             for kind, op in ops:
                 s = clock()
@@ -507,6 +507,14 @@ class DecoderGraph:
             sec["linear"] += clock() - s
         self.pos = t0 + 1
         return logits
+
+    def _embed_into(self, tokens: torch.Tensor, x: torch.Tensor) -> None:
+        """x = the embeddings of tokens (B,): the rows of an nn.Embedding's weight gathered into x, another module's
+        output copied."""
+        if type(self.embed) is nn.Embedding:
+            torch.index_select(self.embed.weight, 0, tokens, out=x)
+        else:
+            x.copy_(self.embed(tokens[:, None]).view(x.shape))
 
     def _plain_head(self, h: torch.Tensor) -> torch.Tensor:
         """The LM head's logits for h (a new tensor: callers keep logits across steps)."""
