@@ -243,3 +243,33 @@ def test_the_static_decode_step_gives_the_same_logits(scheme, kind, extra):
     assert set(graph._plans) == {1, 3}
     with pytest.raises(ValueError, match="got 4 x"):
         graph.step(torch.zeros(4, dtype=torch.long))
+
+
+@pytest.mark.skipif(not NATIVE, reason="the static decode step runs on qbench's C kernels")
+def test_the_static_step_with_input_transforms_and_static_activations():
+    """SmoothQuant with static activation ranges: q/k/v (their smoothing folded into the norm before them) share
+    their static qparams and join; o and down keep an input transform, so they have no bound call (Kernel.bind)
+    and the static step calls their forward and copies the output into its buffer; the logits stay those of the
+    op-by-op path, bit for bit."""
+    import copy
+
+    model = _model(seed=10, **WIDE)
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(10))
+    quantize_(model, {"name": "sq", "weights": {"bits": 8, "granularity": "per_channel"},
+                      "activations": {"bits": 8, "signed": False, "symmetric": False, "granularity": "per_tensor",
+                                      "dynamic": False},
+                      "method": {"name": "smoothquant", "alpha": 0.5}, "calibration": {"dataset": "text", "size": 4}},
+              calibrate=lambda m: m(ids))
+    attn = model.model.layers[0].self_attn
+    assert attn.o_proj.state.pre is not None and attn.q_proj.state.static is not None
+    assert attn.o_proj.kernel.bind(attn.o_proj.state, torch.empty(2, 128), torch.empty(2, 128)) is None
+    calls = DecoderGraph(copy.deepcopy(model), 2, 20, static_step=False)
+    graph = DecoderGraph(model, 2, 20)
+    assert "q/k/v in 2 of 2 layers" in graph.joins
+    with torch.no_grad():
+        a, b = calls.prefill(ids), graph.prefill(ids)
+        assert torch.equal(a, b)
+        for _ in range(3):
+            nxt = a.argmax(-1)
+            a, b = calls.step(nxt), graph.step(nxt)
+            assert torch.equal(a, b)
