@@ -24,7 +24,8 @@ On the C path a decode step is static (`static_step`, the default there): for ea
 are laid out once as a list over buffers allocated once, each quantized linear bound to its buffers
 (Kernel.bind: the C call with its arguments converted once), each float linear a matmul into its buffer, so a
 step runs ~250 C calls and no argument checks or allocations between them. On SmolLM2-135M that took W4A8 g64's
-decode step from 6.9 to 4.9 ms, the logits bit for bit those of the same graph called op by op.
+decode step from 6.7 to 4.6 ms (benchmarks/decode.py --op-by-op), the logits bit for bit those of the same graph
+called op by op. The thread counts of the bound calls are the ones torch had when the step was first laid out.
 
 It computes what the model's own forward computes for unpadded input (the timing path's input). It refuses, with
 the reason, what it does not cover: other architectures, sliding-window or dynamically rescaled rotary attention
@@ -418,7 +419,7 @@ class DecoderGraph:
         norm output as buffers, and every call of the layers as (kind, a function of no arguments) on buffers
         allocated here, in the order of _run: the same kernels and C functions on the same values."""
         lib, p = native.lib(), native.ptr
-        hidden = self.embed.weight.shape[1]
+        hidden = self.model.config.hidden_size
         new = lambda n: torch.empty(b, n, dtype=torch.float32)          # noqa: E731
         x, pending, h, att = new(hidden), new(hidden), new(hidden), new(self.heads * self.head_dim)
         d, kv, tmax = self.head_dim, self.kv_heads, self.max_tokens

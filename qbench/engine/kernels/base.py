@@ -86,8 +86,8 @@ class Kernel:
     def bind(self, state: KernelState, x: torch.Tensor, y: torch.Tensor):
         """A function of no arguments that computes forward(state, x) into y, for buffers a loop fills and reads
         again and again with the same shapes (qbench's decoder forward's decode step): x (M, K) and y (M, N)
-        contiguous float32, fixed for the function's life. None where this kernel has no such path (the
-        default); the caller then calls forward and copies."""
+        contiguous float32, fixed for the function's life, as is the thread count (torch's at bind time). None
+        where this kernel has no such path (the default); the caller then calls forward and copies."""
         return None
 
     def state_nbytes(self, state: KernelState) -> int:
