@@ -10,9 +10,9 @@ cache allocated once, with the float work around the linears either
 - in PyTorch ops, the same ones in the same order as transformers: logits bit for bit equal to the model's own
   forward (tests), or
 - in qbench's C kernels (native/decoder.c, the default on a float32 CPU model): the residual add fused into each
-  RMSNorm, the MLP's SiLU and gating in one pass, and a decode step's rotary embedding, cache write and attention
-  in one call. Equal to float32 rounding
-  on a float model (3e-5 at most in SmolLM2-135M's logits); with int8 activations a rounding difference can move
+  RMSNorm, the MLP's SiLU and gating in one pass, a decode step's rotary embedding, cache write and attention
+  in one call, and a prefill's rotary embedding and cache write in one call before torch's SDPA. Equal to float32 rounding
+  on a float model (3e-5 to 5e-5 at most in SmolLM2-135M's logits); with int8 activations a rounding difference can move
   an activation code by one step, so a quantized model's logits differ more (SmolLM2-135M W4A8 g64 over a prompt
   and 16 decode steps: KL 0.021 from its own forward's, against 0.48 between it and the float model).
 
@@ -195,7 +195,8 @@ class DecoderGraph:
     prefill(ids) -> (B, vocab) logits of the last position; step(tokens (B,)) -> (B, vocab) logits of the next.
 
     The float work around the linears runs in qbench's C kernels (decoder.c: the residual add fused into each
-    RMSNorm, and a decode step's rotary embedding, cache write and attention in one call) where `native` is true;
+    RMSNorm, the MLP's SiLU and gating, a decode step's rotary embedding, cache write and attention in one call,
+    a prefill's rotary embedding and cache write in one call) where `native` is true;
     None picks them for a float32 CPU model where the native library loads. Otherwise, or False, PyTorch ops in
     transformers' own order. `float_ops` says which ran. With `join` (the default), at decode sizes (up to
     JOIN_MAX_ROWS rows) a layer's q, k and v projections run as one call, and its gate and up projections as
@@ -256,7 +257,8 @@ class DecoderGraph:
         self.static_step = self.native and static_step
         self._plans: dict = {}
         self.float_ops = ("qbench's C kernels (decoder.c: RMSNorm with the residual add; the MLP's SiLU and "
-                          "gating; a decode step's rotary embedding, cache write and attention)" if self.native else
+                          "gating; a decode step's rotary embedding, cache write and attention; a prefill's rotary "
+                          "embedding and cache write, before torch's SDPA)" if self.native else
                           f"PyTorch ops in transformers' order ({why_not or 'asked for'})") + (
             "; each decode step a fixed list of calls on buffers allocated once (kernels bound to them where "
             "they can be)" if self.static_step else "")
@@ -362,12 +364,15 @@ class DecoderGraph:
         """(B * T, H * D) queries, (B * T, KV * D) keys and values of positions t0..t1-1 -> (B * T, H * D)
         attention output, the cache written at t0..t1-1."""
         t = t1 - t0
-        if self.native and t == 1:
+        if self.native:
             kc, vc = (self.k[i], self.v[i]) if b == self.batch else (self.k[i][:b], self.v[i][:b])
-            return native.decode_attention(q, k, v, kc, vc, *self._rotary(t0), t0, self.scaling)
-        q = self._rope(q.view(b, t, -1, self.head_dim).transpose(1, 2), t0, t1)        # (B, H, T, D)
-        self.k[i][:b, :, t0:t1] = self._rope(k.view(b, t, -1, self.head_dim).transpose(1, 2), t0, t1)
-        self.v[i][:b, :, t0:t1] = v.view(b, t, -1, self.head_dim).transpose(1, 2)
+            if t == 1:
+                return native.decode_attention(q, k, v, kc, vc, *self._rotary(t0), t0, self.scaling)
+            q = native.prefill_rotary(q, k, v, kc, vc, self.cos, self.sin, t0, t)                # (B, H, T, D)
+        else:
+            q = self._rope(q.view(b, t, -1, self.head_dim).transpose(1, 2), t0, t1)        # (B, H, T, D)
+            self.k[i][:b, :, t0:t1] = self._rope(k.view(b, t, -1, self.head_dim).transpose(1, 2), t0, t1)
+            self.v[i][:b, :, t0:t1] = v.view(b, t, -1, self.head_dim).transpose(1, 2)
         o = torch.nn.functional.scaled_dot_product_attention(
             q, self.k[i][:b, :, :t1], self.v[i][:b, :, :t1], is_causal=t0 == 0 and t > 1, scale=self.scaling,
             enable_gqa=self.heads != self.kv_heads)

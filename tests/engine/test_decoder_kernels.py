@@ -1,4 +1,4 @@
-"""decoder.c: qb_rmsnorm, qb_silu_mul and qb_decode_attention against float64 references, over vector remainders,
+"""decoder.c: qb_rmsnorm, qb_silu_mul, qb_decode_attention and qb_prefill_rotary against float64 references, over vector remainders,
 grouped queries, the first and later positions, rows read with their own strides, one thread against two, the
 portable C loops, and the refusals."""
 from __future__ import annotations
@@ -106,6 +106,35 @@ def test_silu_mul_against_float64(rows, n):
     torch.testing.assert_close(got, torch.nn.functional.silu(gate) * up, rtol=2e-6, atol=1e-6)
     with pytest.raises(ValueError, match="silu_mul"):
         native.silu_mul(gate.double(), up)
+
+
+@needs_native
+@pytest.mark.parametrize("b,t,h,kv,d,t0", [(1, 128, 9, 3, 64, 0), (2, 5, 4, 2, 16, 3), (3, 7, 6, 6, 34, 0)])
+def test_prefill_rotary_against_float64(b, t, h, kv, d, t0):
+    """Rotated queries in SDPA's (B, H, T, D) layout, rotated keys and the values in the caches at t0 .. t0 + T - 1
+    (the rest of the caches untouched), from rows given as column views of one joined output."""
+    g = torch.Generator().manual_seed(b * 100 + t)
+    tmax = t0 + t + 4
+    joint = torch.randn(b * t, (h + 2 * kv) * d, generator=g)
+    q, k, v = joint.split([h * d, kv * d, kv * d], 1)
+    kc, vc = torch.randn(b, kv, tmax, d, generator=g), torch.randn(b, kv, tmax, d, generator=g)
+    before_k, before_v = kc.clone(), vc.clone()
+    ang = torch.rand(tmax, d // 2, generator=g, dtype=torch.float64) * 6
+    cos, sin = torch.cat([ang.cos()] * 2, 1).float(), torch.cat([ang.sin()] * 2, 1).float()
+    qo = native.prefill_rotary(q, k, v, kc, vc, cos, sin, t0, t)
+    c64, s64 = cos[t0:t0 + t].double(), sin[t0:t0 + t].double()
+    want_q = rotate_ref(q.double().view(b, t, h, d).transpose(1, 2), c64[:, None].transpose(0, 1), s64[:, None]
+                        .transpose(0, 1))
+    want_k = rotate_ref(k.double().view(b, t, kv, d).transpose(1, 2), c64[:, None].transpose(0, 1),
+                        s64[:, None].transpose(0, 1))
+    torch.testing.assert_close(qo.double(), want_q, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(kc[:, :, t0:t0 + t].double(), want_k, rtol=1e-6, atol=1e-6)
+    assert torch.equal(vc[:, :, t0:t0 + t], v.reshape(b, t, kv, d).transpose(1, 2))
+    keep = torch.ones(tmax, dtype=torch.bool)
+    keep[t0:t0 + t] = False
+    assert torch.equal(kc[:, :, keep], before_k[:, :, keep]) and torch.equal(vc[:, :, keep], before_v[:, :, keep])
+    with pytest.raises(ValueError, match="prefill_rotary"):
+        native.prefill_rotary(q, k, v, kc, vc, cos, sin, tmax - t + 1, t)              # past the cache
 
 
 @needs_native

@@ -262,6 +262,28 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kc: torc
     return out
 
 
+def prefill_rotary(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
+                   cos: torch.Tensor, sin: torch.Tensor, t0: int, t: int) -> torch.Tensor:
+    """A prefill's rotary embedding (qb_prefill_rotary, decoder.c): q (B * T, H * D), k and v (B * T, KV * D) the
+    projections of positions t0 .. t0 + T - 1 (sequence-major rows, rows contiguous, k and v with one row stride);
+    kc, vc (B, KV, Tmax, D) the caches, where the rotated keys and the values are written; cos, sin (Tmax, D) the
+    rotary tables -> the rotated queries (B, H, T, D) float32."""
+    b, kv, tmax, d = kc.shape
+    heads = q.shape[-1] // d if d else 0
+    if (not _f32(kc, vc, cos, sin) or not _rows(q, k, v) or t < 1 or q.shape != (b * t, heads * d)
+            or k.shape != (b * t, kv * d) or v.shape != k.shape or k.stride(0) != v.stride(0) or vc.shape != kc.shape
+            or cos.shape != (tmax, d) or sin.shape != cos.shape or heads < 1 or t0 < 0 or t0 + t > tmax):
+        raise ValueError(f"native prefill_rotary: inconsistent float32 shapes q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}, caches {tuple(kc.shape)}, rotary {tuple(cos.shape)} for {t} positions "
+                         f"from {t0}")
+    qo = torch.empty(b, heads, t, d, dtype=torch.float32)
+    rc = lib().qb_prefill_rotary(ptr(q), ptr(k), ptr(v), ptr(cos), ptr(sin), ptr(qo), ptr(kc), ptr(vc), b, t, heads,
+                                 kv, d, tmax, t0, q.stride(0), k.stride(0), threads(b * t * (heads + 2 * kv) * d))
+    if rc:
+        raise ValueError(f"native prefill_rotary rejected its arguments (code {rc})")
+    return qo
+
+
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up (qb_silu_mul, decoder.c) for gate and up (M, N) float32 with contiguous rows (any row
     strides: column views of one joined output) -> (M, N) float32."""

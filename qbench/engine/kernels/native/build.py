@@ -138,6 +138,9 @@ def declare(lib: ctypes.CDLL) -> None:
                                         ctypes.c_float, _I64, _I64, _INT]
     lib.qb_silu_mul.restype = _INT
     lib.qb_silu_mul.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _INT]
+    lib.qb_prefill_rotary.restype = _INT
+    lib.qb_prefill_rotary.argtypes = [_P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64,
+                                      _I64, _INT]
     lib.qb_w4a8_group_gemm.restype = _INT
     lib.qb_w4a8_group_gemm.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT, _INT, _INT, _INT,
                                        _INT, ctypes.c_float, ctypes.c_int32, _INT, _INT]

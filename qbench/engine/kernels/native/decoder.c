@@ -1,5 +1,5 @@
 /* The float work around a decoder layer's linears, for qbench's decoder forward (engine/graph.py): qb_rmsnorm,
- * qb_silu_mul and qb_decode_attention. Part of qbench's native library; qbench_cpu.h maps its files.
+ * qb_silu_mul, qb_decode_attention and qb_prefill_rotary. Part of qbench's native library; qbench_cpu.h maps its files.
  *
  * A decode step of a small LLM is mostly per-op overhead once its linears are fast: transformers' RMSNorm is six
  * PyTorch ops, the rotary embedding nine a tensor, and the attention of one new token over the cache a handful
@@ -16,6 +16,10 @@
  *                        k and v written to the caches kc, vc (B, KV, Tmax, D) at position p; then per query head
  *                        h (key/value head h / (H / KV)): softmax(scale * q . kc[0 .. p]) @ vc[0 .. p] -> out
  *                        (B, H * D), the layout the output projection takes.
+ *   qb_prefill_rotary    the same rotary embedding for T new positions t0 .. t0 + T - 1 of B sequences: q rows
+ *                        (B * T, H * D) rotated into qo (B, H, T, D), the layout SDPA takes; k rows rotated into
+ *                        the cache kc and v rows copied into vc at those positions. One call instead of the
+ *                        dozen tensor ops (products, a concatenation, transposes, cache copies) it replaces.
  *
  * Results equal PyTorch's up to float summation order and fused multiply-adds (tests: against the torch ops and a
  * float64 reference). Threads split the rows (qb_rmsnorm) or the (sequence, key/value head) pairs. */
@@ -208,4 +212,41 @@ int qb_decode_attention(const float *q, const float *k, const float *v, float *k
     dec_t a = {q, k, v, cos, sin, kc, vc, out, H, KV, D, Tmax, p, qs, kvs, scale, &oom};
     parallel_for(dec_task, &a, B * KV, threads, 1);
     return atomic_load(&oom) ? 2 : 0;
+}
+
+/* ------------------------------------------------------------------ qb_prefill_rotary */
+
+typedef struct {
+    const float *q, *k, *v, *cos, *sin;
+    float *qo, *kc, *vc;
+    int64_t T, H, KV, D, Tmax, t0, qs, kvs;
+} pre_t;
+
+/* rows [lo, hi) of the B * T new positions (sequence-major) */
+static void pre_task(void *ctx, int64_t lo, int64_t hi) {
+    const pre_t *a = (const pre_t *)ctx;
+    const int64_t D = a->D;
+    for (int64_t r = lo; r < hi; r++) {
+        const int64_t b = r / a->T, t = r % a->T, pos = a->t0 + t;
+        const float *cos = a->cos + pos * D, *sin = a->sin + pos * D;
+        for (int64_t h = 0; h < a->H; h++)
+            rotate(a->q + r * a->qs + h * D, cos, sin, a->qo + ((b * a->H + h) * a->T + t) * D, D);
+        for (int64_t j = 0; j < a->KV; j++) {
+            const int64_t at = ((b * a->KV + j) * a->Tmax + pos) * D;
+            rotate(a->k + r * a->kvs + j * D, cos, sin, a->kc + at, D);
+            const float *v = a->v + r * a->kvs + j * D;
+            for (int64_t i = 0; i < D; i++) a->vc[at + i] = v[i];
+        }
+    }
+}
+
+int qb_prefill_rotary(const float *q, const float *k, const float *v, const float *cos, const float *sin, float *qo,
+                      float *kc, float *vc, int64_t B, int64_t T, int64_t H, int64_t KV, int64_t D, int64_t Tmax,
+                      int64_t t0, int64_t qs, int64_t kvs, int threads) {
+    if (B < 1 || T < 1 || H < 1 || KV < 1 || D < 2 || D % 2 || t0 < 0 || t0 + T > Tmax || qs < H * D ||
+        kvs < KV * D)
+        return 1;
+    pre_t a = {q, k, v, cos, sin, qo, kc, vc, T, H, KV, D, Tmax, t0, qs, kvs};
+    parallel_for(pre_task, &a, B * T, threads, 1);
+    return 0;
 }

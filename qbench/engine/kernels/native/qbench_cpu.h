@@ -44,6 +44,7 @@
  *   decoder.c       the float work around a decoder layer's linears (engine/graph.py's decoder forward)
  *                   qb_rmsnorm       per row: optional residual add, then RMSNorm times its weight
  *                   qb_silu_mul      per row: silu(gate) * up, gate and up with their own row strides
+ *                   qb_prefill_rotary  a prefill's rotary embedding: q into SDPA's layout, k and v into the cache
  *                   qb_decode_attention  one decode step's attention: rotary embedding of q and k, k and v
  *                                    written to the KV cache, softmax(q K^T) V per head, grouped queries
  *
@@ -253,4 +254,7 @@ int qb_decode_attention(const float *q, const float *k, const float *v, float *k
                         int64_t p, float scale, int64_t qs, int64_t kvs, int threads);
 int qb_silu_mul(const float *gate, const float *up, float *out, int64_t M, int64_t N, int64_t gate_stride,
                 int64_t up_stride, int threads);
+int qb_prefill_rotary(const float *q, const float *k, const float *v, const float *cos, const float *sin, float *qo,
+                      float *kc, float *vc, int64_t B, int64_t T, int64_t H, int64_t KV, int64_t D, int64_t Tmax,
+                      int64_t t0, int64_t qs, int64_t kvs, int threads);
 #endif
