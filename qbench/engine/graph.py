@@ -128,6 +128,11 @@ def _matmul(w: torch.Tensor, b: Optional[torch.Tensor], x: torch.Tensor, y: torc
     return lambda: torch.addmm(b, x, wt, out=y)
 
 
+def _kernel_binder(kernel, state):
+    """(x, y) -> the kernel's bound C call on these buffers (Kernel.bind), or its forward copied into y."""
+    return lambda x, y: kernel.bind(state, x, y) or _copied(lambda z: kernel.forward(state, z), x, y)
+
+
 def binder(mod: nn.Module):
     """A linear module as a function (x, y) -> a no-argument call writing the module's output for x into y, the
     buffers fixed for the call's life (the static decode step): the kernel's bound C call for a QuantLinear
@@ -136,8 +141,7 @@ def binder(mod: nn.Module):
     from qbench.engine.modules import QuantLinear
 
     if type(mod) is QuantLinear:
-        kernel, state = mod.kernel, mod.state
-        return lambda x, y: kernel.bind(state, x, y) or _copied(lambda z: kernel.forward(state, z), x, y)
+        return _kernel_binder(mod.kernel, mod.state)
     if type(mod) is nn.Linear:
         return lambda x, y: _matmul(mod.weight, mod.bias, x, y)
     return lambda x, y: _copied(direct(mod), x, y)
@@ -169,7 +173,7 @@ def joined(mods: list[nn.Module]):
             return None
         return ((lambda x: (kernel.forward(state, x).split(sizes, dim=-1) if x.shape[0] <= JOIN_MAX_ROWS else
                             tuple(kernel.forward(s, x) for s in states))),
-                (lambda x, y: kernel.bind(state, x, y) or _copied(lambda z: kernel.forward(state, z), x, y)))
+                _kernel_binder(kernel, state))
     if (not all(type(m) is nn.Linear for m in mods)
             or len({(m.in_features, m.weight.dtype, m.weight.device, m.bias is None) for m in mods}) != 1):
         return None
@@ -218,19 +222,16 @@ class DecoderGraph:
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
         self.norms = [(lay.input_layernorm, lay.post_attention_layernorm) for lay in self.layers]
-        self.linears = [{n: direct(getattr(part, f"{n}_proj")) for part, names in
-                         ((lay.self_attn, ("q", "k", "v", "o")), (lay.mlp, ("gate", "up", "down"))) for n in names}
-                        for lay in self.layers]
-        self.binders = [{n: binder(getattr(part, f"{n}_proj")) for part, names in
-                         ((lay.self_attn, ("q", "k", "v", "o")), (lay.mlp, ("gate", "up", "down"))) for n in names}
-                        for lay in self.layers]
-        self.sizes = {name: [getattr(getattr(self.layers[0], holder), f"{n}_proj").out_features for n in names]
-                      for holder, names, name in SIBLINGS}
+        projections = [{n: getattr(part, f"{n}_proj") for part, names in
+                        ((lay.self_attn, ("q", "k", "v", "o")), (lay.mlp, ("gate", "up", "down"))) for n in names}
+                       for lay in self.layers]
+        self.linears = [{n: direct(m) for n, m in mods.items()} for mods in projections]
+        self.binders = [{n: binder(m) for n, m in mods.items()} for mods in projections]
+        self.sizes = {name: [projections[0][n].out_features for n in names] for _, names, name in SIBLINGS}
         done = {name: 0 for _, _, name in SIBLINGS}
-        for lay, lin, bind in zip(self.layers if join else [], self.linears, self.binders):
-            for holder, names, name in SIBLINGS:
-                mods = [getattr(getattr(lay, holder), f"{n}_proj") for n in names]
-                both = joined(mods)
+        for mods, lin, bind in zip(projections if join else [], self.linears, self.binders):
+            for _, names, name in SIBLINGS:
+                both = joined([mods[n] for n in names])
                 if both is not None:
                     lin[name], bind[name] = both
                     done[name] += 1
@@ -264,6 +265,7 @@ class DecoderGraph:
             "they can be)" if self.static_step else "")
         self.seconds: Optional[dict[str, float]] = None
         self._plain: Optional[tuple] = None
+        self._sync = torch.cuda.synchronize if self.cos.is_cuda else (lambda: None)   # around each timed call
         if profile:
             self.profiling(True)
 
@@ -286,7 +288,7 @@ class DecoderGraph:
             return
         self._plain = (self.linears, self.lm_head, self.embed_fn, self._add_rms, self._attend, self._act)
         self.seconds = dict.fromkeys(self.KINDS, 0.0)
-        sync = torch.cuda.synchronize if self.cos.is_cuda else (lambda: None)
+        sync = self._sync
 
         def timed(kind, fn):
             def run(*args):
@@ -313,11 +315,10 @@ class DecoderGraph:
         if self.seconds is None:
             raise ValueError("profiling is off: make the DecoderGraph with profile=True or call profiling(True)")
         self.seconds = dict.fromkeys(self.KINDS, 0.0)
-        sync = torch.cuda.synchronize if self.cos.is_cuda else (lambda: None)
-        sync()
+        self._sync()
         t0 = time.perf_counter()
         run()
-        sync()
+        self._sync()
         total = time.perf_counter() - t0
         return {**self.seconds, "other": max(0.0, total - sum(self.seconds.values())), "total": total}
 
@@ -431,22 +432,18 @@ class DecoderGraph:
         ops = []
 
         def rms(norm, src, res, xo):
-            args = (p(src), p(res), p(norm.weight), p(xo), p(h), b, hidden, norm.variance_epsilon,
-                    native.threads(b * hidden))
-
-            def run(keep=(norm, src, res, xo)):
-                if lib.qb_rmsnorm(*args):
-                    raise ValueError("native rmsnorm rejected its arguments")
-            return run
+            return native.bound(lib.qb_rmsnorm, (p(src), p(res), p(norm.weight), p(xo), p(h), b, hidden,
+                                                 norm.variance_epsilon, native.threads(b * hidden)),
+                                lambda rc: ValueError("native rmsnorm rejected its arguments"), keep=(norm, src, res, xo))
 
         def attend(i, q, k, v):
             kc, vc = self.k[i], self.v[i]
             fixed = (p(q), p(k), p(v), p(kc), p(vc))
-            cos, sin, row = p(self.cos), p(self.sin), 4 * d
+            cos, sin, row, out = p(self.cos), p(self.sin), 4 * d, p(att)
 
-            def run(keep=(q, k, v, kc, vc)):
+            def run(keep=(q, k, v, kc, vc, att)):        # the position changes from step to step
                 t = self.pos
-                rc = lib.qb_decode_attention(*fixed, cos + row * t, sin + row * t, p(att), b, self.heads, kv, d, tmax,
+                rc = lib.qb_decode_attention(*fixed, cos + row * t, sin + row * t, out, b, self.heads, kv, d, tmax,
                                              t, self.scaling, q.stride(0), k.stride(0),
                                              native.threads(2 * b * self.heads * (t + 1) * d))
                 if rc:
@@ -472,13 +469,10 @@ class DecoderGraph:
             ops.append(("norm", rms(norm2, o, x, x)))
             gate, up = project(bind, "gate_up", ("gate", "up"), h)
             act = new(gate.shape[1])
-            args = (p(gate), p(up), p(act), b, act.shape[1], gate.stride(0), up.stride(0),
-                    native.threads(b * act.shape[1]))
-
-            def silu(args=args, keep=(gate, up, act)):
-                if lib.qb_silu_mul(*args):
-                    raise ValueError("native silu_mul rejected its arguments")
-            ops.append(("activation", silu))
+            ops.append(("activation", native.bound(
+                lib.qb_silu_mul, (p(gate), p(up), p(act), b, act.shape[1], gate.stride(0), up.stride(0),
+                                  native.threads(b * act.shape[1])),
+                lambda rc: ValueError("native silu_mul rejected its arguments"), keep=(gate, up, act))))
             ops.append(("linear", bind["down"](act, pending)))
         ops.append(("norm", rms(self.norm, pending, x, x)))
         return x, pending, h, ops

@@ -35,18 +35,17 @@ def faults_text(row: dict) -> str:
     return "—" if f is None else f"{f:,.0f}"
 
 
-HOOKS = ("Profiled: the same forward with a hook on every module, each module's own time (minus its children's) "
-         "added to its kind (linear: every linear, the LM head included; attention: the attention modules' own work; "
-         "other: residual adds, gating multiplies, masks, Python glue and the hooks' own cost)")
-CALLS = ("Profiled: the same forward (qbench's decoder forward) with each of its calls timed and added to its "
-         "kind (linear: every linear call, joined siblings and the LM head included; attention: rotary, cache, "
-         "softmax and products; norm: each RMSNorm with its residual add; activation: the MLP's activation and "
-         "gating; other: Python and PyTorch glue and the timers' own cost)")
-
-
-def profiled_text(report: dict) -> str:
-    """How a profile's round was split into kinds (runner.profile.profiled_by: module hooks or graph calls)."""
-    return CALLS if report.get("profiled_by") == "calls" else HOOKS
+# how a profiled round was split into kinds, by runner.profile.profiled_by (the bench model report and the card)
+PROFILED = {
+    "hooks": "through the model's own forward, with a hook on every module, each module's own time (minus its "
+             "children's) added to its kind: linear (the LM head included), attention (the attention modules' own "
+             "work), norm, activation, embedding, other (residual adds, gating multiplies, masks, Python glue, the "
+             "hooks)",
+    "calls": "through qbench's decoder forward (causal LMs with measure.lm_forward: qbench, the forward their "
+             "speed-ups were timed with), each of its calls timed and added to its kind: linear (joined siblings "
+             "and the LM head included), attention (rotary, cache, softmax and products), norm (with the residual "
+             "add), activation (with the gating), embedding, other (Python and PyTorch glue, the timers)",
+}
 
 
 def markdown(report: dict) -> str:
@@ -61,9 +60,10 @@ def markdown(report: dict) -> str:
              "Plain: each variant's forward alone, timed round-robin (every round times every variant), the median; "
              "the speed-up is the median of the per-round ratios to the baseline, with the rounds' 10th and 90th "
              "percentiles; page faults: the minor page faults of one plain forward (median), pages the process "
-             "got fresh from the kernel (see measure.memory_reuse). " + profiled_text(m) + ", from the profiled "
-             "round with the median total. Linears free: the profiled share of everything but the linears bounds "
-             "the speed-up any linear kernel can give, against this variant and against the baseline.", ""]
+             "got fresh from the kernel (see measure.memory_reuse). Profiled: the same forward, profiled "
+             + PROFILED[m.get("profiled_by", "hooks")] + "; from the profiled round with the median total. "
+             "Linears free: the profiled share of everything but the linears bounds the speed-up any linear kernel "
+             "can give, against this variant and against the baseline.", ""]
     if m.get("forward"):
         lines += [f"Forward: {m['forward']}.", ""]
     for phase, rows in m["phases"].items():
@@ -118,19 +118,10 @@ def card_section(cells: list, order: dict) -> dict | None:
     if not rows:
         return None
     by = {c["profile"].get("profiled_by", "hooks") for c in cells if c.get("profile")}
-    how = {"hooks": "through the model's own forward, with a hook on every module, each module's own time (minus "
-                    "its children's) added to its kind: linear (the LM head included), attention (the attention "
-                    "modules' own work), norm, activation, embedding, other (residual adds, gating multiplies, "
-                    "masks, Python glue, the hooks)",
-           "calls": "through qbench's decoder forward (causal LMs with measure.lm_forward: qbench, the forward their "
-                    "speed-ups were timed with), each of its calls timed and added to its kind: linear (joined "
-                    "siblings and the LM head included), attention (rotary, cache, softmax and products), norm "
-                    "(with the residual add), activation (with the gating), embedding, other (Python and PyTorch "
-                    "glue, the timers)"}
     return {"note": "The first batch size of each cell, profiled (measure.profile): the forward alone timed "
                     "round-robin with the baseline (median ms; speed-up: the median of the per-round ratios, with "
                     "their 10th and 90th percentiles; page faults: the minor page faults of one such forward, "
-                    "the median), then profiled " + "; or ".join(how[b] for b in sorted(by, reverse=True)) +
+                    "the median), then profiled " + "; or ".join(PROFILED[b] for b in sorted(by, reverse=True)) +
                     ". Linears free: the speed-up over the baseline this variant could reach if its linears cost "
                     "nothing (its plain time times its non-linear share).",
             "table": card_table(["Model", "Phase", "Variant", "Batch x tokens", "ms", "Speed-up [p10, p90]",

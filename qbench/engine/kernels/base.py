@@ -104,6 +104,12 @@ class Kernel:
             raise ValueError(f"{self.name}: {reason}")
 
 
+def bindable(x: torch.Tensor, y: torch.Tensor, k: int, n: int) -> bool:
+    """x (M, k) and y (M, n) are contiguous float32 CPU tensors: buffers Kernel.bind can fix a C call to."""
+    return all(t.dtype == torch.float32 and t.is_cpu and t.is_contiguous() and t.dim() == 2 for t in (x, y)) \
+        and tuple(x.shape) == (x.shape[0], k) and tuple(y.shape) == (x.shape[0], n)
+
+
 def joined_spec(spec: QuantSpec) -> QuantSpec:
     """The weight spec of joined parts (Kernel.join): per channel where each part had one scale, else spec."""
     return dataclasses.replace(spec, granularity="per_channel") if spec.granularity == "per_tensor" else spec

@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 
 from qbench.engine.kernels import native
-from qbench.engine.kernels.base import KERNELS, Kernel, joined_spec
+from qbench.engine.kernels.base import KERNELS, Kernel, bindable, joined_spec
 from qbench.engine.kernels.codes import from_int8, to_int8
 from qbench.engine.kernels.native_status import isa_text, native_reason
 from qbench.engine.kernels.state import KernelState
@@ -119,10 +119,7 @@ class _NativeWeightOnly(Kernel):
 
     def bind(self, state, x, y):
         """The decode-sized C call (M <= DECODE_MAX_M) with its arguments fixed, for float32 contiguous buffers."""
-        m, n = x.shape[0], state.s.shape[0]
-        if (state.pre is not None or m > DECODE_MAX_M or x.dtype != torch.float32 or y.dtype != torch.float32
-                or not x.is_contiguous() or not y.is_contiguous() or tuple(x.shape) != (m, state.k)
-                or tuple(y.shape) != (m, n)):
+        if state.pre is not None or x.shape[0] > DECODE_MAX_M or not bindable(x, y, state.k, state.s.shape[0]):
             return None
         return self._bound(state, x, y)
 
@@ -216,15 +213,14 @@ class Int8WeightOnlyNative(_NativeWeightOnly):
     def _bound(self, state, x, y):
         g, (m, k), n, p = state.groups, x.shape, y.shape[1], native.ptr
         xg = torch.empty(m, g)
-        fn = native.lib().qb_wo8_gemm
-        args = (p(state.codes), p(x), p(xg), p(state.s), p(state.zc), p(state.bias), p(y), m, n, k, g,
-                native.threads(m * n * k))
+        gemm = native.bound(native.lib().qb_wo8_gemm, (p(state.codes), p(x), p(xg), p(state.s), p(state.zc),
+                                                        p(state.bias), p(y), m, n, k, g, native.threads(m * n * k)),
+                            lambda rc: ValueError(f"native wo8_gemm rejected its arguments (code {rc})"),
+                            keep=(state, x, y, xg))
 
-        def run(keep=(state, x, y)):                       # keep: the buffers the addresses point into
+        def run():
             xg.copy_(_x_group_sums(x, g))                 # as forward takes them
-            rc = fn(*args)
-            if rc:
-                raise ValueError(f"native wo8_gemm rejected its arguments (code {rc})")
+            gemm()
         return run
 
     def _dequant(self, state, r0, r1):
@@ -270,15 +266,10 @@ class Int4WeightOnlyNative(_NativeWeightOnly):
         (m, k), n, p = x.shape, y.shape[1], native.ptr
         if k % 16:                                         # the kernel reads x padded to 16 columns
             return None
-        fn = native.lib().qb_wo4_gemm
-        args = (p(state.codes), p(x), p(state.s), p(state.zc), p(state.bias), p(y), m, n, k, state.groups,
-                native.threads(m * n * k))
-
-        def run(keep=(state, x, y)):                       # keep: the buffers the addresses point into
-            rc = fn(*args)
-            if rc:
-                raise ValueError(f"native wo4_gemm rejected its arguments (code {rc})")
-        return run
+        return native.bound(native.lib().qb_wo4_gemm, (p(state.codes), p(x), p(state.s), p(state.zc), p(state.bias),
+                                                        p(y), m, n, k, state.groups, native.threads(m * n * k)),
+                            lambda rc: ValueError(f"native wo4_gemm rejected its arguments (code {rc})"),
+                            keep=(state, x, y))
 
     def _dequant(self, state, r0, r1):
         return native.wo4_dequant(state.codes[r0:r1], state.s[r0:r1], state.zc[r0:r1], state.k, state.groups)

@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 
 from qbench.engine.kernels import native
-from qbench.engine.kernels.base import KERNELS, Kernel, integer_matmul_reason, joined_spec
+from qbench.engine.kernels.base import KERNELS, Kernel, bindable, integer_matmul_reason, joined_spec
 from qbench.engine.kernels.codes import from_int8, to_int8, uint8_offset
 from qbench.engine.kernels.native_status import isa_text, known_isa, native_reason
 from qbench.engine.kernels.state import KernelState
@@ -70,11 +70,6 @@ def unpack_nibble_panels(flat: torch.Tensor, n: int, k: int) -> torch.Tensor:
     b = flat.reshape(npad // PANEL, kpad // 8, PANEL, 4)
     c = torch.stack([b & 15, b >> 4], 3)                                                  # [p][t][j][half][b]
     return c.permute(0, 2, 1, 3, 4).reshape(npad, kpad)[:n, :k]
-
-
-def _f32_buffer(t: torch.Tensor, shape: tuple) -> bool:
-    """t is a contiguous float32 CPU tensor of this shape (what a bound call writes into or reads from)."""
-    return t.dtype == torch.float32 and t.is_cpu and t.is_contiguous() and tuple(t.shape) == shape
 
 
 def _padded(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -222,16 +217,9 @@ class Int8Native(Kernel):
 
     def bind(self, state, x, y):
         """One C call with its arguments fixed: x and y float32 contiguous (M, K) and (M, N) buffers."""
-        if (state.pre is not None or not _f32_buffer(x, (x.shape[0], state.k))
-                or not _f32_buffer(y, (x.shape[0], state.n))):
+        if state.pre is not None or not bindable(x, y, state.k, state.n):
             return None
-        fn, args = _call(state, x, y)
-
-        def run(keep=(state, x, y)):                       # keep: the buffers the addresses point into
-            rc = fn(*args)
-            if rc:
-                raise _failed(state, rc)
-        return run
+        return native.bound(*_call(state, x, y), lambda rc: _failed(state, rc), keep=(state, x, y))
 
     def held_weight(self, state):
         n, spec = state.n, state.spec

@@ -8,7 +8,7 @@ where that is impossible, `unavailable()` says why and the kernels that need it 
 from __future__ import annotations
 
 import ctypes
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -57,6 +57,18 @@ SERIAL_WORK = 1 << 17    # elements (multiply-adds, or values quantized) below w
 def ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     """The address of t's data (None for None), as the library's pointer arguments take it."""
     return None if t is None else t.data_ptr()
+
+
+def bound(fn, args: tuple, error: Callable[[int], Exception], keep: tuple = ()) -> Callable[[], None]:
+    """A function of no arguments calling the library function fn(*args) (arguments converted once, for a loop
+    that calls it again and again on the same buffers), raising error(rc) when it returns nonzero. `keep`: the
+    tensors the pointers in args point into, held as long as the function is."""
+    def run():
+        rc = fn(*args)
+        if rc:
+            raise error(rc)
+    run.keep = keep
+    return run
 
 
 _lib, _threads, _ptr = lib, threads, ptr          # the names callers used before lib(), threads() and ptr()
